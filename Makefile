@@ -1,0 +1,31 @@
+.PHONY: run test lint bench sync down status
+SHELL := /bin/bash
+UV = $(shell bash scripts/ensure-uv.sh)
+
+## Run the whole platform locally with the simulator (Ctrl-C stops it).
+run: sync
+	bash scripts/ensure-services.sh
+	$(UV) run --no-sync iotctl up
+
+## Install everything the tests need, then lint, type-check and run every package's tests.
+test:
+	bash scripts/test.sh
+
+sync:
+	$(UV) sync --all-packages --frozen
+
+lint: sync
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+	$(UV) run --no-sync mypy $$(ls -d */src)
+
+## Run every benchmark in benchmarks/ and write results under benchmarks/results/.
+bench: sync
+	bash scripts/ensure-services.sh
+	$(UV) run --no-sync benchmarks all
+
+status:
+	$(UV) run --no-sync iotctl status
+
+down:
+	$(UV) run --no-sync iotctl down

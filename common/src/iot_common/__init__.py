@@ -1,0 +1,1 @@
+"""Shared library for the platform's services: settings, logging, errors, auth and contracts."""

@@ -1,0 +1,251 @@
+"""Local JWT verification for services: signing's public keys from JWKS, revocation via Redis.
+
+Verification is local (no call to signing per request). Public keys are fetched from the JWKS
+endpoint, cached, and refetched when a token names an unknown ``kid`` (at most once per
+``jwks_min_refresh`` seconds, so forged kids cannot hammer signing). Revoked token ids are
+held in memory, kept current by tailing a Redis stream that signing appends to on logout, so a
+revoked token is refused everywhere within a fraction of a second without a Redis round trip
+per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from jwt import PyJWK
+from redis.asyncio import Redis
+
+from iot_common import redis_keys
+from iot_common.errors import Unauthorized
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ["RS256", "EdDSA"]
+ROLES = ("admin", "operator", "viewer")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the verified claims of a user token."""
+
+    user_id: str
+    email: str
+    role: str
+    jti: str
+    exp: int
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def can_write(self) -> bool:
+        return self.role in ("admin", "operator")
+
+
+def bearer_token(authorization: str | None) -> str:
+    """Extract the token from an ``Authorization: Bearer …`` header or raise 401."""
+    if not authorization:
+        raise Unauthorized("missing bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token")
+    return token.strip()
+
+
+class RevocationList:
+    """In-memory set of revoked token ids, fed from the Redis revocation stream."""
+
+    def __init__(self, redis: Redis, *, namespace: str, max_token_ttl: float = 86_400) -> None:
+        self._redis = redis
+        self._stream = redis_keys.revocation_stream(namespace)
+        self._max_ttl = max_token_ttl
+        self._revoked: dict[str, float] = {}  # jti -> expires_at
+        self._last_id = "0-0"
+        self._task: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()
+
+    def __contains__(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    async def start(self) -> None:
+        start_ms = int((time.time() - self._max_ttl) * 1000)
+        self._last_id = f"{max(start_ms, 0)}-0"
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._poll(block_ms=None), timeout=2)
+        self._task = asyncio.create_task(self._run(), name="revocation-tail")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _poll(self, block_ms: int | None) -> None:
+        resp: Any = await self._redis.xread(
+            {self._stream: self._last_id}, count=10_000, block=block_ms
+        )
+        now = time.time()
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                jti = fields.get(b"jti") or fields.get("jti")
+                exp = fields.get(b"exp") or fields.get("exp") or 0
+                if jti is None:
+                    continue
+                jti_s = jti.decode() if isinstance(jti, bytes) else str(jti)
+                self._revoked[jti_s] = float(exp)
+        if len(self._revoked) > 10_000:
+            self._revoked = {j: e for j, e in self._revoked.items() if e > now}
+        self.synced.set()
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._poll(block_ms=500)
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("revocation stream read failed: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+async def publish_revocation(redis: Redis, *, namespace: str, jti: str, exp: float) -> None:
+    """Mark ``jti`` revoked until ``exp``: a TTL key for point checks plus a stream entry."""
+    ttl = max(1, int(exp - time.time()) + 1)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(redis_keys.revoked_token(namespace, jti), "1", ex=ttl)
+        pipe.xadd(
+            redis_keys.revocation_stream(namespace),
+            {"jti": jti, "exp": str(exp)},
+            maxlen=100_000,
+            approximate=True,
+        )
+        await pipe.execute()
+
+
+class JWTVerifier:
+    """Verifies user tokens locally; one instance per process, started in the app lifespan."""
+
+    def __init__(
+        self,
+        *,
+        jwks_url: str,
+        redis: Redis,
+        namespace: str,
+        issuer: str,
+        audience: str,
+        http: httpx.AsyncClient | None = None,
+        jwks_min_refresh: float = 5.0,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._jwks_url = jwks_url
+        self._http = http or httpx.AsyncClient(timeout=5.0)
+        self._own_http = http is None
+        self._issuer = issuer
+        self._audience = audience
+        self._keys: dict[str, Any] = {}
+        self._last_fetch = 0.0
+        self._fetch_lock = asyncio.Lock()
+        self._min_refresh = jwks_min_refresh
+        self.revocations = RevocationList(redis, namespace=namespace)
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def start(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._refresh_keys(force=True)
+        await self.revocations.start()
+
+    async def close(self) -> None:
+        await self.revocations.close()
+        if self._own_http:
+            await self._http.aclose()
+
+    def add_key(self, kid: str, key: Any) -> None:
+        """Trust a public key directly (used by signing itself and by tests)."""
+        self._keys[kid] = key
+
+    async def _refresh_keys(self, *, force: bool = False) -> None:
+        async with self._fetch_lock:
+            if not force and time.monotonic() - self._last_fetch < self._min_refresh:
+                return
+            self._last_fetch = time.monotonic()
+            resp = await self._http.get(self._jwks_url)
+            resp.raise_for_status()
+            keys: dict[str, Any] = {}
+            for jwk in resp.json().get("keys", []):
+                kid = jwk.get("kid")
+                if kid:
+                    keys[kid] = PyJWK.from_dict(jwk).key
+            self._keys.update(keys)
+
+    async def verify(self, token: str) -> Principal:
+        """Return the token's principal, or raise :class:`Unauthorized`."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.exp <= time.time():
+                self._cache.pop(token, None)
+                raise Unauthorized("token expired")
+            if cached.jti in self.revocations:
+                raise Unauthorized("token revoked")
+            return cached
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("malformed token") from exc
+        if header.get("alg") not in ALGORITHMS:
+            raise Unauthorized("unsupported token algorithm")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise Unauthorized("token has no key id")
+        key = self._keys.get(kid)
+        if key is None:
+            with contextlib.suppress(Exception):
+                await self._refresh_keys()
+            key = self._keys.get(kid)
+            if key is None:
+                raise Unauthorized("token signed by an unknown key")
+        principal = self.decode(token, key)
+        if principal.jti in self.revocations:
+            raise Unauthorized("token revoked")
+        self._cache[token] = principal
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return principal
+
+    def decode(self, token: str, key: Any) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=ALGORITHMS,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": ["exp", "iat", "sub", "jti"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("invalid token") from exc
+        role = claims.get("role")
+        if role not in ROLES:
+            raise Unauthorized("invalid token")
+        return Principal(
+            user_id=str(claims["sub"]),
+            email=str(claims.get("email", "")),
+            role=str(role),
+            jti=str(claims["jti"]),
+            exp=int(claims["exp"]),
+        )

@@ -1,0 +1,101 @@
+"""Device configuration schema: metric definitions and alert rules.
+
+Owned by device-management (validated on every write, 422 naming the field), read by the
+stream agents (alert rules) and the simulator (fleet files). Limits are part of the schema.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_METRICS = 64
+MAX_RULES = 64
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
+
+MetricName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+RuleId = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricDefinition(_Strict):
+    name: MetricName
+    unit: str | None = Field(default=None, max_length=32)
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> MetricDefinition:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class ThresholdRule(_Strict):
+    """Fires when a window's ``aggregate`` is above/below ``value`` for N consecutive windows."""
+
+    type: Literal["threshold"] = "threshold"
+    id: RuleId
+    metric: MetricName
+    op: Literal["above", "below"]
+    value: float
+    aggregate: Literal["mean", "min", "max", "p50", "p95", "last"] = "mean"
+    consecutive_windows: int = Field(default=1, ge=1, le=1000)
+    window_seconds: int = Field(default=10, ge=1, le=86_400)
+    severity: Severity = Severity.WARNING
+
+
+class RateOfChangeRule(_Strict):
+    """Fires when the mean changes by more than ``max_change_per_second`` between windows."""
+
+    type: Literal["rate_of_change"] = "rate_of_change"
+    id: RuleId
+    metric: MetricName
+    max_change_per_second: float = Field(gt=0)
+    window_seconds: int = Field(default=10, ge=1, le=86_400)
+    severity: Severity = Severity.WARNING
+
+
+class SilentRule(_Strict):
+    """Fires when the device sends nothing for ``seconds``."""
+
+    type: Literal["silent"] = "silent"
+    id: RuleId
+    seconds: float = Field(gt=0, le=30 * 86_400)
+    severity: Severity = Severity.WARNING
+
+
+AlertRule = Annotated[ThresholdRule | RateOfChangeRule | SilentRule, Field(discriminator="type")]
+
+
+class DeviceConfig(_Strict):
+    metrics: list[MetricDefinition] = Field(default_factory=list, max_length=MAX_METRICS)
+    rules: list[AlertRule] = Field(default_factory=list, max_length=MAX_RULES)
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeviceConfig:
+        names = [m.name for m in self.metrics]
+        if len(names) != len(set(names)):
+            raise ValueError("metric names must be unique")
+        ids = [r.id for r in self.rules]
+        if len(ids) != len(set(ids)):
+            raise ValueError("rule ids must be unique")
+        return self
