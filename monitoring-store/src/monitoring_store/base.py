@@ -1,0 +1,234 @@
+"""The monitoring store interface, shared by the stream agents (writes) and the API (reads).
+
+Two backends implement it: PostgreSQL (asyncpg, the local default) and MongoDB (PyMongo's async
+API, time-series collections). :func:`monitoring_store.open_store` picks one by URL scheme.
+Times are epoch seconds (UTC floats) throughout, as in the bus contract.
+
+Writes are idempotent: windows are upserted by (device, metric, window_seconds, window_start);
+raw samples by (device, ts, seq); alerts by alert_id. Replaying a batch changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from iot_common.events import Alert, WindowStats
+
+Aggregate = Literal["count", "min", "max", "mean", "stddev", "p50", "p95", "last"]
+
+
+@dataclass(slots=True)
+class SampleBatch:
+    """Raw samples in columnar form (one row per device × metric × reading), for bulk writes."""
+
+    device_id: npt.NDArray[np.object_]
+    metric: npt.NDArray[np.object_]
+    ts: npt.NDArray[np.float64]
+    value: npt.NDArray[np.float64]
+    seq: npt.NDArray[np.int64]  # -1 where the device sent none
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    device_id: str
+    metric: str
+    ts: float
+    value: float
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One time bucket of re-aggregated windows for one device × metric.
+
+    count/min/max/mean/stddev/last are exact from the stored windows (count-weighted mean,
+    pooled variance, min of mins, max of maxes, last of lasts). p50/p95 are exact when the
+    bucket covers one stored window; otherwise they are the count-weighted mean of the finest
+    windows' percentiles (an approximation; ``exact_percentiles`` says which).
+    """
+
+    device_id: str
+    metric: str
+    bucket_start: float
+    bucket_seconds: int
+    count: int
+    min: float
+    max: float
+    mean: float
+    stddev: float
+    p50: float
+    p95: float
+    last: float
+    exact_percentiles: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSummary:
+    metric: str
+    count: int
+    min: float
+    max: float
+    mean: float
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    start: float
+    end: float
+    devices_reporting: int
+    readings: int
+    readings_per_second: float
+    metrics: list[MetricSummary] = field(default_factory=list)
+    alerts_by_severity: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRules:
+    """A device's alert rules as the agents keep them (survives an agent restart)."""
+
+    device_id: str
+    owner_id: str | None
+    device_type: str | None
+    config: dict[str, Any]
+    version: int
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    owner_id: str
+    url: str
+    secret: str
+    device_ids: list[str] | None
+    min_severity: str
+    rule_types: list[str] | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook delivery of one alert change to one subscription."""
+
+    id: str  # also the idempotency key sent to the receiver
+    subscription_id: str
+    payload: dict[str, Any]
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+class MonitoringStore(Protocol):
+    """What the agents and the API need from the monitoring store."""
+
+    async def start(self) -> None:
+        """Connect and create tables/collections and indexes if missing."""
+
+    async def close(self) -> None: ...
+
+    # -- writes (stream agents) -------------------------------------------------------------
+    async def upsert_windows(self, windows: Sequence[WindowStats]) -> None: ...
+
+    async def insert_samples(self, batch: SampleBatch) -> None: ...
+
+    async def upsert_alerts(self, alerts: Sequence[Alert]) -> None: ...
+
+    async def upsert_device_rules(self, rules: Sequence[DeviceRules]) -> None: ...
+
+    async def load_device_rules(self) -> list[DeviceRules]: ...
+
+    async def delete_samples_before(self, ts: float) -> int: ...
+
+    # -- reads (monitoring API) -------------------------------------------------------------
+    async def query_samples(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        start: float,
+        end: float,
+        limit: int = 10_000,
+    ) -> list[Sample]: ...
+
+    async def recent_samples(
+        self,
+        *,
+        device_ids: Sequence[str] | None,
+        metric: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Sample]: ...
+
+    async def query_windows(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        window_seconds: int,
+        start: float,
+        end: float,
+    ) -> list[WindowStats]: ...
+
+    async def aggregate_windows(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        start: float,
+        end: float,
+        bucket_seconds: int,
+        source_window_seconds: int,
+    ) -> list[Bucket]: ...
+
+    async def fleet_summary(
+        self, *, device_ids: Sequence[str] | None, start: float, end: float
+    ) -> FleetSummary: ...
+
+    async def query_alerts(
+        self,
+        *,
+        device_ids: Sequence[str] | None = None,
+        status: str | None = None,
+        min_severity: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Alert]: ...
+
+    async def get_alert(self, alert_id: str) -> Alert | None: ...
+
+    async def transition_alert(
+        self, alert_id: str, *, status: str, by: str | None, at: float
+    ) -> Alert | None:
+        """Move an alert to acknowledged/cleared; returns the new state, None if unknown."""
+
+    # -- alert subscriptions and webhook deliveries (monitoring API) -------------------------
+    async def create_subscription(self, sub: Subscription) -> None: ...
+
+    async def list_subscriptions(self, *, owner_id: str | None) -> list[Subscription]: ...
+
+    async def delete_subscription(self, sub_id: str, *, owner_id: str | None) -> bool: ...
+
+    async def enqueue_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Insert deliveries; a delivery id already present is left as it is (idempotent)."""
+
+    async def due_deliveries(self, *, now: float, limit: int) -> list[Delivery]: ...
+
+    async def update_delivery(self, delivery: Delivery) -> None: ...
+
+    async def list_deliveries(
+        self, *, subscription_id: str, status: str | None = None, limit: int = 100
+    ) -> list[Delivery]: ...
