@@ -10,7 +10,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from iot_common.topics import Topics
+from iot_common.topics import DEVICE_EVENTS_EXCHANGE, TELEMETRY_EXCHANGE, Topics
 
 
 class ServiceSettings(BaseSettings):
@@ -36,6 +36,17 @@ class ServiceSettings(BaseSettings):
     jwks_url: str = "http://127.0.0.1:8001/.well-known/jwks.json"
     jwt_issuer: str = "iot-signing"
     jwt_audience: str = "iot-platform"
+    #: Shared secret for service-to-service calls (header ``X-Internal-Token``).
+    internal_token: SecretStr = SecretStr("dev-internal-token")
+    signing_url: str = "http://127.0.0.1:8001"
+    device_management_url: str = "http://127.0.0.1:8002"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    #: Prefix of MQTT topics (``{prefix}devices/{id}/telemetry``); tests give each run its own.
+    mqtt_topic_prefix: str = ""
+    #: RabbitMQ exchange names (contract names by default; tests make them unique).
+    telemetry_exchange: str = TELEMETRY_EXCHANGE
+    device_events_exchange: str = DEVICE_EVENTS_EXCHANGE
 
     @property
     def topics(self) -> Topics:
