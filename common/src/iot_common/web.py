@@ -73,9 +73,11 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status_holder = [500]
+        started = [False]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
+                started[0] = True
                 status_holder[0] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode("latin-1")))
@@ -101,6 +103,15 @@ class RequestContextMiddleware:
                 await self.app(scope, limited_receive, send_wrapper)
             except _BodyTooLarge:
                 await self._too_large(send_wrapper, rid)
+            except Exception as exc:
+                log.error(
+                    "unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc
+                )
+                if not started[0]:
+                    body = orjson.dumps(
+                        error_body("internal_error", "internal server error", request_id=rid)
+                    )
+                    await self._send_json(send_wrapper, 500, body)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
@@ -117,10 +128,14 @@ class RequestContextMiddleware:
                 request_id=rid,
             )
         )
+        await self._send_json(send, 413, body)
+
+    @staticmethod
+    async def _send_json(send: Send, status: int, body: bytes) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -185,14 +200,6 @@ def install_common(app: FastAPI, *, service: str, max_body_bytes: int = 64 * 102
             error_body(code, str(exc.detail), request_id=request_id_var.get()),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
-        )
-
-    @app.exception_handler(Exception)
-    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
-            error_body("internal_error", "internal server error", request_id=request_id_var.get()),
-            status_code=500,
         )
 
     @app.get("/metrics", include_in_schema=False)
