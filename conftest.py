@@ -8,6 +8,7 @@ services without seeing each other's data. The Kafka-compatible broker is the on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -88,10 +89,8 @@ def pg_database_factory(run_id: str) -> Iterator[object]:
 
     yield make
     for name in created:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except subprocess.CalledProcessError:
-            pass
 
 
 @pytest.fixture(scope="session")
