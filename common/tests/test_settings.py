@@ -9,7 +9,9 @@ class _DemoSettings(ServiceSettings):
     port: int = 1234
 
 
-def test_defaults_work_without_environment() -> None:
+def test_defaults_work_without_environment(monkeypatch) -> None:
+    for var in ("IOT_KAFKA_BOOTSTRAP", "IOT_TOPIC_PREFIX", "DEMO_KAFKA_BOOTSTRAP"):
+        monkeypatch.delenv(var, raising=False)
     s = _DemoSettings()
     assert s.kafka_bootstrap == "127.0.0.1:9092"
     assert s.topics.telemetry_raw == "telemetry.raw"
