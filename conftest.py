@@ -9,6 +9,7 @@ services without seeing each other's data. The Kafka-compatible broker is the on
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import secrets
 import subprocess
@@ -17,6 +18,14 @@ from collections.abc import Iterator
 import pytest
 
 from iotctl.broker import TansuBroker, free_port, port_open
+
+# pytest's importlib mode names a test module after its folders ("signing.tests.conftest") and,
+# when the top package is not imported yet, stands in a namespace module built from the folder
+# for it. Where a folder is named like its package, that stand-in would shadow the real package,
+# so those packages are imported before any of their tests.
+for _package in ("signing", "simulator", "benchmarks"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_package)
 
 PG_ADMIN_URL = os.environ.get("IOT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
