@@ -21,6 +21,31 @@ from iot_common.events import Alert, WindowStats
 
 Aggregate = Literal["count", "min", "max", "mean", "stddev", "p50", "p95", "last"]
 
+#: Alert severities in increasing order; ``min_severity`` filters keep this rank and above.
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+#: Alert statuses in lifecycle order; a status never moves backwards.
+STATUS_RANK: dict[str, int] = {"active": 0, "acknowledged": 1, "cleared": 2}
+
+
+class AlertTransitionError(ValueError):
+    """An alert cannot move to the requested status (e.g. cleared → acknowledged).
+
+    ``current`` is the alert as stored, so callers can answer 409 with its state.
+    """
+
+    def __init__(self, current: Alert, requested: str) -> None:
+        super().__init__(f"alert {current.alert_id} is {current.status}; cannot become {requested}")
+        self.current = current
+        self.requested = requested
+
+
+def severities_at_least(min_severity: str) -> list[str]:
+    """The severities ranked at or above ``min_severity`` (ValueError for an unknown one)."""
+    if min_severity not in SEVERITY_RANK:
+        raise ValueError(f"unknown severity {min_severity!r}")
+    rank = SEVERITY_RANK[min_severity]
+    return [name for name, r in SEVERITY_RANK.items() if r >= rank]
+
 
 @dataclass(slots=True)
 class SampleBatch:
@@ -50,7 +75,8 @@ class Bucket:
     """One time bucket of re-aggregated windows for one device × metric.
 
     count/min/max/mean/stddev/last are exact from the stored windows (count-weighted mean,
-    pooled variance, min of mins, max of maxes, last of lasts). p50/p95 are exact when the
+    pooled variance, min of mins, max of maxes, last of lasts). ``stddev`` is the population
+    standard deviation (ddof=0), as in the windows the agents store. p50/p95 are exact when the
     bucket covers one stored window; otherwise they are the count-weighted mean of the finest
     windows' percentiles (an approximation; ``exact_percentiles`` says which).
     """

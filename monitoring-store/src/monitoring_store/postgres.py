@@ -1,0 +1,951 @@
+"""PostgreSQL backend of the monitoring store (asyncpg).
+
+Layout and why:
+
+* ``monitoring_windows`` — primary key ``(device_id, window_seconds, window_start, metric)``.
+  The API's common question is "this device, this resolution, this time range, all (or a few)
+  metrics"; with the metric last in the key that is one contiguous index range, and a filter on
+  a few metrics costs at most the device's metric count in extra index tuples. A second index
+  ``(window_seconds, window_start)`` serves fleet-wide time ranges (fleet summary, retention).
+* ``monitoring_samples`` — long form, one row per device × metric × reading, primary key
+  ``(device_id, ts, seq, metric)`` (``seq`` is -1 where the device sent none), so a replayed
+  reading is stored once. Long rather than wide (one row per reading with arrays of metrics) by
+  measurement: see ``benchmarks.bench_store`` (``samples_layout`` in its results); the writes
+  arrive long (:class:`~monitoring_store.base.SampleBatch`) and reads filter by metric, and the
+  wide layout's gain on the write side did not pay for regrouping in Python. A BRIN index on
+  ``ts`` serves retention deletes and fleet-wide "recent" scans cheaply.
+* Bulk writes are single ``INSERT … SELECT FROM unnest($1::text[], …) ON CONFLICT`` statements:
+  one round trip per chunk, arrays encoded in binary by asyncpg, no temporary tables.
+
+Timestamps are stored as ``double precision`` epoch seconds, exactly as the interface carries
+them, so nothing is lost or shifted in conversions.
+"""
+
+# SQL text here is assembled only from module constants; every value goes as a $n parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from iot_common.events import Alert, WindowStats
+from monitoring_store.base import (
+    STATUS_RANK,
+    AlertTransitionError,
+    Bucket,
+    Delivery,
+    DeviceRules,
+    FleetSummary,
+    MetricSummary,
+    Sample,
+    SampleBatch,
+    Subscription,
+    severities_at_least,
+)
+
+log = logging.getLogger(__name__)
+
+#: Rows per write statement; bounds the size of one statement's arrays.
+WRITE_CHUNK = 50_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS monitoring_windows (
+    device_id text NOT NULL,
+    metric text NOT NULL,
+    window_seconds integer NOT NULL,
+    window_start double precision NOT NULL,
+    count bigint NOT NULL,
+    min double precision NOT NULL,
+    max double precision NOT NULL,
+    mean double precision NOT NULL,
+    stddev double precision NOT NULL,
+    p50 double precision NOT NULL,
+    p95 double precision NOT NULL,
+    last double precision NOT NULL,
+    last_ts double precision NOT NULL,
+    final boolean NOT NULL DEFAULT true,
+    updated_at double precision NOT NULL DEFAULT 0,
+    CONSTRAINT monitoring_windows_pkey
+        PRIMARY KEY (device_id, window_seconds, window_start, metric)
+);
+CREATE INDEX IF NOT EXISTS monitoring_windows_time
+    ON monitoring_windows (window_seconds, window_start);
+
+CREATE TABLE IF NOT EXISTS monitoring_samples (
+    device_id text NOT NULL,
+    ts double precision NOT NULL,
+    seq bigint NOT NULL,
+    metric text NOT NULL,
+    value double precision NOT NULL,
+    CONSTRAINT monitoring_samples_pkey PRIMARY KEY (device_id, ts, seq, metric)
+);
+CREATE INDEX IF NOT EXISTS monitoring_samples_ts_brin
+    ON monitoring_samples USING brin (ts) WITH (pages_per_range = 32);
+
+CREATE TABLE IF NOT EXISTS monitoring_alerts (
+    alert_id text PRIMARY KEY,
+    device_id text NOT NULL,
+    rule_id text NOT NULL,
+    rule_type text NOT NULL,
+    severity text NOT NULL,
+    status text NOT NULL,
+    message text NOT NULL,
+    started_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    metric text,
+    value double precision,
+    threshold double precision,
+    acknowledged_at double precision,
+    acknowledged_by text,
+    cleared_at double precision,
+    owner_id text
+);
+CREATE INDEX IF NOT EXISTS monitoring_alerts_started ON monitoring_alerts (started_at DESC);
+CREATE INDEX IF NOT EXISTS monitoring_alerts_device
+    ON monitoring_alerts (device_id, started_at DESC);
+CREATE INDEX IF NOT EXISTS monitoring_alerts_open
+    ON monitoring_alerts (status, started_at DESC) WHERE status <> 'cleared';
+
+CREATE TABLE IF NOT EXISTS monitoring_device_rules (
+    device_id text PRIMARY KEY,
+    owner_id text,
+    device_type text,
+    config jsonb NOT NULL,
+    version bigint NOT NULL,
+    active boolean NOT NULL DEFAULT true
+);
+
+CREATE TABLE IF NOT EXISTS monitoring_subscriptions (
+    id text PRIMARY KEY,
+    owner_id text NOT NULL,
+    url text NOT NULL,
+    secret text NOT NULL,
+    device_ids text[],
+    min_severity text NOT NULL,
+    rule_types text[],
+    created_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS monitoring_subscriptions_owner
+    ON monitoring_subscriptions (owner_id, created_at);
+
+CREATE TABLE IF NOT EXISTS monitoring_deliveries (
+    id text PRIMARY KEY,
+    subscription_id text NOT NULL
+        REFERENCES monitoring_subscriptions (id) ON DELETE CASCADE,
+    payload jsonb NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL,
+    next_attempt_at double precision NOT NULL,
+    last_error text,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS monitoring_deliveries_due
+    ON monitoring_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS monitoring_deliveries_sub
+    ON monitoring_deliveries (subscription_id, created_at DESC);
+"""
+
+_WINDOW_COLS = (
+    "device_id, metric, window_seconds, window_start, count, min, max, mean, stddev, "
+    "p50, p95, last, last_ts, final, updated_at"
+)
+_WINDOW_UPSERT = f"""
+INSERT INTO monitoring_windows ({_WINDOW_COLS})
+SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::float8[], $5::bigint[],
+                     $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[],
+                     $11::float8[], $12::float8[], $13::float8[], $14::boolean[], $15::float8[])
+ON CONFLICT (device_id, window_seconds, window_start, metric) DO UPDATE SET
+    count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, mean = EXCLUDED.mean,
+    stddev = EXCLUDED.stddev, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95, last = EXCLUDED.last,
+    last_ts = EXCLUDED.last_ts, final = EXCLUDED.final, updated_at = EXCLUDED.updated_at
+WHERE monitoring_windows.updated_at <= EXCLUDED.updated_at
+"""
+
+_SAMPLE_INSERT = """
+INSERT INTO monitoring_samples (device_id, metric, ts, value, seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::bigint[])
+ON CONFLICT DO NOTHING
+"""
+
+_ALERT_COLS = (
+    "alert_id",
+    "device_id",
+    "rule_id",
+    "rule_type",
+    "severity",
+    "status",
+    "message",
+    "started_at",
+    "updated_at",
+    "metric",
+    "value",
+    "threshold",
+    "acknowledged_at",
+    "acknowledged_by",
+    "cleared_at",
+    "owner_id",
+)
+_STATUS_RANK_SQL = "CASE {s} WHEN 'active' THEN 0 WHEN 'acknowledged' THEN 1 ELSE 2 END"
+# A status never moves backwards (an agent's late "active" update must not undo a user's
+# acknowledgement); descriptive fields follow the newer update; who/when of ack and clear are
+# kept once set.
+_ALERT_UPSERT = f"""
+INSERT INTO monitoring_alerts ({", ".join(_ALERT_COLS)})
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::float8[], $9::float8[], $10::text[], $11::float8[],
+                     $12::float8[], $13::float8[], $14::text[], $15::float8[], $16::text[])
+ON CONFLICT (alert_id) DO UPDATE SET
+    status = CASE WHEN {_STATUS_RANK_SQL.format(s="EXCLUDED.status")}
+                       >= {_STATUS_RANK_SQL.format(s="monitoring_alerts.status")}
+                  THEN EXCLUDED.status ELSE monitoring_alerts.status END,
+    severity = CASE WHEN EXCLUDED.updated_at >= monitoring_alerts.updated_at
+                    THEN EXCLUDED.severity ELSE monitoring_alerts.severity END,
+    message = CASE WHEN EXCLUDED.updated_at >= monitoring_alerts.updated_at
+                   THEN EXCLUDED.message ELSE monitoring_alerts.message END,
+    metric = COALESCE(EXCLUDED.metric, monitoring_alerts.metric),
+    value = CASE WHEN EXCLUDED.updated_at >= monitoring_alerts.updated_at
+                 THEN COALESCE(EXCLUDED.value, monitoring_alerts.value)
+                 ELSE monitoring_alerts.value END,
+    threshold = COALESCE(EXCLUDED.threshold, monitoring_alerts.threshold),
+    acknowledged_at = COALESCE(monitoring_alerts.acknowledged_at, EXCLUDED.acknowledged_at),
+    acknowledged_by = COALESCE(monitoring_alerts.acknowledged_by, EXCLUDED.acknowledged_by),
+    cleared_at = COALESCE(monitoring_alerts.cleared_at, EXCLUDED.cleared_at),
+    owner_id = COALESCE(EXCLUDED.owner_id, monitoring_alerts.owner_id),
+    updated_at = GREATEST(EXCLUDED.updated_at, monitoring_alerts.updated_at)
+"""
+
+_RULES_UPSERT = """
+INSERT INTO monitoring_device_rules (device_id, owner_id, device_type, config, version, active)
+SELECT d, o, t, c::jsonb, v, a
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::boolean[])
+    AS u(d, o, t, c, v, a)
+ON CONFLICT (device_id) DO UPDATE SET
+    owner_id = EXCLUDED.owner_id, device_type = EXCLUDED.device_type, config = EXCLUDED.config,
+    version = EXCLUDED.version, active = EXCLUDED.active
+WHERE monitoring_device_rules.version <= EXCLUDED.version
+"""
+
+_DELIVERY_COLS = (
+    "id, subscription_id, payload, status, attempts, next_attempt_at, last_error, "
+    "created_at, updated_at"
+)
+
+
+def _dsn(url: str) -> str:
+    """asyncpg wants ``postgresql://``; accept SQLAlchemy-style ``postgresql+asyncpg://`` too."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+def _chunks(n: int, size: int = WRITE_CHUNK) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _alert_from(row: asyncpg.Record) -> Alert:
+    return Alert(**{c: row[c] for c in _ALERT_COLS})
+
+
+def _window_from(row: asyncpg.Record) -> WindowStats:
+    return WindowStats(
+        device_id=row["device_id"],
+        metric=row["metric"],
+        window_seconds=row["window_seconds"],
+        window_start=row["window_start"],
+        count=row["count"],
+        min=row["min"],
+        max=row["max"],
+        mean=row["mean"],
+        stddev=row["stddev"],
+        p50=row["p50"],
+        p95=row["p95"],
+        last=row["last"],
+        last_ts=row["last_ts"],
+        final=row["final"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _delivery_from(row: asyncpg.Record) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        subscription_id=row["subscription_id"],
+        payload=row["payload"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _subscription_from(row: asyncpg.Record) -> Subscription:
+    return Subscription(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        url=row["url"],
+        secret=row["secret"],
+        device_ids=list(row["device_ids"]) if row["device_ids"] is not None else None,
+        min_severity=row["min_severity"],
+        rule_types=list(row["rule_types"]) if row["rule_types"] is not None else None,
+        created_at=row["created_at"],
+    )
+
+
+def _sample_from(row: asyncpg.Record) -> Sample:
+    seq = row["seq"]
+    return Sample(
+        device_id=row["device_id"],
+        metric=row["metric"],
+        ts=row["ts"],
+        value=row["value"],
+        seq=None if seq < 0 else seq,
+    )
+
+
+def dedupe_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
+    """One window per key, the newest ``updated_at`` winning (the later one on a tie).
+
+    A single upsert statement may not touch a row twice, and a batch can legitimately hold an
+    open-window update and its final record.
+    """
+    latest: dict[tuple[str, str, int, float], WindowStats] = {}
+    for w in windows:
+        key = (w.device_id, w.metric, w.window_seconds, w.window_start)
+        prev = latest.get(key)
+        if prev is None or w.updated_at >= prev.updated_at:
+            latest[key] = w
+    return list(latest.values())
+
+
+class PostgresStore:
+    """The monitoring store on PostgreSQL (see the module docstring for the layout)."""
+
+    def __init__(self, url: str, *, min_pool: int = 1, max_pool: int = 10) -> None:
+        self._dsn = _dsn(url)
+        self._min_pool = min_pool
+        self._max_pool = max_pool
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("PostgresStore.start() has not been called")
+        return self._pool
+
+    async def start(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._min_pool,
+            max_size=self._max_pool,
+            init=self._init_connection,
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Several processes may start at once; CREATE … IF NOT EXISTS is not race-free.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('monitoring_store_schema'))")
+            await conn.execute(_SCHEMA)
+
+    @staticmethod
+    async def _init_connection(conn: asyncpg.Connection) -> None:
+        await conn.set_type_codec(
+            "jsonb",
+            encoder=lambda v: msgspec.json.encode(v).decode(),
+            decoder=msgspec.json.decode,
+            schema="pg_catalog",
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    # -- writes -----------------------------------------------------------------------------
+    async def upsert_windows(self, windows: Sequence[WindowStats]) -> None:
+        rows = dedupe_windows(windows)
+        if not rows:
+            return
+        async with self.pool.acquire() as conn:
+            for part in _chunks(len(rows)):
+                chunk = rows[part]
+                await conn.execute(
+                    _WINDOW_UPSERT,
+                    [w.device_id for w in chunk],
+                    [w.metric for w in chunk],
+                    [w.window_seconds for w in chunk],
+                    [w.window_start for w in chunk],
+                    [w.count for w in chunk],
+                    [w.min for w in chunk],
+                    [w.max for w in chunk],
+                    [w.mean for w in chunk],
+                    [w.stddev for w in chunk],
+                    [w.p50 for w in chunk],
+                    [w.p95 for w in chunk],
+                    [w.last for w in chunk],
+                    [w.last_ts for w in chunk],
+                    [w.final for w in chunk],
+                    [w.updated_at for w in chunk],
+                )
+
+    async def insert_samples(self, batch: SampleBatch) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        async with self.pool.acquire() as conn:
+            for part in _chunks(n):
+                await conn.execute(
+                    _SAMPLE_INSERT,
+                    batch.device_id[part].tolist(),
+                    batch.metric[part].tolist(),
+                    batch.ts[part].tolist(),
+                    batch.value[part].tolist(),
+                    batch.seq[part].tolist(),
+                )
+
+    async def upsert_alerts(self, alerts: Sequence[Alert]) -> None:
+        if not alerts:
+            return
+        # Same alert twice in one statement is not allowed; order by updated_at and apply the
+        # duplicates in later statements so the lifecycle rules still see every state.
+        rounds: list[list[Alert]] = []
+        seen: dict[str, int] = {}
+        for a in sorted(alerts, key=lambda a: a.updated_at):
+            idx = seen.get(a.alert_id, -1) + 1
+            seen[a.alert_id] = idx
+            if idx == len(rounds):
+                rounds.append([])
+            rounds[idx].append(a)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for group in rounds:
+                await conn.execute(
+                    _ALERT_UPSERT, *[[getattr(a, c) for a in group] for c in _ALERT_COLS]
+                )
+
+    async def upsert_device_rules(self, rules: Sequence[DeviceRules]) -> None:
+        latest: dict[str, DeviceRules] = {}
+        for r in rules:
+            prev = latest.get(r.device_id)
+            if prev is None or r.version >= prev.version:
+                latest[r.device_id] = r
+        if not latest:
+            return
+        rows = list(latest.values())
+        await self.pool.execute(
+            _RULES_UPSERT,
+            [r.device_id for r in rows],
+            [r.owner_id for r in rows],
+            [r.device_type for r in rows],
+            [json.dumps(r.config) for r in rows],
+            [r.version for r in rows],
+            [r.active for r in rows],
+        )
+
+    async def load_device_rules(self) -> list[DeviceRules]:
+        rows = await self.pool.fetch(
+            "SELECT device_id, owner_id, device_type, config, version, active "
+            "FROM monitoring_device_rules ORDER BY device_id"
+        )
+        return [
+            DeviceRules(
+                device_id=r["device_id"],
+                owner_id=r["owner_id"],
+                device_type=r["device_type"],
+                config=r["config"],
+                version=r["version"],
+                active=r["active"],
+            )
+            for r in rows
+        ]
+
+    async def delete_samples_before(self, ts: float) -> int:
+        status = await self.pool.execute("DELETE FROM monitoring_samples WHERE ts < $1", ts)
+        return int(status.split()[-1])
+
+    async def delete_windows_before(self, ts: float, *, window_seconds: int | None = None) -> int:
+        """Retention for windows: drop those starting before ``ts`` (of one size, or all)."""
+        if window_seconds is None:
+            status = await self.pool.execute(
+                "DELETE FROM monitoring_windows WHERE window_start < $1", ts
+            )
+        else:
+            status = await self.pool.execute(
+                "DELETE FROM monitoring_windows WHERE window_seconds = $1 AND window_start < $2",
+                window_seconds,
+                ts,
+            )
+        return int(status.split()[-1])
+
+    # -- reads ------------------------------------------------------------------------------
+    async def query_samples(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        start: float,
+        end: float,
+        limit: int = 10_000,
+    ) -> list[Sample]:
+        """Samples with ``start <= ts < end``, oldest first (by ts, seq, metric)."""
+        rows = await self.pool.fetch(
+            "SELECT device_id, metric, ts, value, seq FROM monitoring_samples "
+            "WHERE device_id = $1 AND ts >= $2 AND ts < $3 "
+            "AND ($4::text[] IS NULL OR metric = ANY($4::text[])) "
+            "ORDER BY ts, seq, metric LIMIT $5",
+            device_id,
+            start,
+            end,
+            list(metrics) if metrics is not None else None,
+            limit,
+        )
+        return [_sample_from(r) for r in rows]
+
+    async def recent_samples(
+        self,
+        *,
+        device_ids: Sequence[str] | None,
+        metric: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Sample]:
+        """Newest samples first across devices (``None`` = every device), paginated."""
+        if device_ids is not None and not device_ids:
+            return []
+        if device_ids is None:
+            rows = await self.pool.fetch(
+                "SELECT device_id, metric, ts, value, seq FROM monitoring_samples "
+                "WHERE ($1::text IS NULL OR metric = $1) AND ($2::float8 IS NULL OR ts >= $2) "
+                "ORDER BY ts DESC, device_id, seq DESC, metric LIMIT $3 OFFSET $4",
+                metric,
+                since,
+                limit,
+                offset,
+            )
+        else:
+            # Newest (limit + offset) per device from its own primary-key range, then merged.
+            rows = await self.pool.fetch(
+                "SELECT s.* FROM unnest($1::text[]) AS d(id) CROSS JOIN LATERAL ("
+                "  SELECT device_id, metric, ts, value, seq FROM monitoring_samples"
+                "  WHERE device_id = d.id AND ($2::text IS NULL OR metric = $2)"
+                "  AND ($3::float8 IS NULL OR ts >= $3)"
+                "  ORDER BY ts DESC, seq DESC, metric LIMIT $4) AS s "
+                "ORDER BY s.ts DESC, s.device_id, s.seq DESC, s.metric LIMIT $5 OFFSET $6",
+                sorted(set(device_ids)),
+                metric,
+                since,
+                limit + offset,
+                limit,
+                offset,
+            )
+        return [_sample_from(r) for r in rows]
+
+    async def query_windows(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        window_seconds: int,
+        start: float,
+        end: float,
+    ) -> list[WindowStats]:
+        """Windows with ``start <= window_start < end``, ordered by metric then start."""
+        rows = await self.pool.fetch(
+            f"SELECT {_WINDOW_COLS} FROM monitoring_windows "
+            "WHERE device_id = $1 AND window_seconds = $2 "
+            "AND window_start >= $3 AND window_start < $4 "
+            "AND ($5::text[] IS NULL OR metric = ANY($5::text[])) "
+            "ORDER BY metric, window_start",
+            device_id,
+            window_seconds,
+            start,
+            end,
+            list(metrics) if metrics is not None else None,
+        )
+        return [_window_from(r) for r in rows]
+
+    async def aggregate_windows(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        start: float,
+        end: float,
+        bucket_seconds: int,
+        source_window_seconds: int,
+    ) -> list[Bucket]:
+        """Windows of ``source_window_seconds`` starting in [start, end) re-aggregated into
+        epoch-aligned buckets of ``bucket_seconds``, ordered by metric then bucket start."""
+        if bucket_seconds <= 0 or source_window_seconds <= 0:
+            raise ValueError("bucket and window sizes must be positive")
+        if bucket_seconds % source_window_seconds:
+            raise ValueError("bucket_seconds must be a multiple of source_window_seconds")
+        # Pooled population variance around the bucket mean M:
+        #   N·Var = Σ nᵢ·(sᵢ² + (mᵢ − M)²)
+        # computed in two steps so that large means do not cancel catastrophically.
+        rows = await self.pool.fetch(
+            """
+            WITH w AS (
+                SELECT metric, floor(window_start / $5) * $5 AS bucket, count, min, max, mean,
+                       stddev, p50, p95, last, last_ts
+                FROM monitoring_windows
+                WHERE device_id = $1 AND window_seconds = $2
+                  AND window_start >= $3 AND window_start < $4
+                  AND ($6::text[] IS NULL OR metric = ANY($6::text[]))
+                  AND count > 0
+            ), b AS (
+                SELECT metric, bucket, sum(count) AS n,
+                       sum(count * mean) / sum(count) AS m
+                FROM w GROUP BY metric, bucket
+            )
+            SELECT w.metric, w.bucket, b.n AS count, min(w.min) AS min, max(w.max) AS max,
+                   b.m AS mean,
+                   sqrt(greatest(sum(w.count * (w.stddev * w.stddev
+                                 + (w.mean - b.m) * (w.mean - b.m))) / b.n, 0)) AS stddev,
+                   sum(w.count * w.p50) / b.n AS p50,
+                   sum(w.count * w.p95) / b.n AS p95,
+                   (array_agg(w.last ORDER BY w.last_ts DESC))[1] AS last,
+                   count(*) = 1 AS exact
+            FROM w JOIN b USING (metric, bucket)
+            GROUP BY w.metric, w.bucket, b.n, b.m
+            ORDER BY w.metric, w.bucket
+            """,
+            device_id,
+            source_window_seconds,
+            start,
+            end,
+            float(bucket_seconds),
+            list(metrics) if metrics is not None else None,
+        )
+        out: list[Bucket] = []
+        for r in rows:
+            exact = r["exact"]
+            out.append(
+                Bucket(
+                    device_id=device_id,
+                    metric=r["metric"],
+                    bucket_start=r["bucket"],
+                    bucket_seconds=bucket_seconds,
+                    count=int(r["count"]),
+                    min=r["min"],
+                    max=r["max"],
+                    mean=r["mean"],
+                    stddev=r["stddev"],
+                    p50=r["p50"],
+                    p95=r["p95"],
+                    last=r["last"],
+                    exact_percentiles=exact,
+                )
+            )
+        return out
+
+    async def _window_sizes(
+        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+    ) -> list[int]:
+        # Loose index scan over (window_seconds, window_start): one probe per distinct size.
+        rows = await conn.fetch(
+            """
+            WITH RECURSIVE s(ws) AS (
+                (SELECT window_seconds FROM monitoring_windows ORDER BY window_seconds LIMIT 1)
+                UNION ALL
+                SELECT (SELECT window_seconds FROM monitoring_windows
+                        WHERE window_seconds > s.ws ORDER BY window_seconds LIMIT 1)
+                FROM s WHERE s.ws IS NOT NULL
+            )
+            SELECT ws FROM s WHERE ws IS NOT NULL
+            """
+        )
+        return [r["ws"] for r in rows]
+
+    async def fleet_summary(
+        self,
+        *,
+        device_ids: Sequence[str] | None,
+        start: float,
+        end: float,
+        window_seconds: int | None = None,
+    ) -> FleetSummary:
+        """Fleet figures over windows starting in [start, end).
+
+        Computed from stored windows (raw samples may be switched off), of ``window_seconds``
+        or, when not given, the finest stored size for ranges up to 6 hours and the coarsest
+        for longer ones (fewer rows; edge windows matter little there). ``readings`` counts a
+        reading once even when it carries several metrics: per device and window it is the
+        largest count among that device's metrics.
+        """
+        if device_ids is not None and not device_ids:
+            return FleetSummary(
+                start=start, end=end, devices_reporting=0, readings=0, readings_per_second=0.0
+            )
+        ids = sorted(set(device_ids)) if device_ids is not None else None
+        async with self.pool.acquire() as conn:
+            ws = window_seconds
+            if ws is None:
+                sizes = await self._window_sizes(conn)
+                if sizes:
+                    ws = sizes[0] if end - start <= 6 * 3600 else sizes[-1]
+            metrics: list[MetricSummary] = []
+            devices = 0
+            readings = 0
+            if ws is not None:
+                where = (
+                    "window_seconds = $1 AND window_start >= $2 AND window_start < $3 "
+                    "AND ($4::text[] IS NULL OR device_id = ANY($4::text[])) AND count > 0"
+                )
+                mrows = await conn.fetch(
+                    f"SELECT metric, sum(count) AS n, min(min) AS lo, max(max) AS hi, "
+                    f"sum(count * mean) / sum(count) AS m FROM monitoring_windows "
+                    f"WHERE {where} GROUP BY metric ORDER BY metric",
+                    ws,
+                    start,
+                    end,
+                    ids,
+                )
+                metrics = [
+                    MetricSummary(
+                        metric=r["metric"], count=int(r["n"]), min=r["lo"], max=r["hi"], mean=r["m"]
+                    )
+                    for r in mrows
+                ]
+                drow = await conn.fetchrow(
+                    f"SELECT count(DISTINCT device_id) AS devices, coalesce(sum(n), 0) AS readings "
+                    f"FROM (SELECT device_id, max(count) AS n FROM monitoring_windows "
+                    f"WHERE {where} GROUP BY device_id, window_start) per_window",
+                    ws,
+                    start,
+                    end,
+                    ids,
+                )
+                assert drow is not None
+                devices = int(drow["devices"])
+                readings = int(drow["readings"])
+            arows = await conn.fetch(
+                "SELECT severity, count(*) AS n FROM monitoring_alerts "
+                "WHERE started_at >= $1 AND started_at < $2 "
+                "AND ($3::text[] IS NULL OR device_id = ANY($3::text[])) GROUP BY severity",
+                start,
+                end,
+                ids,
+            )
+        span = end - start
+        return FleetSummary(
+            start=start,
+            end=end,
+            devices_reporting=devices,
+            readings=readings,
+            readings_per_second=readings / span if span > 0 else 0.0,
+            metrics=metrics,
+            alerts_by_severity={r["severity"]: int(r["n"]) for r in arows},
+        )
+
+    async def query_alerts(
+        self,
+        *,
+        device_ids: Sequence[str] | None = None,
+        status: str | None = None,
+        min_severity: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Alert]:
+        """Alerts newest first; ``start``/``end`` bound ``started_at`` (end exclusive)."""
+        if device_ids is not None and not device_ids:
+            return []
+        severities = severities_at_least(min_severity) if min_severity is not None else None
+        rows = await self.pool.fetch(
+            f"SELECT {', '.join(_ALERT_COLS)} FROM monitoring_alerts "
+            "WHERE ($1::text[] IS NULL OR device_id = ANY($1::text[])) "
+            "AND ($2::text IS NULL OR status = $2) "
+            "AND ($3::text[] IS NULL OR severity = ANY($3::text[])) "
+            "AND ($4::float8 IS NULL OR started_at >= $4) "
+            "AND ($5::float8 IS NULL OR started_at < $5) "
+            "ORDER BY started_at DESC, alert_id LIMIT $6 OFFSET $7",
+            list(device_ids) if device_ids is not None else None,
+            status,
+            severities,
+            start,
+            end,
+            limit,
+            offset,
+        )
+        return [_alert_from(r) for r in rows]
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {', '.join(_ALERT_COLS)} FROM monitoring_alerts WHERE alert_id = $1",
+            alert_id,
+        )
+        return _alert_from(row) if row is not None else None
+
+    async def transition_alert(
+        self, alert_id: str, *, status: str, by: str | None, at: float
+    ) -> Alert | None:
+        """Move an alert forward (active → acknowledged → cleared, or active → cleared).
+
+        Asking for the status it already has returns it unchanged (idempotent); asking to
+        move backwards raises :class:`AlertTransitionError`. None if the alert is unknown.
+        """
+        if status not in ("acknowledged", "cleared"):
+            raise ValueError(f"cannot transition an alert to {status!r}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT {', '.join(_ALERT_COLS)} FROM monitoring_alerts "
+                "WHERE alert_id = $1 FOR UPDATE",
+                alert_id,
+            )
+            if row is None:
+                return None
+            current = _alert_from(row)
+            if current.status == status:
+                return current
+            if STATUS_RANK[status] < STATUS_RANK.get(current.status, 0):
+                raise AlertTransitionError(current, status)
+            if status == "acknowledged":
+                new = await conn.fetchrow(
+                    "UPDATE monitoring_alerts SET status = 'acknowledged', acknowledged_at = $2, "
+                    "acknowledged_by = $3, updated_at = greatest(updated_at, $2) "
+                    f"WHERE alert_id = $1 RETURNING {', '.join(_ALERT_COLS)}",
+                    alert_id,
+                    at,
+                    by,
+                )
+            else:
+                new = await conn.fetchrow(
+                    "UPDATE monitoring_alerts SET status = 'cleared', cleared_at = $2, "
+                    "updated_at = greatest(updated_at, $2) "
+                    f"WHERE alert_id = $1 RETURNING {', '.join(_ALERT_COLS)}",
+                    alert_id,
+                    at,
+                )
+            assert new is not None
+            return _alert_from(new)
+
+    # -- subscriptions and deliveries -------------------------------------------------------
+    async def create_subscription(self, sub: Subscription) -> None:
+        await self.pool.execute(
+            "INSERT INTO monitoring_subscriptions "
+            "(id, owner_id, url, secret, device_ids, min_severity, rule_types, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            sub.id,
+            sub.owner_id,
+            sub.url,
+            sub.secret,
+            sub.device_ids,
+            sub.min_severity,
+            sub.rule_types,
+            sub.created_at,
+        )
+
+    async def list_subscriptions(self, *, owner_id: str | None) -> list[Subscription]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM monitoring_subscriptions WHERE ($1::text IS NULL OR owner_id = $1) "
+            "ORDER BY created_at, id",
+            owner_id,
+        )
+        return [_subscription_from(r) for r in rows]
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM monitoring_subscriptions WHERE id = $1", sub_id
+        )
+        return _subscription_from(row) if row is not None else None
+
+    async def delete_subscription(self, sub_id: str, *, owner_id: str | None) -> bool:
+        status = await self.pool.execute(
+            "DELETE FROM monitoring_subscriptions WHERE id = $1 "
+            "AND ($2::text IS NULL OR owner_id = $2)",
+            sub_id,
+            owner_id,
+        )
+        return status != "DELETE 0"
+
+    async def enqueue_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        # A delivery for a subscription deleted meanwhile is dropped rather than failing
+        # the whole batch on the foreign key.
+        await self.pool.execute(
+            f"INSERT INTO monitoring_deliveries ({_DELIVERY_COLS}) "
+            "SELECT u.* FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], "
+            "$5::integer[], $6::float8[], $7::text[], $8::float8[], $9::float8[]) "
+            "AS u(id, subscription_id, payload, status, attempts, next_attempt_at, last_error, "
+            "created_at, updated_at) "
+            "WHERE EXISTS (SELECT 1 FROM monitoring_subscriptions s "
+            "              WHERE s.id = u.subscription_id) "
+            "ON CONFLICT (id) DO NOTHING",
+            [d.id for d in deliveries],
+            [d.subscription_id for d in deliveries],
+            [d.payload for d in deliveries],
+            [d.status for d in deliveries],
+            [d.attempts for d in deliveries],
+            [d.next_attempt_at for d in deliveries],
+            [d.last_error for d in deliveries],
+            [d.created_at for d in deliveries],
+            [d.updated_at for d in deliveries],
+        )
+
+    async def due_deliveries(
+        self, *, now: float, limit: int, lease_seconds: float = 0.0
+    ) -> list[Delivery]:
+        """Pending deliveries whose ``next_attempt_at`` has come, oldest first.
+
+        With ``lease_seconds`` > 0 the returned deliveries are claimed: their
+        ``next_attempt_at`` moves to ``now + lease_seconds`` in the same statement (rows
+        another instance is claiming are skipped), so several API instances never send the
+        same delivery at once; the caller then records the outcome with ``update_delivery``.
+        """
+        if lease_seconds > 0:
+            rows = await self.pool.fetch(
+                f"UPDATE monitoring_deliveries d SET next_attempt_at = $1 + $3 "
+                f"FROM (SELECT id FROM monitoring_deliveries "
+                f"      WHERE status = 'pending' AND next_attempt_at <= $1 "
+                f"      ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) due "
+                f"WHERE d.id = due.id "
+                f"RETURNING {', '.join('d.' + c.strip() for c in _DELIVERY_COLS.split(','))}",
+                now,
+                limit,
+                lease_seconds,
+            )
+            return sorted((_delivery_from(r) for r in rows), key=lambda d: d.created_at)
+        rows = await self.pool.fetch(
+            f"SELECT {_DELIVERY_COLS} FROM monitoring_deliveries "
+            "WHERE status = 'pending' AND next_attempt_at <= $1 "
+            "ORDER BY next_attempt_at, created_at LIMIT $2",
+            now,
+            limit,
+        )
+        return [_delivery_from(r) for r in rows]
+
+    async def update_delivery(self, delivery: Delivery) -> None:
+        await self.pool.execute(
+            "UPDATE monitoring_deliveries SET status = $2, attempts = $3, next_attempt_at = $4, "
+            "last_error = $5, updated_at = $6, payload = $7 WHERE id = $1",
+            delivery.id,
+            delivery.status,
+            delivery.attempts,
+            delivery.next_attempt_at,
+            delivery.last_error,
+            delivery.updated_at,
+            delivery.payload,
+        )
+
+    async def list_deliveries(
+        self, *, subscription_id: str, status: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """A subscription's deliveries, newest first."""
+        rows = await self.pool.fetch(
+            f"SELECT {_DELIVERY_COLS} FROM monitoring_deliveries "
+            "WHERE subscription_id = $1 AND ($2::text IS NULL OR status = $2) "
+            "ORDER BY created_at DESC, id LIMIT $3",
+            subscription_id,
+            status,
+            limit,
+        )
+        return [_delivery_from(r) for r in rows]

@@ -1,0 +1,519 @@
+"""The monitoring store contract, run against every reachable backend.
+
+PostgreSQL always (a throw-away database per test); MongoDB when ``MONGODB_URL`` is set (a
+throw-away database per test on that server). Expected values come from numpy over the same
+readings the test writes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from iot_common.events import Alert, WindowStats
+from monitoring_store import (
+    AlertTransitionError,
+    Delivery,
+    DeviceRules,
+    MonitoringStore,
+    SampleBatch,
+    Subscription,
+    open_store,
+)
+
+T0 = 1_789_948_800.0  # an epoch-aligned instant (divisible by 86400 / 3600 / 60 / 10)
+assert T0 % 86400 == 0
+
+BACKENDS = ["postgres", "mongo"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(
+    request: pytest.FixtureRequest, pg_database_factory: Callable[[str], str]
+) -> AsyncIterator[MonitoringStore]:
+    if request.param == "postgres":
+        s = open_store(pg_database_factory("store"), max_pool=4)
+        await s.start()
+        try:
+            yield s
+        finally:
+            await s.close()
+        return
+    base = os.environ.get("MONGODB_URL")
+    if not base:
+        pytest.skip("MONGODB_URL is not set: no MongoDB server to test against")
+    from monitoring_store.mongo import MongoStore
+
+    db = f"iot_store_test_{secrets.token_hex(4)}"
+    ms = MongoStore(base, database=db)
+    await ms.start()
+    try:
+        yield ms
+    finally:
+        await ms.drop_database()
+        await ms.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def readings(
+    rng: np.random.Generator, *, n: int, span: float, start: float = T0
+) -> tuple[np.ndarray, np.ndarray]:
+    """n readings at random (sorted, distinct) times within [start, start + span)."""
+    ts = np.sort(start + rng.choice(int(span * 10), size=n, replace=False) / 10.0)
+    values = rng.normal(50.0, 10.0, size=n)
+    return ts, values
+
+
+def windows_of(
+    device: str, metric: str, ts: np.ndarray, values: np.ndarray, size: int, *, updated: float = 1.0
+) -> list[WindowStats]:
+    """Tumbling windows computed with numpy, the way the agents define them."""
+    out: list[WindowStats] = []
+    starts = np.floor(ts / size) * size
+    for ws in np.unique(starts):
+        mask = starts == ws
+        v, t = values[mask], ts[mask]
+        out.append(
+            WindowStats(
+                device_id=device,
+                metric=metric,
+                window_seconds=size,
+                window_start=float(ws),
+                count=len(v),
+                min=float(v.min()),
+                max=float(v.max()),
+                mean=float(v.mean()),
+                stddev=float(v.std()),
+                p50=float(np.percentile(v, 50)),
+                p95=float(np.percentile(v, 95)),
+                last=float(v[np.argmax(t)]),
+                last_ts=float(t.max()),
+                final=True,
+                updated_at=updated,
+            )
+        )
+    return out
+
+
+def sample_batch(rows: list[tuple[str, str, float, float, int]]) -> SampleBatch:
+    return SampleBatch(
+        device_id=np.array([r[0] for r in rows], dtype=object),
+        metric=np.array([r[1] for r in rows], dtype=object),
+        ts=np.array([r[2] for r in rows], dtype=np.float64),
+        value=np.array([r[3] for r in rows], dtype=np.float64),
+        seq=np.array([r[4] for r in rows], dtype=np.int64),
+    )
+
+
+def alert(n: int, **kw: Any) -> Alert:
+    base: dict[str, Any] = {
+        "alert_id": f"a{n}",
+        "device_id": "d1",
+        "rule_id": "hot",
+        "rule_type": "threshold",
+        "severity": "warning",
+        "status": "active",
+        "message": "temp above 30",
+        "started_at": T0 + n,
+        "updated_at": T0 + n,
+        "metric": "temp",
+        "value": 31.0,
+        "threshold": 30.0,
+        "owner_id": "u1",
+    }
+    base.update(kw)
+    return Alert(**base)
+
+
+def key(w: WindowStats) -> tuple[str, str, int, float]:
+    return (w.device_id, w.metric, w.window_seconds, w.window_start)
+
+
+# -- windows ---------------------------------------------------------------------------------
+async def test_windows_upsert_is_idempotent_and_range_queries(store: MonitoringStore) -> None:
+    rng = np.random.default_rng(1)
+    batch: list[WindowStats] = []
+    for metric in ("temp", "hum"):
+        ts, v = readings(rng, n=300, span=600)
+        batch += windows_of("d1", metric, ts, v, 10)
+        batch += windows_of("d1", metric, ts, v, 60)
+    ts, v = readings(rng, n=50, span=600)
+    batch += windows_of("d2", "temp", ts, v, 10)
+
+    await store.upsert_windows(batch)
+    first = await store.query_windows("d1", metrics=None, window_seconds=10, start=T0, end=T0 + 600)
+    await store.upsert_windows(batch)  # a replay after a crash
+    await store.upsert_windows(list(reversed(batch)))
+    again = await store.query_windows("d1", metrics=None, window_seconds=10, start=T0, end=T0 + 600)
+    assert again == first
+    expected = sorted(
+        (w for w in batch if w.device_id == "d1" and w.window_seconds == 10),
+        key=lambda w: (w.metric, w.window_start),
+    )
+    assert first == expected
+
+    # [start, end) on window_start, one metric, one size
+    part = await store.query_windows(
+        "d1", metrics=["temp"], window_seconds=60, start=T0 + 120, end=T0 + 300
+    )
+    assert [w.window_start for w in part] == [T0 + 120, T0 + 180, T0 + 240]
+    assert {w.metric for w in part} == {"temp"}
+    assert (
+        await store.query_windows("nobody", metrics=None, window_seconds=10, start=T0, end=T0 + 600)
+        == []
+    )
+
+
+async def test_window_corrections_newer_wins(store: MonitoringStore) -> None:
+    w = windows_of("d1", "temp", np.array([T0 + 1.0, T0 + 2.0]), np.array([1.0, 3.0]), 10)[0]
+    await store.upsert_windows([w])
+    corrected = WindowStats(**{**_asdict(w), "count": 3, "max": 9.0, "updated_at": 5.0})
+    stale = WindowStats(**{**_asdict(w), "count": 1, "updated_at": 0.5})
+    await store.upsert_windows([corrected])
+    await store.upsert_windows([stale])  # an older state arriving late changes nothing
+    # a batch holding two states of one window: the newest wins
+    await store.upsert_windows([corrected, stale])
+    got = await store.query_windows("d1", metrics=None, window_seconds=10, start=T0, end=T0 + 10)
+    assert got == [corrected]
+
+
+def _asdict(w: WindowStats) -> dict[str, Any]:
+    return {f: getattr(w, f) for f in w.__struct_fields__}
+
+
+# -- raw samples -----------------------------------------------------------------------------
+async def test_samples_stored_once_and_queried_by_range(store: MonitoringStore) -> None:
+    rows = [
+        ("d1", "temp", T0 + 1, 20.0, 1),
+        ("d1", "hum", T0 + 1, 40.0, 1),
+        ("d1", "temp", T0 + 2, 21.0, 2),
+        ("d1", "temp", T0 + 3, 22.0, -1),  # no seq from the device
+        ("d1", "temp", T0 + 3, 23.0, 7),  # same time, different seq: a different reading
+        ("d2", "temp", T0 + 2, 99.0, 1),
+    ]
+    await store.insert_samples(sample_batch(rows))
+    await store.insert_samples(sample_batch(rows))  # replay
+    await store.insert_samples(sample_batch(rows[:3] + rows[:3]))  # duplicates inside a batch
+
+    got = await store.query_samples("d1", metrics=None, start=T0, end=T0 + 10)
+    assert [(s.metric, s.ts, s.value, s.seq) for s in got] == [
+        ("hum", T0 + 1, 40.0, 1),
+        ("temp", T0 + 1, 20.0, 1),
+        ("temp", T0 + 2, 21.0, 2),
+        ("temp", T0 + 3, 22.0, None),
+        ("temp", T0 + 3, 23.0, 7),
+    ]
+    temp = await store.query_samples("d1", metrics=["temp"], start=T0 + 2, end=T0 + 3)
+    assert [(s.ts, s.value) for s in temp] == [(T0 + 2, 21.0)]
+    limited = await store.query_samples("d1", metrics=None, start=T0, end=T0 + 10, limit=2)
+    assert len(limited) == 2
+    assert await store.insert_samples(sample_batch([])) is None
+
+
+async def test_recent_samples_filters_and_pages(store: MonitoringStore) -> None:
+    rows = [(f"d{d}", m, T0 + i, float(i), i) for i in range(10) for d in (1, 2, 3) for m in "ab"]
+    await store.insert_samples(sample_batch(rows))
+
+    newest = await store.recent_samples(device_ids=["d1", "d2"], limit=4)
+    assert [(s.device_id, s.ts) for s in newest] == [
+        ("d1", T0 + 9),
+        ("d1", T0 + 9),
+        ("d2", T0 + 9),
+        ("d2", T0 + 9),
+    ]
+    assert {s.device_id for s in await store.recent_samples(device_ids=None, limit=100)} == {
+        "d1",
+        "d2",
+        "d3",
+    }
+    page1 = await store.recent_samples(device_ids=["d3"], metric="a", limit=3)
+    page2 = await store.recent_samples(device_ids=["d3"], metric="a", limit=3, offset=3)
+    assert [s.ts for s in page1 + page2] == [T0 + i for i in range(9, 3, -1)]
+    since = await store.recent_samples(device_ids=None, metric="b", since=T0 + 8, limit=100)
+    assert len(since) == 6 and all(s.ts >= T0 + 8 and s.metric == "b" for s in since)
+    assert await store.recent_samples(device_ids=[], limit=10) == []
+
+
+async def test_delete_samples_before(store: MonitoringStore) -> None:
+    rows = [("d1", "temp", T0 + i, float(i), i) for i in range(10)]
+    await store.insert_samples(sample_batch(rows))
+    assert await store.delete_samples_before(T0 + 4) == 4
+    left = await store.query_samples("d1", metrics=None, start=0, end=T0 + 100)
+    assert [s.ts for s in left] == [T0 + i for i in range(4, 10)]
+
+
+# -- re-aggregation --------------------------------------------------------------------------
+@pytest.mark.parametrize(("bucket", "source"), [(60, 10), (300, 10), (3600, 60), (10, 10)])
+async def test_aggregate_windows_matches_numpy(
+    store: MonitoringStore, bucket: int, source: int
+) -> None:
+    rng = np.random.default_rng(bucket + source)
+    span = 2 * 3600
+    data = {m: readings(rng, n=3000, span=span) for m in ("temp", "hum")}
+    stored: list[WindowStats] = []
+    for m, (ts, v) in data.items():
+        stored += windows_of("d1", m, ts, v, source)
+    ts2, v2 = readings(rng, n=100, span=span)
+    stored += windows_of("d2", "temp", ts2, v2, source)  # another device: must not leak in
+    await store.upsert_windows(stored)
+
+    start, end = T0 + 600, T0 + span - 600
+    got = await store.aggregate_windows(
+        "d1",
+        metrics=None,
+        start=start,
+        end=end,
+        bucket_seconds=bucket,
+        source_window_seconds=source,
+    )
+    expected_keys = []
+    for m in sorted(data):
+        ts, v = data[m]
+        keep = (np.floor(ts / source) * source >= start) & (np.floor(ts / source) * source < end)
+        ts, v = ts[keep], v[keep]
+        b = np.floor(ts / bucket) * bucket
+        srcw = [w for w in stored if w.device_id == "d1" and w.metric == m]
+        for bs in np.unique(b):
+            mask = b == bs
+            expected_keys.append((m, float(bs)))
+            g = next(x for x in got if x.metric == m and x.bucket_start == bs)
+            vv, tt = v[mask], ts[mask]
+            assert g.device_id == "d1" and g.bucket_seconds == bucket
+            assert g.count == len(vv)
+            assert g.min == vv.min() and g.max == vv.max()
+            assert g.mean == pytest.approx(vv.mean(), rel=1e-9)
+            assert g.stddev == pytest.approx(vv.std(), rel=1e-7)
+            assert g.last == vv[np.argmax(tt)]
+            ws = [
+                w
+                for w in srcw
+                if bs <= w.window_start < bs + bucket and start <= w.window_start < end
+            ]
+            counts = np.array([w.count for w in ws], dtype=float)
+            if len(ws) == 1:
+                assert g.exact_percentiles
+                assert g.p50 == pytest.approx(np.percentile(vv, 50))
+                assert g.p95 == pytest.approx(np.percentile(vv, 95))
+            else:
+                assert not g.exact_percentiles
+                p50 = np.average([w.p50 for w in ws], weights=counts)
+                p95 = np.average([w.p95 for w in ws], weights=counts)
+                assert g.p50 == pytest.approx(p50, rel=1e-9)
+                assert g.p95 == pytest.approx(p95, rel=1e-9)
+    assert [(g.metric, g.bucket_start) for g in got] == expected_keys
+
+    only = await store.aggregate_windows(
+        "d1",
+        metrics=["hum"],
+        start=start,
+        end=end,
+        bucket_seconds=bucket,
+        source_window_seconds=source,
+    )
+    assert {g.metric for g in only} == {"hum"}
+
+
+async def test_aggregate_windows_rejects_bucket_finer_than_source(store: MonitoringStore) -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        await store.aggregate_windows(
+            "d1", metrics=None, start=T0, end=T0 + 60, bucket_seconds=15, source_window_seconds=10
+        )
+
+
+# -- fleet summary ---------------------------------------------------------------------------
+async def test_fleet_summary(store: MonitoringStore) -> None:
+    rng = np.random.default_rng(7)
+    span = 600
+    per_device: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    stored: list[WindowStats] = []
+    for d in ("d1", "d2", "d3"):
+        ts, _ = readings(rng, n=200, span=span)
+        per_device[d] = {}
+        for m in ("temp", "hum"):  # every reading carries both metrics
+            v = rng.normal(20.0, 5.0, size=len(ts))
+            per_device[d][m] = (ts, v)
+            stored += windows_of(d, m, ts, v, 10)
+            stored += windows_of(d, m, ts, v, 60)
+    late_ts = np.array([T0 + span + 5.0])  # outside the range asked for
+    stored += windows_of("d4", "temp", late_ts, np.array([1.0]), 10)
+    await store.upsert_windows(stored)
+    await store.upsert_alerts(
+        [
+            alert(1, severity="critical", device_id="d1"),
+            alert(2, severity="warning", device_id="d2"),
+            alert(3, severity="warning", device_id="d3"),
+            alert(4, severity="info", device_id="d1", started_at=T0 - 100),  # before the range
+        ]
+    )
+
+    s = await store.fleet_summary(device_ids=None, start=T0, end=T0 + span)
+    assert s.devices_reporting == 3
+    assert s.readings == 600
+    assert s.readings_per_second == pytest.approx(600 / span)
+    assert s.alerts_by_severity == {"critical": 1, "warning": 2}
+    for ms in s.metrics:
+        v = np.concatenate([per_device[d][ms.metric][1] for d in per_device])
+        assert ms.count == len(v)
+        assert ms.min == v.min() and ms.max == v.max()
+        assert ms.mean == pytest.approx(v.mean(), rel=1e-9)
+    assert [ms.metric for ms in s.metrics] == ["hum", "temp"]
+
+    mine = await store.fleet_summary(device_ids=["d1", "d4"], start=T0, end=T0 + span)
+    assert mine.devices_reporting == 1 and mine.readings == 200
+    assert mine.alerts_by_severity == {"critical": 1}
+    empty = await store.fleet_summary(device_ids=None, start=T0 + 10 * span, end=T0 + 11 * span)
+    assert empty.devices_reporting == 0 and empty.readings == 0 and empty.metrics == []
+
+
+# -- alerts ----------------------------------------------------------------------------------
+async def test_alert_lifecycle(store: MonitoringStore) -> None:
+    a = alert(1)
+    await store.upsert_alerts([a])
+    await store.upsert_alerts([a])
+    assert await store.get_alert("a1") == a
+    assert await store.get_alert("nope") is None
+    assert await store.transition_alert("nope", status="acknowledged", by="u", at=T0) is None
+
+    acked = await store.transition_alert("a1", status="acknowledged", by="op@x", at=T0 + 50)
+    assert acked is not None
+    assert acked.status == "acknowledged"
+    assert acked.acknowledged_by == "op@x" and acked.acknowledged_at == T0 + 50
+    # acknowledging twice is harmless
+    assert await store.transition_alert("a1", status="acknowledged", by="other", at=T0 + 60) == (
+        acked
+    )
+    # the agents' next "still active, new value" update does not undo the acknowledgement
+    await store.upsert_alerts([alert(1, value=35.0, updated_at=T0 + 70)])
+    cur = await store.get_alert("a1")
+    assert cur is not None
+    assert cur.status == "acknowledged" and cur.value == 35.0 and cur.acknowledged_by == "op@x"
+
+    cleared = await store.transition_alert("a1", status="cleared", by="op@x", at=T0 + 80)
+    assert cleared is not None and cleared.status == "cleared" and cleared.cleared_at == T0 + 80
+    with pytest.raises(AlertTransitionError) as err:
+        await store.transition_alert("a1", status="acknowledged", by="op@x", at=T0 + 90)
+    assert err.value.current.status == "cleared"
+    await store.upsert_alerts([alert(1, updated_at=T0 + 100)])  # a stale replay of "active"
+    final = await store.get_alert("a1")
+    assert final is not None and final.status == "cleared"
+
+    # active → cleared directly (the condition went away)
+    await store.upsert_alerts([alert(2)])
+    direct = await store.transition_alert("a2", status="cleared", by=None, at=T0 + 5)
+    assert direct is not None and direct.status == "cleared"
+    with pytest.raises(ValueError):
+        await store.transition_alert("a2", status="active", by=None, at=T0 + 6)
+
+
+async def test_alert_upsert_batch_with_several_states(store: MonitoringStore) -> None:
+    states = [
+        alert(1),
+        alert(
+            1, status="acknowledged", acknowledged_by="u", acknowledged_at=T0 + 5, updated_at=T0 + 5
+        ),
+        alert(1, status="cleared", cleared_at=T0 + 9, updated_at=T0 + 9),
+    ]
+    await store.upsert_alerts(list(reversed(states)))
+    got = await store.get_alert("a1")
+    assert got is not None
+    assert (got.status, got.acknowledged_by, got.cleared_at) == ("cleared", "u", T0 + 9)
+
+
+async def test_query_alerts_filters(store: MonitoringStore) -> None:
+    await store.upsert_alerts(
+        [
+            alert(1, device_id="d1", severity="info"),
+            alert(2, device_id="d1", severity="warning"),
+            alert(3, device_id="d2", severity="critical"),
+            alert(4, device_id="d3", severity="critical"),
+            alert(5, device_id="d2", severity="warning"),
+        ]
+    )
+    await store.transition_alert("a3", status="acknowledged", by="u", at=T0 + 10)
+
+    def ids(alerts: list[Alert]) -> list[str]:
+        return [a.alert_id for a in alerts]
+
+    assert ids(await store.query_alerts()) == ["a5", "a4", "a3", "a2", "a1"]
+    assert ids(await store.query_alerts(device_ids=["d1", "d2"])) == ["a5", "a3", "a2", "a1"]
+    assert ids(await store.query_alerts(device_ids=[])) == []
+    assert ids(await store.query_alerts(status="acknowledged")) == ["a3"]
+    assert ids(await store.query_alerts(min_severity="warning")) == ["a5", "a4", "a3", "a2"]
+    assert ids(await store.query_alerts(min_severity="critical", status="active")) == ["a4"]
+    assert ids(await store.query_alerts(start=T0 + 2, end=T0 + 4)) == ["a3", "a2"]
+    assert ids(await store.query_alerts(limit=2, offset=1)) == ["a4", "a3"]
+    with pytest.raises(ValueError):
+        await store.query_alerts(min_severity="apocalyptic")
+
+
+# -- device rules ----------------------------------------------------------------------------
+async def test_device_rules_survive_and_keep_newest_version(store: MonitoringStore) -> None:
+    cfg1 = {"metrics": [{"name": "temp"}], "rules": [{"type": "threshold", "id": "hot"}]}
+    cfg2 = {"metrics": [{"name": "temp"}], "rules": []}
+    await store.upsert_device_rules(
+        [
+            DeviceRules("d1", "u1", "thermo", cfg1, 1),
+            DeviceRules("d2", None, None, {}, 1),
+        ]
+    )
+    await store.upsert_device_rules([DeviceRules("d1", "u1", "thermo", cfg2, 2)])
+    await store.upsert_device_rules([DeviceRules("d1", "u1", "thermo", cfg1, 1)])  # stale event
+    await store.upsert_device_rules([DeviceRules("d2", None, None, {}, 2, active=False)])
+    assert await store.load_device_rules() == [
+        DeviceRules("d1", "u1", "thermo", cfg2, 2),
+        DeviceRules("d2", None, None, {}, 2, active=False),
+    ]
+
+
+# -- subscriptions and deliveries ------------------------------------------------------------
+async def test_subscriptions_and_deliveries(store: MonitoringStore) -> None:
+    s1 = Subscription("s1", "u1", "http://h/1", "k1", ["d1"], "warning", None, T0)
+    s2 = Subscription("s2", "u2", "http://h/2", "k2", None, "info", ["threshold"], T0 + 1)
+    await store.create_subscription(s1)
+    await store.create_subscription(s2)
+    assert await store.list_subscriptions(owner_id="u1") == [s1]
+    assert await store.list_subscriptions(owner_id=None) == [s1, s2]
+    assert not await store.delete_subscription("s2", owner_id="u1")  # not the owner's
+    assert await store.list_subscriptions(owner_id="u2") == [s2]
+
+    def delivery(i: int, sub: str = "s1", **kw: Any) -> Delivery:
+        base: dict[str, Any] = {
+            "id": f"dl{i}",
+            "subscription_id": sub,
+            "payload": {"alert_id": f"a{i}", "nested": {"v": [1, 2.5]}},
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": T0 + i,
+            "last_error": None,
+            "created_at": T0 + i,
+            "updated_at": T0 + i,
+        }
+        base.update(kw)
+        return Delivery(**base)
+
+    batch = [delivery(1), delivery(2), delivery(3, sub="s2")]
+    await store.enqueue_deliveries(batch)
+    # idempotent: the same ids again (even with other contents) change nothing
+    await store.enqueue_deliveries([delivery(1, attempts=9), delivery(2)])
+    assert await store.due_deliveries(now=T0 + 2, limit=10) == batch[:2]
+    assert await store.due_deliveries(now=T0 + 10, limit=1) == batch[:1]
+
+    failed_once = delivery(
+        1, attempts=1, next_attempt_at=T0 + 30, last_error="HTTP 500", updated_at=T0 + 10
+    )
+    await store.update_delivery(failed_once)
+    assert await store.due_deliveries(now=T0 + 10, limit=10) == [batch[1], batch[2]]
+    done = delivery(2, status="delivered", attempts=1, updated_at=T0 + 11)
+    await store.update_delivery(done)
+    assert await store.list_deliveries(subscription_id="s1") == [done, failed_once]
+    assert await store.list_deliveries(subscription_id="s1", status="delivered") == [done]
+    assert await store.due_deliveries(now=T0 + 31, limit=10) == [batch[2], failed_once]
+
+    assert await store.delete_subscription("s1", owner_id="u1")
+    assert await store.list_subscriptions(owner_id=None) == [s2]
+    assert await store.list_deliveries(subscription_id="s1") == []
