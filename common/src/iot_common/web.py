@@ -89,20 +89,32 @@ class RequestContextMiddleware:
                 await self._too_large(send_wrapper, rid)
                 return
             received = 0
+            exceeded = False
 
             async def limited_receive() -> Message:
-                nonlocal received
+                nonlocal received, exceeded
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.max_body:
+                        exceeded = True
                         raise _BodyTooLarge
                 return message
 
+            async def app_send(message: Message) -> None:
+                # FastAPI turns any error while reading the body into its own 400; once the
+                # limit was hit, the app's response is dropped so the 413 below wins.
+                if exceeded and not started[0]:
+                    return
+                await send_wrapper(message)
+
             try:
-                await self.app(scope, limited_receive, send_wrapper)
+                await self.app(scope, limited_receive, app_send)
+                if exceeded and not started[0]:
+                    await self._too_large(send_wrapper, rid)
             except _BodyTooLarge:
-                await self._too_large(send_wrapper, rid)
+                if not started[0]:
+                    await self._too_large(send_wrapper, rid)
             except Exception as exc:
                 log.error(
                     "unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc
