@@ -1,1 +1,1 @@
-"""monitoring-api."""
+"""Monitoring API: rolling-stats queries, Socket.IO live pushes, alert webhooks, dashboard."""

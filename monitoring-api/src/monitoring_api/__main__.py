@@ -1,0 +1,36 @@
+"""``monitoring-api [serve]``: run the monitoring API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from iot_common.logging import setup_logging
+from monitoring_api.config import get_settings
+from monitoring_api.main import create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="monitoring-api", description=__doc__)
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    setup_logging(service="monitoring-api", level=settings.log_level, json=settings.log_json)
+    if args.command == "migrate":
+        # The store creates its tables on start; nothing else to migrate.
+        return
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_config=None,
+        proxy_headers=True,
+        ws="websockets",
+    )
+
+
+if __name__ == "__main__":
+    main()

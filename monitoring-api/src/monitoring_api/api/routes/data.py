@@ -1,0 +1,199 @@
+"""Readings and windowed stats of the caller's devices."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from iot_common.errors import ValidationFailed
+from monitoring_api.api.deps import (
+    CurrentUser,
+    DirectoryDep,
+    SettingsDep,
+    StoreDep,
+    declared_metrics,
+    visible_device,
+    visible_device_ids,
+)
+from monitoring_api.schemas import (
+    ALL_AGGREGATES,
+    INTERVAL_SECONDS,
+    AggregateName,
+    DeviceData,
+    Interval,
+    RecentData,
+    SamplePublic,
+    Series,
+)
+from monitoring_api.timeutil import resolve_range, to_epoch
+
+router = APIRouter(prefix="/monitoring/data", tags=["data"])
+
+METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+MAX_METRICS_PER_QUERY = 64
+
+
+def _metrics(raw: list[str] | None) -> list[str] | None:
+    """Accept ``metric=a&metric=b`` and ``metric=a,b``; 422 for a malformed name."""
+    if not raw:
+        return None
+    names: list[str] = []
+    for part in raw:
+        names.extend(p.strip() for p in part.split(",") if p.strip())
+    if len(names) > MAX_METRICS_PER_QUERY:
+        raise ValidationFailed(
+            "too many metrics",
+            details=[{"field": "metric", "message": f"at most {MAX_METRICS_PER_QUERY}"}],
+        )
+    for name in names:
+        if not METRIC_RE.match(name):
+            raise ValidationFailed(
+                f"unknown metric {name!r}",
+                details=[{"field": "metric", "message": f"{name!r} is not a metric name"}],
+            )
+    return list(dict.fromkeys(names)) or None
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+@router.get("", response_model=RecentData)
+async def recent_data(
+    caller: CurrentUser,
+    store: StoreDep,
+    directory: DirectoryDep,
+    settings: SettingsDep,
+    device_id: Annotated[uuid.UUID | None, Query(description="only this device")] = None,
+    metric: Annotated[str | None, Query(max_length=64, description="only this metric")] = None,
+    since: Annotated[datetime | None, Query(description="readings at or after this time")] = None,
+    limit: Annotated[int, Query(ge=1, description="page size (capped)")] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> RecentData:
+    """Most recent readings across the caller's devices, newest first."""
+    if limit > settings.max_page_size:
+        raise ValidationFailed(
+            f"limit exceeds the page size cap of {settings.max_page_size}",
+            details=[{"field": "limit", "message": f"must be at most {settings.max_page_size}"}],
+        )
+    if metric is not None:
+        _metrics([metric])
+    since_ts = None
+    if since is not None:
+        since_ts, _ = resolve_range(since, None, default_span=0, max_span=None)
+    ids: list[str] | None
+    if device_id is not None:
+        await visible_device(directory, caller, str(device_id))
+        ids = [str(device_id)]
+    else:
+        ids = await visible_device_ids(directory, caller)
+    if ids == []:
+        return RecentData(items=[], limit=limit, offset=offset, next_offset=None)
+    samples = await store.recent_samples(
+        device_ids=ids, metric=metric, since=since_ts, limit=limit, offset=offset
+    )
+    items = [
+        SamplePublic(device_id=s.device_id, metric=s.metric, ts=s.ts, value=s.value, seq=s.seq)
+        for s in samples
+    ]
+    next_offset = offset + len(items) if len(items) == limit else None
+    return RecentData(items=items, limit=limit, offset=offset, next_offset=next_offset)
+
+
+@router.get("/{device_id}", response_model=DeviceData)
+async def device_data(
+    caller: CurrentUser,
+    store: StoreDep,
+    directory: DirectoryDep,
+    settings: SettingsDep,
+    device_id: Annotated[uuid.UUID, Path()],
+    start: Annotated[datetime | None, Query(description="epoch seconds or RFC 3339")] = None,
+    end: Annotated[datetime | None, Query(description="epoch seconds or RFC 3339")] = None,
+    metric: Annotated[
+        list[str] | None, Query(description="metric name(s); repeat or comma-separate")
+    ] = None,
+    interval: Annotated[Interval, Query(description="raw samples or bucket size")] = "1m",
+    aggregate: Annotated[
+        list[AggregateName] | None, Query(description="aggregates per bucket (default all)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, description="raw samples at most (capped)")] = 1000,
+) -> DeviceData:
+    """Raw samples or bucketed window stats of one device over a time range."""
+    metrics = _metrics(metric)
+    device = await visible_device(directory, caller, str(device_id))
+    known = declared_metrics(device)
+    if metrics and known is not None:
+        unknown = [m for m in metrics if m not in known]
+        if unknown:
+            raise ValidationFailed(
+                f"unknown metric {unknown[0]!r} for this device",
+                details=[{"field": "metric", "message": f"{m!r} is not declared"} for m in unknown],
+            )
+    did = str(device_id)
+    if interval == "raw":
+        if limit > settings.max_raw_samples:
+            raise ValidationFailed(
+                f"limit exceeds the cap of {settings.max_raw_samples}",
+                details=[
+                    {"field": "limit", "message": f"must be at most {settings.max_raw_samples}"}
+                ],
+            )
+        start_ts, end_ts = resolve_range(
+            start, end, default_span=3600, max_span=settings.max_range_raw
+        )
+        samples = await store.query_samples(
+            did, metrics=metrics, start=start_ts, end=end_ts, limit=limit + 1
+        )
+        truncated = len(samples) > limit
+        return DeviceData(
+            device_id=did,
+            start=start_ts,
+            end=end_ts,
+            interval="raw",
+            samples=[
+                SamplePublic(device_id=did, metric=s.metric, ts=s.ts, value=s.value, seq=s.seq)
+                for s in samples[:limit]
+            ],
+            truncated=truncated,
+        )
+    bucket = INTERVAL_SECONDS[interval]
+    max_span = float(getattr(settings, f"max_range_{interval}"))
+    start_ts, end_ts = resolve_range(
+        start, end, default_span=min(max_span, bucket * 120), max_span=max_span
+    )
+    aligned_start = math.floor(start_ts / bucket) * bucket
+    aggs = list(dict.fromkeys(aggregate)) if aggregate else list(ALL_AGGREGATES)
+    buckets = await store.aggregate_windows(
+        did,
+        metrics=metrics,
+        start=aligned_start,
+        end=end_ts,
+        bucket_seconds=bucket,
+        source_window_seconds=10 if bucket == 10 else 60,
+    )
+    by_metric: dict[str, list[dict[str, float | int | bool]]] = {}
+    for b in buckets:
+        point: dict[str, float | int | bool] = {"t": b.bucket_start}
+        for agg in aggs:
+            value = getattr(b, agg)
+            if agg == "count":
+                point[agg] = int(value)
+            else:
+                fv = _finite(float(value))
+                if fv is not None:
+                    point[agg] = fv
+        by_metric.setdefault(b.metric, []).append(point)
+    series = [Series(metric=m, points=pts) for m, pts in sorted(by_metric.items())]
+    return DeviceData(
+        device_id=did,
+        start=to_epoch(None, aligned_start),
+        end=end_ts,
+        interval=interval,
+        aggregates=aggs,
+        series=series,
+    )

@@ -1,0 +1,419 @@
+"""Live pushes: the Socket.IO server and the Kafka consumer feeding it.
+
+Rooms (all on the default namespace):
+
+- ``device:{device_id}`` — ``window`` updates and ``device`` events of one device; joining
+  requires device-management to show the device to the caller.
+- ``fleet:{owner}`` (``fleet:*`` for admins) — periodic ``fleet`` figures and ``device`` events
+  of the caller's devices.
+- ``alerts:{owner}:{min_severity}`` (``alerts:*:…`` for admins) — ``alert`` changes at or above
+  the chosen severity; a client is in at most one of these.
+
+Each API instance consumes the topics with its own consumer group (every instance sees every
+record) and pushes only to the clients connected to it, so with several instances behind a
+load balancer every client gets each push exactly once, from the instance it is connected to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+import socketio
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from iot_common.auth import JWTVerifier, Principal
+from iot_common.errors import PlatformError
+from iot_common.events import (
+    Alert,
+    DeviceEvent,
+    WindowStats,
+    alert_decoder,
+    device_event_decoder,
+    window_decoder,
+)
+from iot_common.topics import Topics
+from monitoring_api.devices import DeviceDirectory
+from monitoring_api.schemas import SEVERITY_RANK
+from monitoring_api.stats_service import fleet_stats
+from monitoring_store.base import MonitoringStore
+
+log = logging.getLogger(__name__)
+
+SOCKETIO_PATH = "/ws/monitoring"
+
+PUSHES = Counter("monitoring_api_pushes_total", "Socket.IO pushes emitted", ["event"])
+CONSUMED = Counter("monitoring_api_records_consumed_total", "Kafka records consumed", ["topic"])
+UNDECODABLE = Counter(
+    "monitoring_api_records_undecodable_total", "Kafka records that failed to decode", ["topic"]
+)
+CONNECTIONS = Counter("monitoring_api_socketio_connects_total", "Socket.IO connects", ["result"])
+
+
+def _owner_key(principal: Principal) -> str:
+    return "*" if principal.is_admin else principal.user_id
+
+
+def _token_from_environ(environ: dict[str, Any], auth: Any) -> str | None:
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str):
+        return str(auth["token"])
+    header = environ.get("HTTP_AUTHORIZATION")
+    if isinstance(header, str) and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    qs = parse_qs(environ.get("QUERY_STRING", ""))
+    if qs.get("token"):
+        return str(qs["token"][0])
+    return None
+
+
+class LiveHub:
+    """The Socket.IO server with its rooms and the push methods the consumer calls."""
+
+    verifier: JWTVerifier
+    directory: DeviceDirectory
+    store: MonitoringStore
+
+    def __init__(
+        self,
+        *,
+        fleet_interval: float = 5.0,
+        cors_allowed_origins: str | list[str] | None = None,
+    ) -> None:
+        self.fleet_interval = fleet_interval
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",
+            cors_allowed_origins=cors_allowed_origins or [],
+            logger=False,
+            engineio_logger=False,
+            ping_interval=20,
+            ping_timeout=20,
+            max_http_buffer_size=64 * 1024,
+        )
+        #: fleet room -> the token of its latest joiner (to list that owner's devices).
+        self._fleet_rooms: dict[str, str] = {}
+        self._fleet_task: asyncio.Task[None] | None = None
+        self._register()
+
+    def bind(
+        self, *, verifier: JWTVerifier, directory: DeviceDirectory, store: MonitoringStore
+    ) -> None:
+        """Hand in the collaborators built in the app lifespan (the server exists before)."""
+        self.verifier = verifier
+        self.directory = directory
+        self.store = store
+
+    # -- connection handling -----------------------------------------------------------------
+    def _register(self) -> None:
+        sio = self.sio
+
+        @sio.event  # type: ignore[untyped-decorator]
+        async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+            token = _token_from_environ(environ, auth)
+            if not token:
+                CONNECTIONS.labels("refused").inc()
+                raise socketio.exceptions.ConnectionRefusedError("missing token")
+            try:
+                principal = await self.verifier.verify(token)
+            except PlatformError as exc:
+                CONNECTIONS.labels("refused").inc()
+                raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+            await sio.save_session(sid, {"principal": principal, "token": token})
+            CONNECTIONS.labels("accepted").inc()
+
+        @sio.event  # type: ignore[untyped-decorator]
+        async def join(sid: str, data: Any = None) -> dict[str, Any]:
+            return await self._join(sid, data, leave=False)
+
+        @sio.event  # type: ignore[untyped-decorator]
+        async def leave(sid: str, data: Any = None) -> dict[str, Any]:
+            return await self._join(sid, data, leave=True)
+
+    async def _caller(self, sid: str) -> tuple[Principal, str]:
+        session = await self.sio.get_session(sid)
+        token: str = session["token"]
+        principal = await self.verifier.verify(token)  # expired or revoked since connect?
+        return principal, token
+
+    async def _join(self, sid: str, data: Any, *, leave: bool) -> dict[str, Any]:
+        if not isinstance(data, dict) or len(data) != 1:
+            return {"ok": False, "error": "expected one of device_id, room, alerts_min_severity"}
+        try:
+            principal, token = await self._caller(sid)
+        except PlatformError as exc:
+            return {"ok": False, "error": exc.message}
+        except KeyError:
+            return {"ok": False, "error": "not connected"}
+        owner = _owner_key(principal)
+        rooms = self.sio.rooms(sid)
+        if "device_id" in data:
+            try:
+                device_id = str(uuid.UUID(str(data["device_id"])))
+            except ValueError:
+                return {"ok": False, "error": "device_id is not a device id"}
+            room = f"device:{device_id}"
+            if leave:
+                await self.sio.leave_room(sid, room)
+                return {"ok": True, "room": room}
+            try:
+                info = await self.directory.get_device(token, device_id)
+            except PlatformError as exc:
+                return {"ok": False, "error": exc.message}
+            if info is None:
+                return {"ok": False, "error": "device not found"}
+            await self.sio.enter_room(sid, room)
+            return {"ok": True, "room": room}
+        if "room" in data:
+            if data["room"] != "fleet":
+                return {"ok": False, "error": "unknown room"}
+            room = f"fleet:{owner}"
+            if leave:
+                await self.sio.leave_room(sid, room)
+            else:
+                await self.sio.enter_room(sid, room)
+                self._fleet_rooms[room] = token
+            return {"ok": True, "room": room}
+        if "alerts_min_severity" in data:
+            severity = data["alerts_min_severity"]
+            if severity not in SEVERITY_RANK:
+                return {"ok": False, "error": "severity must be info, warning or critical"}
+            room = f"alerts:{owner}:{severity}"
+            for r in rooms:
+                if r.startswith("alerts:") and (leave or r != room):
+                    await self.sio.leave_room(sid, r)
+            if not leave:
+                await self.sio.enter_room(sid, room)
+            return {"ok": True, "room": room}
+        return {"ok": False, "error": "expected one of device_id, room, alerts_min_severity"}
+
+    # -- pushes ------------------------------------------------------------------------------
+    async def push_windows(self, windows: Sequence[WindowStats]) -> None:
+        for w in windows:
+            await self.sio.emit("window", msgspec.structs.asdict(w), to=f"device:{w.device_id}")
+        PUSHES.labels("window").inc(len(windows))
+
+    async def _owner(self, device_id: str, known: str | None) -> str | None:
+        if known:
+            return known
+        try:
+            return await self.directory.owner_of(device_id)
+        except PlatformError:
+            return None
+
+    async def push_alerts(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """Push each change to the alert rooms it qualifies for; returns alerts with owners."""
+        out: list[Alert] = []
+        for a in alerts:
+            owner = await self._owner(a.device_id, a.owner_id)
+            if owner and not a.owner_id:
+                a = msgspec.structs.replace(a, owner_id=owner)
+            rank = SEVERITY_RANK.get(a.severity, 0)
+            rooms = [
+                f"alerts:{o}:{s}"
+                for s, r in SEVERITY_RANK.items()
+                if r <= rank
+                for o in (("*", owner) if owner else ("*",))
+            ]
+            await self.sio.emit("alert", msgspec.structs.asdict(a), to=rooms)
+            out.append(a)
+        PUSHES.labels("alert").inc(len(alerts))
+        return out
+
+    async def push_device_events(self, events: Sequence[DeviceEvent]) -> None:
+        for e in events:
+            owner = await self._owner(e.device_id, e.owner_id)
+            rooms = [f"device:{e.device_id}", "fleet:*"]
+            if owner:
+                rooms.append(f"fleet:{owner}")
+            await self.sio.emit("device", msgspec.structs.asdict(e), to=rooms)
+        PUSHES.labels("device").inc(len(events))
+
+    # -- fleet figures -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._fleet_task = asyncio.create_task(self._fleet_loop(), name="fleet-pushes")
+
+    async def close(self) -> None:
+        if self._fleet_task is not None:
+            self._fleet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fleet_task
+
+    async def push_fleet_once(self) -> None:
+        now = time.time()
+        for room, token in list(self._fleet_rooms.items()):
+            if not any(True for _ in self.sio.manager.get_participants("/", room)):
+                self._fleet_rooms.pop(room, None)
+                continue
+            try:
+                ids = None
+                if room != "fleet:*":
+                    ids = [str(d["id"]) for d in await self.directory.list_devices(token)]
+                stats = await fleet_stats(self.store, ids, now - 300, now, "5m")
+            except Exception as exc:
+                log.warning("fleet figures for %s failed: %s", room, exc)
+                continue
+            await self.sio.emit("fleet", stats.model_dump(), to=room)
+            PUSHES.labels("fleet").inc()
+
+    async def _fleet_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.fleet_interval)
+            try:
+                await self.push_fleet_once()
+            except Exception:
+                log.exception("fleet push round failed")
+
+
+class SocketIOMount:
+    """ASGI middleware: Socket.IO traffic under ``/ws/monitoring`` goes to the server."""
+
+    def __init__(self, app: ASGIApp, *, sio: socketio.AsyncServer) -> None:
+        self.app = app
+        self.sio_app = socketio.ASGIApp(sio, socketio_path=SOCKETIO_PATH.lstrip("/"))
+        self.prefix = SOCKETIO_PATH + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = scope["path"]
+            if path == SOCKETIO_PATH or path.startswith(self.prefix):
+                await self.sio_app(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """Create the topics the API reads if they do not exist yet (an existing one is kept)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            with contextlib.suppress(Exception):
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+    finally:
+        await admin.close()
+
+
+class LiveConsumer:
+    """Reads ``stats.windows``, ``alerts`` and ``device.events`` and hands batches on."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Topics,
+        group_id: str,
+        hub: LiveHub,
+        on_alerts: Callable[[Sequence[Alert]], Awaitable[Any]] | None = None,
+        partitions: int = 6,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
+        self.group_id = group_id
+        self._hub = hub
+        self._on_alerts = on_alerts
+        self._partitions = partitions
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        names = [self._topics.stats_windows, self._topics.alerts, self._topics.device_events]
+        try:
+            await ensure_topics(self._bootstrap, names, self._partitions)
+        except Exception as exc:
+            log.warning("could not check/create topics %s: %s", names, exc)
+        self._consumer = AIOKafkaConsumer(
+            *names,
+            bootstrap_servers=self._bootstrap,
+            group_id=self.group_id,
+            auto_offset_reset="latest",
+            enable_auto_commit=True,
+            max_poll_records=5000,
+            fetch_max_wait_ms=100,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="live-consumer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _mark_ready(self, consumer: AIOKafkaConsumer) -> None:
+        assignment: set[TopicPartition] = consumer.assignment()
+        if not assignment:
+            return
+        # Resolve "latest" now, so records produced from here on are all seen.
+        for tp in assignment:
+            await consumer.position(tp)
+        self.ready.set()
+        log.info("live consumer %s assigned %d partitions", self.group_id, len(assignment))
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        t = self._topics
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+                if not self.ready.is_set():
+                    await self._mark_ready(consumer)
+                for tp, records in batches.items():
+                    CONSUMED.labels(tp.topic).inc(len(records))
+                    if tp.topic == t.stats_windows:
+                        await self._hub.push_windows(
+                            self._decode(records, window_decoder, tp.topic)
+                        )
+                    elif tp.topic == t.alerts:
+                        alerts = await self._hub.push_alerts(
+                            self._decode(records, alert_decoder, tp.topic)
+                        )
+                        if self._on_alerts is not None and alerts:
+                            try:
+                                await self._on_alerts(alerts)
+                            except Exception:
+                                log.exception(
+                                    "enqueueing webhook deliveries failed at %s offset %d",
+                                    tp,
+                                    records[-1].offset,
+                                )
+                    elif tp.topic == t.device_events:
+                        await self._hub.push_device_events(
+                            self._decode(records, device_event_decoder, tp.topic)
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("live consumer round failed")
+                await asyncio.sleep(0.5)
+
+    @staticmethod
+    def _decode(
+        records: Sequence[Any], decoder: msgspec.json.Decoder[Any], topic: str
+    ) -> list[Any]:
+        out = []
+        for r in records:
+            try:
+                out.append(decoder.decode(r.value))
+            except (msgspec.DecodeError, TypeError):
+                UNDECODABLE.labels(topic).inc()
+                log.warning(
+                    "undecodable record on %s partition %d offset %d", topic, r.partition, r.offset
+                )
+        return out
