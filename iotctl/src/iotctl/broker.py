@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -93,3 +94,25 @@ class TansuBroker:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+def speaks_kafka(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether ``host:port`` answers a Kafka ApiVersions request (so it can be reused)."""
+    client_id = b"iotctl"
+    correlation_id = 0x10C7
+    # Request header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id.
+    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            head = b""
+            while len(head) < 8:
+                chunk = sock.recv(8 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+    except OSError:
+        return False
+    size, got = struct.unpack(">ii", head)
+    return bool(size > 4 and got == correlation_id)

@@ -1,0 +1,6 @@
+"""``iotctl`` entry point."""
+
+from iotctl.cli import main
+
+if __name__ == "__main__":
+    main()
