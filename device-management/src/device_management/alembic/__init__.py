@@ -1,0 +1,1 @@
+"""Alembic environment of device-management (run through ``device_management.migrations``)."""

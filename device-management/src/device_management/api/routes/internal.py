@@ -1,0 +1,51 @@
+"""Service-to-service lookup: the ingest path's cache-miss fallback."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path
+
+from device_management import devices_service as svc
+from device_management.api.deps import CacheDep, SessionDep, SettingsDep
+from device_management.schemas import InternalDevice
+from iot_common.errors import NotFound, Unauthorized
+
+router = APIRouter(prefix="/internal", tags=["internal"])
+
+
+@router.get(
+    "/devices/{device_id}",
+    responses={
+        401: {"description": "Missing or wrong X-Internal-Token"},
+        404: {"description": "No such device"},
+    },
+)
+async def lookup_device(
+    device_id: Annotated[uuid.UUID, Path(description="Device id (UUID)")],
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    x_internal_token: Annotated[str | None, Header(description="Shared service secret")] = None,
+) -> InternalDevice:
+    """What the ingest path needs about a device; also refills its cache entry."""
+    expected = settings.internal_token.get_secret_value().encode()
+    if x_internal_token is None or not secrets.compare_digest(
+        x_internal_token.encode("utf-8", "surrogateescape"), expected
+    ):
+        raise Unauthorized("missing or wrong internal token", headers={})
+    device = await svc.find_device(session, device_id)
+    if device is None:
+        await cache.store_missing(device_id)
+        raise NotFound("device not found")
+    await cache.store(device)
+    return InternalDevice(
+        id=device.id,
+        active=device.active,
+        owner_id=device.owner_id,
+        token_hash=device.token_hash or "",
+        config_version=device.config_version,
+        type=device.type,
+    )

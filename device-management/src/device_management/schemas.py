@@ -1,0 +1,237 @@
+"""Request and response bodies of the device API, with the input limits stated in the schema."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+from iot_common.device_config import DeviceConfig
+
+MAX_NAME_LENGTH = 128
+MAX_TYPE_LENGTH = 64
+#: Serialized size limits (UTF-8 JSON bytes).
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_PAYLOAD_BYTES = 16 * 1024
+MAX_PAYLOAD_DEPTH = 16
+EVENT_TYPE_PATTERN = r"^[a-z0-9_][a-z0-9_\-]{0,63}$"
+DEVICE_TYPE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}$"
+_INT64 = 2**63
+
+
+def printable(value: str | None) -> str | None:
+    """Refuse what PostgreSQL cannot store or a UI cannot show: control characters, surrogates."""
+    if value is None:
+        return None
+    for ch in value:
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            raise ValueError("must not contain control characters")
+    return value
+
+
+DeviceName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(printable),
+    Field(
+        description=f"1–{MAX_NAME_LENGTH} printable characters, unique per owner.",
+        examples=["boiler-room-3"],
+    ),
+]
+DeviceType = Annotated[
+    str,
+    Field(
+        pattern=DEVICE_TYPE_PATTERN,
+        max_length=MAX_TYPE_LENGTH,
+        description=f"1–{MAX_TYPE_LENGTH} characters: letters, digits, _ . : -",
+        examples=["thermometer"],
+    ),
+]
+
+
+def check_json_value(value: Any, path: str, *, max_depth: int) -> None:
+    """Raise ``ValueError`` naming the path of anything JSONB or msgspec could not hold."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > max_depth:
+            raise ValueError(f"{where}: nested deeper than {max_depth} levels")
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, int):
+            if not -_INT64 <= item < _INT64:
+                raise ValueError(f"{where}: integer out of 64-bit range")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where}: must be a finite number")
+        elif isinstance(item, str):
+            _check_str(item, where)
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                _check_str(str(key), f"{where}.{key}")
+                stack.append((sub, f"{where}.{key}", depth + 1))
+        elif isinstance(item, list | tuple):
+            for i, sub in enumerate(item):
+                stack.append((sub, f"{where}.{i}", depth + 1))
+
+
+def _check_str(value: str, where: str) -> None:
+    if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueError(f"{where}: NUL characters and lone surrogates are not allowed")
+
+
+def _check_config(config: DeviceConfig) -> DeviceConfig:
+    dumped = config.model_dump(mode="python")
+    check_json_value(dumped, "config", max_depth=8)
+    if len(orjson.dumps(dumped)) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config exceeds {MAX_CONFIG_BYTES} bytes")
+    return config
+
+
+ValidConfig = Annotated[
+    DeviceConfig,
+    AfterValidator(_check_config),
+    Field(
+        description=(
+            "Metric definitions and alert rules: at most 64 metrics and 64 rules, "
+            f"finite numbers, at most {MAX_CONFIG_BYTES} bytes as JSON."
+        )
+    ),
+]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceCreate(_Input):
+    name: DeviceName
+    type: DeviceType
+    config: ValidConfig = Field(default_factory=DeviceConfig)
+    active: bool = True
+    owner_id: uuid.UUID | None = Field(
+        default=None, description="Owner of the new device; only admins may name someone else."
+    )
+
+
+class DeviceUpdate(_Input):
+    """Fields to change; omitted fields keep their value. A config change bumps config_version."""
+
+    name: DeviceName | None = None
+    type: DeviceType | None = None
+    config: ValidConfig | None = None
+    active: bool | None = None
+
+
+class DeviceStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    NEVER_SEEN = "never_seen"
+
+
+class DevicePublic(BaseModel):
+    id: uuid.UUID
+    name: str
+    type: str
+    config: DeviceConfig
+    active: bool
+    status: DeviceStatus
+    last_seen: datetime | None
+    owner_id: uuid.UUID
+    config_version: int
+    has_credentials: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeviceList(BaseModel):
+    items: list[DevicePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class StatusPublic(BaseModel):
+    device_id: uuid.UUID
+    status: DeviceStatus
+    last_seen: datetime | None
+    offline_after_seconds: float
+
+
+class CustomEventCreate(_Input):
+    type: str = Field(
+        pattern=EVENT_TYPE_PATTERN,
+        max_length=64,
+        description="Event type; published with routing key device.event.<type>.",
+        examples=["door_opened"],
+    )
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            f"Any JSON object: at most {MAX_PAYLOAD_BYTES} bytes, nested at most "
+            f"{MAX_PAYLOAD_DEPTH} levels, finite numbers, 64-bit integers."
+        ),
+    )
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_value(value, "payload", max_depth=MAX_PAYLOAD_DEPTH)
+        if len(orjson.dumps(value)) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"payload exceeds {MAX_PAYLOAD_BYTES} bytes")
+        return value
+
+
+class EventPublic(BaseModel):
+    id: uuid.UUID
+    device_id: uuid.UUID
+    event_type: str
+    payload: dict[str, Any]
+    timestamp: datetime
+
+
+class EventList(BaseModel):
+    items: list[EventPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class DeviceCredentials(BaseModel):
+    device_id: uuid.UUID
+    token: str = Field(description="The device token; shown once, only its hash is stored.")
+    token_type: str = "device"
+    rotated_at: datetime
+
+
+class InternalDevice(BaseModel):
+    """What the ingest path needs to know about a device (cache-miss fallback)."""
+
+    id: uuid.UUID
+    active: bool
+    owner_id: uuid.UUID
+    token_hash: str
+    config_version: int
+    type: str
+
+
+class Health(BaseModel):
+    status: str
+    service: str = "device-management"
+    database: str
+    redis: str
+    rabbitmq: str
+    outbox_pending: int | None = None
