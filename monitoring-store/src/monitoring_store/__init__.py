@@ -44,7 +44,9 @@ def open_store(url: str | None = None, **options: Any) -> MonitoringStore:
 
         return PostgresStore(url, **options)
     if scheme in ("mongodb", "mongodb+srv"):
-        raise NotImplementedError("the MongoDB backend is not in this commit yet")
+        from monitoring_store.mongo import MongoStore
+
+        return MongoStore(url, **options)
     raise ValueError(f"unsupported monitoring store URL scheme: {scheme or url!r}")
 
 

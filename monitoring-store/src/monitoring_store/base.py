@@ -47,6 +47,21 @@ def severities_at_least(min_severity: str) -> list[str]:
     return [name for name, r in SEVERITY_RANK.items() if r >= rank]
 
 
+def dedupe_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
+    """One window per key, the newest ``updated_at`` winning (the later one on a tie).
+
+    A single upsert statement may not touch a row twice, and a batch can legitimately hold an
+    open-window update and its final record.
+    """
+    latest: dict[tuple[str, str, int, float], WindowStats] = {}
+    for w in windows:
+        key = (w.device_id, w.metric, w.window_seconds, w.window_start)
+        prev = latest.get(key)
+        if prev is None or w.updated_at >= prev.updated_at:
+            latest[key] = w
+    return list(latest.values())
+
+
 @dataclass(slots=True)
 class SampleBatch:
     """Raw samples in columnar form (one row per device × metric × reading), for bulk writes."""

@@ -45,6 +45,7 @@ from monitoring_store.base import (
     Sample,
     SampleBatch,
     Subscription,
+    dedupe_windows,
     severities_at_least,
 )
 
@@ -307,21 +308,6 @@ def _sample_from(row: asyncpg.Record) -> Sample:
         value=row["value"],
         seq=None if seq < 0 else seq,
     )
-
-
-def dedupe_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
-    """One window per key, the newest ``updated_at`` winning (the later one on a tie).
-
-    A single upsert statement may not touch a row twice, and a batch can legitimately hold an
-    open-window update and its final record.
-    """
-    latest: dict[tuple[str, str, int, float], WindowStats] = {}
-    for w in windows:
-        key = (w.device_id, w.metric, w.window_seconds, w.window_start)
-        prev = latest.get(key)
-        if prev is None or w.updated_at >= prev.updated_at:
-            latest[key] = w
-    return list(latest.values())
 
 
 class PostgresStore:
