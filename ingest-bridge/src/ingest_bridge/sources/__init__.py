@@ -1,0 +1,1 @@
+"""Upstream sources of the bridge: MQTT, AMQP, HTTP and the device-events relay."""
