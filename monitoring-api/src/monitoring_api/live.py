@@ -328,6 +328,7 @@ class LiveConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self._names: list[str] = []
 
     async def start(self) -> None:
         names = [self._topics.stats_windows, self._topics.alerts, self._topics.device_events]
@@ -335,17 +336,39 @@ class LiveConsumer:
             await ensure_topics(self._bootstrap, names, self._partitions)
         except Exception as exc:
             log.warning("could not check/create topics %s: %s", names, exc)
+        # Every partition is assigned directly (no group rebalance to wait for): each instance
+        # reads everything from the end, under its own group id, as a unique group would.
         self._consumer = AIOKafkaConsumer(
-            *names,
             bootstrap_servers=self._bootstrap,
             group_id=self.group_id,
             auto_offset_reset="latest",
-            enable_auto_commit=True,
+            enable_auto_commit=False,
             max_poll_records=5000,
             fetch_max_wait_ms=100,
         )
         await self._consumer.start()
+        self._names = names
+        await self._assign_new_partitions()
+        self.ready.set()
         self._task = asyncio.create_task(self._run(), name="live-consumer")
+
+    async def _assign_new_partitions(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        await consumer.topics()  # refresh metadata
+        current: set[TopicPartition] = set(consumer.assignment())
+        wanted = set(current)
+        for topic in self._names:
+            for p in consumer.partitions_for_topic(topic) or ():
+                wanted.add(TopicPartition(topic, p))
+        new = wanted - current
+        if not new:
+            return
+        consumer.assign(list(wanted))
+        await consumer.seek_to_end(*new)
+        for tp in new:
+            await consumer.position(tp)  # resolve "end" now: later records are all seen
+        log.info("live consumer %s reads %d partitions", self.group_id, len(wanted))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -355,25 +378,17 @@ class LiveConsumer:
         if self._consumer is not None:
             await self._consumer.stop()
 
-    async def _mark_ready(self, consumer: AIOKafkaConsumer) -> None:
-        assignment: set[TopicPartition] = consumer.assignment()
-        if not assignment:
-            return
-        # Resolve "latest" now, so records produced from here on are all seen.
-        for tp in assignment:
-            await consumer.position(tp)
-        self.ready.set()
-        log.info("live consumer %s assigned %d partitions", self.group_id, len(assignment))
-
     async def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         t = self._topics
+        last_refresh = time.monotonic()
         while True:
             try:
+                if time.monotonic() - last_refresh > 30:
+                    last_refresh = time.monotonic()
+                    await self._assign_new_partitions()
                 batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-                if not self.ready.is_set():
-                    await self._mark_ready(consumer)
                 for tp, records in batches.items():
                     CONSUMED.labels(tp.topic).inc(len(records))
                     if tp.topic == t.stats_windows:
