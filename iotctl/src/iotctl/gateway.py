@@ -13,6 +13,7 @@ TEMPLATE = Path("infra") / "nginx" / "templates" / "gateway.conf.template"
 
 #: Values the template needs, with their local defaults (the components' default ports).
 DEFAULTS: dict[str, str] = {
+    # A bare port listens on every interface (containers); iotctl binds to loopback.
     "GATEWAY_PORT": "8080",
     "SIGNING_UPSTREAM": "127.0.0.1:8001",
     "DEVICE_MANAGEMENT_UPSTREAM": "127.0.0.1:8002",
@@ -116,4 +117,5 @@ def render(
         mime_types=mime if Path(mime).is_file() else f"{prefix}/conf.d/*.types",
     )
     config.write_text(main, encoding="utf-8")
-    return RenderedGateway(prefix=prefix, config=config, port=int(values["GATEWAY_PORT"]))
+    port = int(values["GATEWAY_PORT"].rsplit(":", 1)[-1])
+    return RenderedGateway(prefix=prefix, config=config, port=port)

@@ -235,7 +235,7 @@ class Stack:
                 self.root,
                 self.run,
                 overrides={
-                    "GATEWAY_PORT": str(comp.port),
+                    "GATEWAY_PORT": f"127.0.0.1:{comp.port}",
                     "SIGNING_UPSTREAM": upstream("signing"),
                     "DEVICE_MANAGEMENT_UPSTREAM": upstream("device-management"),
                     "MONITORING_API_UPSTREAM": upstream("monitoring-api"),
