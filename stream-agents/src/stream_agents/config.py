@@ -1,0 +1,71 @@
+"""Settings of the stream agents (env prefix ``AGENTS_``, or ``IOT_`` for shared fields)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from iot_common.settings import ServiceSettings
+
+#: Rules every device of a type gets unless its own config has a rule with the same id.
+DEFAULT_RULES: dict[str, list[dict[str, Any]]] = {
+    "*": [{"type": "silent", "id": "silent", "seconds": 300, "severity": "warning"}],
+}
+
+
+class AgentSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTS_", extra="ignore", env_file=None)
+
+    app_id: str = "stream-agents"
+    monitoring_store_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/iot",
+        validation_alias=AliasChoices(
+            "AGENTS_MONITORING_STORE_URL", "MONITORING_STORE_URL", "monitoring_store_url"
+        ),
+    )
+    web_host: str = "0.0.0.0"
+    web_port: int = 6066
+    #: Partitions of the topics the agents create when missing.
+    topic_partitions: int = 8
+    #: Tumbling window sizes in seconds; each must divide the largest.
+    window_sizes: list[int] = Field(default_factory=lambda: [10, 60])
+    #: A reading is accepted if it reached the platform at most this long after its window end.
+    allowed_lateness: float = 10.0
+    #: How far out of ingest order the bridge may produce records before they count as late.
+    reorder_slack: float = 10.0
+    #: Seconds between window emissions (open-window updates, closing, commits).
+    emit_interval: float = 2.0
+    #: Raw samples written to the store in bulk; retention enforced by a timer.
+    raw_samples: bool = True
+    raw_retention_seconds: float = 7 * 86_400.0
+    #: Records per fetch from the consumer.
+    batch_max_records: int = 20_000
+    batch_timeout: float = 0.2
+    #: Default alert rules per device type ("*" = every type), as device-config rule dicts.
+    default_rules: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=lambda: dict(DEFAULT_RULES)
+    )
+    #: How often all workers reload rules from the store (rules for devices on partitions
+    #: of another worker's device.events arrive that way).
+    rules_reload_seconds: float = 15.0
+    silent_check_seconds: float = 1.0
+    #: Faust rebalance/session timeouts: Tansu needs short ones or the first join waits ~30 s.
+    broker_session_timeout: float = 6.0
+    broker_rebalance_timeout: float = 6.0
+    broker_heartbeat_interval: float = 1.0
+
+    @field_validator("window_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        sizes = sorted(set(v))
+        if not sizes or sizes[0] <= 0 or any(sizes[-1] % s for s in sizes):
+            raise ValueError("window sizes must be positive and each divide the largest")
+        return sizes
+
+
+@lru_cache
+def get_settings() -> AgentSettings:
+    return AgentSettings()

@@ -1,0 +1,333 @@
+"""The telemetry hot path: record batches → rows → windows → store, topics, alerts, commits.
+
+Independent of Faust: the app hands in record batches per partition (``handle``), calls
+``tick`` every ``emit_interval`` seconds, and gives a ``commit`` callable. Everything a tick
+emits is durable (store writes awaited, produced records acknowledged) before the offsets it
+covers are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from iot_common.events import Alert, WindowStats
+from iot_common.telemetry import DeadLetter, DeadLetterReason, TelemetryEnvelope
+from iot_common.topics import Topics
+from monitoring_store.base import MonitoringStore, SampleBatch
+from stream_agents.alerts import AlertEngine, ClosedWindow
+from stream_agents.decode import BadRecord, DecodedBatch, SeriesTable, decode_records
+from stream_agents.windows import PartitionWindows, WindowBatch, WindowConfig
+
+log = logging.getLogger(__name__)
+
+READINGS = Counter("agents_readings_total", "Readings accepted into windows")
+RECORDS = Counter("agents_records_total", "telemetry.raw records processed")
+LATE = Counter("agents_late_readings_total", "Readings later than the allowed lateness")
+DEADLETTERS = Counter("agents_deadletters_total", "Records dead-lettered", ["reason"])
+WINDOWS = Counter("agents_windows_emitted_total", "Window statistics emitted", ["final"])
+SAMPLES = Counter("agents_raw_samples_written_total", "Raw samples written to the store")
+ALERTS = Counter("agents_alert_changes_total", "Alert state changes", ["status"])
+COMMITS = Counter("agents_commits_total", "Offset commits")
+RETAINED = Gauge("agents_retained_rows", "Rows held for open or correctable windows")
+TICK = Histogram("agents_tick_seconds", "Duration of one emit/commit tick")
+
+_dl_encode = msgspec.json.Encoder().encode
+_enc = msgspec.json.Encoder().encode
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Produce records (key, value) and wait until the broker has them."""
+
+
+Committer = Callable[[Mapping[int, int]], Awaitable[bool]]
+
+
+@dataclass
+class Counts:
+    records: int = 0
+    readings: int = 0
+    late: int = 0
+    deadletters: int = 0
+    windows_final: int = 0
+    windows_open: int = 0
+    samples: int = 0
+    alerts: int = 0
+    commits: int = 0
+
+
+@dataclass
+class TelemetryPipeline:
+    store: MonitoringStore
+    publisher: Publisher
+    topics: Topics
+    window_config: WindowConfig = field(default_factory=WindowConfig)
+    raw_samples: bool = True
+    alerts: AlertEngine = field(default_factory=AlertEngine)
+    table: SeriesTable = field(default_factory=SeriesTable)
+    partitions: dict[int, PartitionWindows] = field(default_factory=dict)
+    counts: Counts = field(default_factory=Counts)
+    #: Outstanding raw-sample writes (awaited before any commit).
+    _writes: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Alert changes found on the hot path (silent alerts cleared), published at the tick.
+    pending_alerts: list[Alert] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # -- assignment ------------------------------------------------------------------------
+    def assign(self, partitions: set[int]) -> None:
+        """The partitions of telemetry.raw this worker owns now; others' state is dropped
+        (their new owner replays them from the committed offset)."""
+        for p in list(self.partitions):
+            if p not in partitions:
+                del self.partitions[p]
+        for p in partitions:
+            self.partitions.setdefault(p, PartitionWindows(self.window_config))
+
+    # -- hot path --------------------------------------------------------------------------
+    async def handle(self, partition: int, records: Sequence[Any]) -> None:
+        """Process one partition's records (in offset order)."""
+        state = self.partitions.get(partition)
+        if state is None or not records:
+            return
+        if state.next_offset is not None and records[0].offset < state.next_offset:
+            # The consumer was sought back to the committed offset (a rebalance keeping this
+            # partition here): what is in memory already covers these records.
+            records = [r for r in records if r.offset >= state.next_offset]
+            if not records:
+                return
+        now = time.time()
+        batch = decode_records(records, self.table)
+        self.counts.records += batch.records
+        RECORDS.inc(batch.records)
+        rows = batch.rows
+        dead: list[BadRecord] = list(batch.bad)
+        if len(rows):
+            ok = state.accept_mask(rows.ts, batch.ingest_ts)
+            late_readings = 0
+            if not ok.all():
+                dead.extend(self._late(batch, ~ok, state))
+                late_readings = len(np.unique(batch.reading[~ok]))
+                self.counts.late += late_readings
+                LATE.inc(late_readings)
+                rows = rows.take(ok)
+                seq = batch.seq[ok]
+            else:
+                seq = batch.seq
+            if self.raw_samples and len(rows):
+                dev, met = self.table.arrays()
+                samples = SampleBatch(
+                    device_id=dev[rows.series],
+                    metric=met[rows.series],
+                    ts=rows.ts,
+                    value=rows.value,
+                    seq=seq,
+                )
+                await self._write_samples(samples)
+            self.counts.readings += len(batch.readings) - late_readings
+            READINGS.inc(len(rows))
+        if dead:
+            await self._deadletter(dead)
+        state.add(rows, max_ingest_ts=batch.max_ingest_ts, last_offset=batch.last_offset, wall=now)
+        if self.alerts.has_rules():
+            self._seen(batch)
+
+    def _seen(self, batch: DecodedBatch) -> None:
+        latest: dict[str, float] = {}
+        for env, _ in batch.readings:
+            if env.ingest_ts > latest.get(env.device_id, float("-inf")):
+                latest[env.device_id] = env.ingest_ts
+        changes = [c for d, t in latest.items() if (c := self.alerts.seen(d, t)) is not None]
+        if changes:
+            self.pending_alerts.extend(changes)
+
+    def _late(
+        self, batch: DecodedBatch, late_rows: np.ndarray[Any, Any], state: PartitionWindows
+    ) -> list[BadRecord]:
+        out: list[BadRecord] = []
+        by_record: dict[int, tuple[TelemetryEnvelope, list[Any]]] = {}
+        offsets = batch.rows.offset
+        for ri in np.unique(batch.reading[late_rows]).tolist():
+            env, r = batch.readings[ri]
+            o = int(offsets[batch.reading == ri][0])
+            by_record.setdefault(o, (env, []))[1].append(r)
+        lateness = state.config.allowed_lateness
+        for o, (env, readings) in by_record.items():
+            payload = _enc(TelemetryEnvelope(env.device_id, env.source, env.ingest_ts, readings))
+            out.append(
+                BadRecord(
+                    o,
+                    payload,
+                    DeadLetterReason.LATE,
+                    f"{len(readings)} reading(s) arrived more than {lateness:g}s after "
+                    "their window closed",
+                    env.device_id,
+                )
+            )
+        return out
+
+    async def _write_samples(self, samples: SampleBatch) -> None:
+        self._writes = [t for t in self._writes if not t.done() or _raise(t)]
+        while len(self._writes) >= 2:
+            await self._writes[0]
+            self._writes.pop(0)
+        n = len(samples)
+
+        async def write() -> None:
+            await self.store.insert_samples(samples)
+            self.counts.samples += n
+            SAMPLES.inc(n)
+
+        self._writes.append(asyncio.create_task(write()))
+
+    async def _deadletter(self, bad: Sequence[BadRecord]) -> None:
+        now = time.time()
+        items = []
+        for b in bad:
+            DEADLETTERS.labels(b.reason).inc()
+            dl = DeadLetter(
+                reason=b.reason,
+                source="stream-agents",
+                payload=b.payload,
+                ts=now,
+                device_id=b.device_id,
+                detail=b.detail,
+            )
+            key = (b.device_id or "").encode()
+            items.append((key, _dl_encode(dl)))
+            if b.reason != DeadLetterReason.LATE:
+                log.warning(
+                    "dead-lettered record at offset %s: %s (%s)", b.offset, b.reason, b.detail
+                )
+        self.counts.deadletters += len(items)
+        await self.publisher.publish(self.topics.telemetry_deadletter, items)
+
+    # -- emission / commit -------------------------------------------------------------------
+    async def tick(self, commit: Committer | None = None, *, live: bool = True) -> None:
+        """Emit windows, write them, evaluate alerts, then commit what is durable."""
+        t0 = time.perf_counter()
+        wall = time.time()
+        results: list[WindowBatch] = []
+        retained = 0
+        for state in self.partitions.values():
+            r = state.tick(wall=wall, live=live)
+            retained += r.retained_rows
+            if len(r.windows):
+                results.append(r.windows)
+        RETAINED.set(retained)
+        wb = WindowBatch.concat(results)
+        if len(wb):
+            await self._emit(wb)
+        changes = self.pending_alerts[:]
+        self.pending_alerts.clear()
+        if self.alerts.has_rules() and len(wb):
+            changes.extend(self.alerts.on_windows(self._closed(wb)))
+        if changes:
+            await self.publish_alerts(changes)
+        # Raw samples of everything emitted must be durable before the commit.
+        writes, self._writes = self._writes, []
+        for t in writes:
+            await t
+        if commit is not None:
+            offsets = {}
+            for p, state in self.partitions.items():
+                c = state.commit_offset()
+                if c is not None and c != state.committed:
+                    offsets[p] = c
+            if offsets and await commit(offsets):
+                for p, c in offsets.items():
+                    if p in self.partitions:
+                        self.partitions[p].committed = c
+                self.counts.commits += 1
+                COMMITS.inc()
+        TICK.observe(time.perf_counter() - t0)
+
+    async def publish_alerts(self, changes: Sequence[Alert]) -> None:
+        await self.store.upsert_alerts(changes)
+        await self.publisher.publish(
+            self.topics.alerts, [(a.device_id.encode(), _enc(a)) for a in changes]
+        )
+        self.counts.alerts += len(changes)
+        for a in changes:
+            ALERTS.labels(a.status).inc()
+
+    def _closed(self, wb: WindowBatch) -> list[ClosedWindow]:
+        dev, met = self.table.arrays()
+        idx = np.flatnonzero(wb.final)
+        if not len(idx):
+            return []
+        devices = self.alerts.devices
+        want = np.fromiter((d in devices for d in dev[wb.series[idx]]), bool, len(idx))
+        idx = idx[want]
+        out = []
+        for i in idx.tolist():
+            s = int(wb.series[i])
+            out.append(
+                ClosedWindow(
+                    dev[s],
+                    met[s],
+                    int(wb.window_seconds[i]),
+                    float(wb.window_start[i]),
+                    {
+                        "mean": float(wb.mean[i]),
+                        "min": float(wb.min[i]),
+                        "max": float(wb.max[i]),
+                        "p50": float(wb.p50[i]),
+                        "p95": float(wb.p95[i]),
+                        "last": float(wb.last[i]),
+                    },
+                )
+            )
+        return out
+
+    async def _emit(self, wb: WindowBatch) -> None:
+        now = time.time()
+        dev, met = self.table.arrays()
+        cols = [
+            dev[wb.series].tolist(),
+            met[wb.series].tolist(),
+            wb.window_seconds.tolist(),
+            wb.window_start.tolist(),
+            wb.count.tolist(),
+            wb.min.tolist(),
+            wb.max.tolist(),
+            wb.mean.tolist(),
+            wb.stddev.tolist(),
+            wb.p50.tolist(),
+            wb.p95.tolist(),
+            wb.last.tolist(),
+            wb.last_ts.tolist(),
+            wb.final.tolist(),
+        ]
+        stats = [
+            WindowStats(d, m, ws, st, c, lo, hi, mu, sd, p50, p95, la, lt, fin, now)
+            for d, m, ws, st, c, lo, hi, mu, sd, p50, p95, la, lt, fin in zip(*cols, strict=True)
+        ]
+        final = [w for w in stats if w.final]
+        if final:
+            await self.store.upsert_windows(final)
+        self.counts.windows_final += len(final)
+        self.counts.windows_open += len(stats) - len(final)
+        WINDOWS.labels("true").inc(len(final))
+        WINDOWS.labels("false").inc(len(stats) - len(final))
+        await self.publisher.publish(
+            self.topics.stats_windows, [(w.device_id.encode(), _enc(w)) for w in stats]
+        )
+
+    async def drain(self) -> None:
+        writes, self._writes = self._writes, []
+        for t in writes:
+            await t
+
+
+def _raise(t: asyncio.Task[None]) -> bool:
+    t.result()
+    return False

@@ -1,0 +1,354 @@
+"""Event-time tumbling windows per device × metric, computed with numpy over batches.
+
+One :class:`PartitionWindows` holds the state of one ``telemetry.raw`` partition. Rows (one per
+device × metric × reading) are appended in offset order; every few seconds :meth:`tick` turns
+them into window statistics (exact: values are kept, percentiles are computed from all of
+them), drops what can no longer change, and says up to which offset the consumer may commit.
+
+Design, so that a crash and a replay from the committed offset give the same windows:
+
+* **Lateness is decided per record, from the record itself.** A reading is accepted when the
+  envelope carrying it reached the platform (``ingest_ts``, stamped by the bridge) no later
+  than ``allowed_lateness`` after the end of the reading's smallest window. The decision does
+  not depend on what else this process has seen, on batch boundaries or on a restart.
+  Accepted readings update every window they fall in; the others are dead-lettered as late.
+* **Windows close on the partition's ingest clock** (the largest ``ingest_ts`` seen), or on the
+  wall clock when the partition has been idle, and are then emitted ``final``. A reading that
+  arrives later but within the lateness re-emits the corrected window.
+* **State is kept per unit** (series × largest window; every window size must divide the
+  largest, so a unit contains all smaller windows of its rows). A unit is dropped once the
+  ingest clock is past its end + lateness + ``reorder_slack``: no record can then still be
+  accepted into it unless the bridge produced records more than ``reorder_slack`` out of
+  order (those are dead-lettered as late too).
+* **Commit point.** The committed offset ``C`` must be such that every unit with a row at an
+  offset ≥ ``C`` has *all* its rows at offsets ≥ ``C``: replaying from ``C`` then rebuilds
+  each such unit completely (and re-upserts identical values), and never touches the others.
+  ``C`` starts at the smallest offset still retained and is lowered to the first offset of
+  any dropped unit that straddles it, to a fixed point (:meth:`commit_offset`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+
+_WIDX_BITS = 32
+_WIDX_MASK = (1 << _WIDX_BITS) - 1
+
+
+@dataclass(slots=True)
+class Rows:
+    """Columnar rows: series id, event time, value, Kafka offset of the carrying record."""
+
+    series: I64
+    ts: F64
+    value: F64
+    offset: I64
+
+    @classmethod
+    def empty(cls) -> Rows:
+        return cls(
+            np.empty(0, np.int64),
+            np.empty(0, np.float64),
+            np.empty(0, np.float64),
+            np.empty(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, idx: npt.NDArray[np.intp] | Bool) -> Rows:
+        return Rows(self.series[idx], self.ts[idx], self.value[idx], self.offset[idx])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Rows]) -> Rows:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.series for p in parts]),
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.value for p in parts]),
+            np.concatenate([p.offset for p in parts]),
+        )
+
+
+@dataclass(slots=True)
+class WindowBatch:
+    """Statistics of many windows, one entry per series × window (column arrays)."""
+
+    series: I64
+    window_seconds: I64
+    window_start: F64
+    count: I64
+    min: F64
+    max: F64
+    mean: F64
+    stddev: F64
+    p50: F64
+    p95: F64
+    last: F64
+    last_ts: F64
+    final: Bool
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    @classmethod
+    def concat(cls, parts: Sequence[WindowBatch]) -> WindowBatch:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return empty_windows()
+        if len(parts) == 1:
+            return parts[0]
+        names = cls.__slots__
+        return cls(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in names})
+
+
+def empty_windows() -> WindowBatch:
+    f = np.empty(0, np.float64)
+    i = np.empty(0, np.int64)
+    return WindowBatch(i, i, f, i, f, f, f, f, f, f, f, f, np.empty(0, np.bool_))
+
+
+def window_keys(series: I64, ts: F64, size: int) -> I64:
+    """One int64 per row naming its series × window of ``size`` seconds."""
+    widx = np.floor(ts / size).astype(np.int64)
+    return (series << _WIDX_BITS) | (widx & _WIDX_MASK)
+
+
+def compute_stats(keys: I64, ts: F64, values: F64, *, size: int, final: bool) -> WindowBatch:
+    """Exact statistics of every window named in ``keys`` (rows in arrival order).
+
+    Percentiles use linear interpolation between closest ranks (numpy's default method);
+    stddev is the population standard deviation; ``last`` is the value with the latest event
+    time, the later arrival winning ties.
+    """
+    n = len(keys)
+    if n == 0:
+        return empty_windows()
+    by_value = np.lexsort((values, keys))
+    sk = keys[by_value]
+    sv = values[by_value]
+    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    ends = starts + counts - 1
+    gkeys = sk[starts]
+    mins = sv[starts]
+    maxs = sv[ends]
+    sums = np.add.reduceat(sv, starts)
+    means = sums / counts
+    dev = sv - np.repeat(means, counts)
+    var = np.add.reduceat(dev * dev, starts) / counts
+    std = np.sqrt(np.maximum(var, 0.0))
+
+    def pct(q: float) -> F64:
+        pos = q * (counts - 1)
+        lo = np.floor(pos).astype(np.int64)
+        frac = pos - lo
+        hi = np.minimum(lo + 1, counts - 1)
+        a = sv[starts + lo]
+        b = sv[starts + hi]
+        out: F64 = a + (b - a) * frac
+        return out
+
+    p50 = pct(0.5)
+    p95 = pct(0.95)
+    # lexsort is stable, so among equal (key, ts) the later row (later arrival) sorts last.
+    by_time = np.lexsort((ts, keys))
+    last_idx = by_time[ends]
+    series = gkeys >> _WIDX_BITS
+    widx = gkeys & _WIDX_MASK
+    # Undo the mask for negative window indexes (times before 1970 are not expected).
+    widx = np.where(widx >= (1 << (_WIDX_BITS - 1)), widx - (1 << _WIDX_BITS), widx)
+    return WindowBatch(
+        series=series,
+        window_seconds=np.full(len(gkeys), size, np.int64),
+        window_start=widx.astype(np.float64) * size,
+        count=counts.astype(np.int64),
+        min=mins,
+        max=maxs,
+        mean=means,
+        stddev=std,
+        p50=p50,
+        p95=p95,
+        last=values[last_idx],
+        last_ts=ts[last_idx],
+        final=np.full(len(gkeys), final, np.bool_),
+    )
+
+
+@dataclass(slots=True)
+class WindowConfig:
+    sizes: tuple[int, ...] = (10, 60)
+    allowed_lateness: float = 10.0
+    reorder_slack: float = 10.0
+    #: A partition with no record for this long closes windows on the wall clock.
+    idle_close_after: float = 2.0
+    #: Open-window updates are only published while the partition is this close to real
+    #: time (a backlog being replayed has no live viewers).
+    live_lag: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.sizes:
+            raise ValueError("at least one window size is needed")
+        sizes = tuple(sorted(set(int(s) for s in self.sizes)))
+        if sizes[0] <= 0:
+            raise ValueError("window sizes must be positive")
+        if any(sizes[-1] % s for s in sizes):
+            raise ValueError("every window size must divide the largest one")
+        self.sizes = sizes
+
+
+@dataclass(slots=True)
+class TickResult:
+    windows: WindowBatch
+    dropped_rows: int
+    retained_rows: int
+
+
+@dataclass
+class PartitionWindows:
+    """Window state of one partition (see the module docstring for the design)."""
+
+    config: WindowConfig
+    rows: Rows = field(default_factory=Rows.empty)
+    pending: list[Rows] = field(default_factory=list)
+    #: Largest ingest_ts seen (drives closing and dropping).
+    data_clock: float = -math.inf
+    emit_clock: float = -math.inf
+    #: Windows of each size ending at or before this have been emitted final.
+    closed_through: dict[int, float] = field(default_factory=dict)
+    #: Units ending at or before this (+ lateness + slack) have been dropped.
+    dropped_clock: float = -math.inf
+    #: (first offset, last offset) of dropped units that may still straddle the commit point.
+    dropped_first: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    dropped_last: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    next_offset: int | None = None
+    committed: int | None = None
+    last_record_wall: float = 0.0
+
+    def accept_mask(self, ts: F64, ingest_ts: F64) -> Bool:
+        """Which readings are in time (see module docstring); the rest are late."""
+        cfg = self.config
+        s0 = cfg.sizes[0]
+        end0 = (np.floor(ts / s0) + 1.0) * s0
+        ok: Bool = ingest_ts <= end0 + cfg.allowed_lateness
+        if self.dropped_clock > -math.inf:
+            big = cfg.sizes[-1]
+            uend = (np.floor(ts / big) + 1.0) * big
+            ok &= uend + cfg.allowed_lateness + cfg.reorder_slack >= self.dropped_clock
+        ok &= np.isfinite(ts)
+        return ok
+
+    def add(self, rows: Rows, *, max_ingest_ts: float, last_offset: int, wall: float) -> None:
+        """Append accepted rows of one batch and advance the clocks."""
+        if len(rows):
+            self.pending.append(rows)
+        if max_ingest_ts > self.data_clock:
+            self.data_clock = max_ingest_ts
+        self.next_offset = last_offset + 1
+        self.last_record_wall = wall
+
+    def tick(self, *, wall: float, live: bool = True) -> TickResult:
+        """Emit closed, corrected and (when live) open windows; drop what is final."""
+        cfg = self.config
+        new = Rows.concat(self.pending)
+        self.pending = []
+        allr = Rows.concat([self.rows, new])
+        clock = self.data_clock
+        if wall - self.last_record_wall >= cfg.idle_close_after:
+            clock = max(clock, wall)
+        self.emit_clock = max(self.emit_clock, clock)
+        emit_clock = self.emit_clock
+        is_live = live and emit_clock >= wall - cfg.live_lag
+        out: list[WindowBatch] = []
+        for size in cfg.sizes:
+            before = self.closed_through.get(size, -math.inf)
+            after = math.floor(emit_clock / size) * size if math.isfinite(emit_clock) else before
+            after = max(before, after)
+            if not len(allr):
+                self.closed_through[size] = after
+                continue
+            keys = window_keys(allr.series, allr.ts, size)
+            end = (np.floor(allr.ts / size) + 1.0) * size
+            closing = (end > before) & (end <= after)
+            sel = closing
+            if len(new):
+                new_keys = keys[len(self.rows) :]
+                new_end = end[len(self.rows) :]
+                corrected = np.unique(new_keys[new_end <= before])
+                if len(corrected):
+                    sel = sel | np.isin(keys, corrected)
+            if sel.any():
+                out.append(
+                    compute_stats(keys[sel], allr.ts[sel], allr.value[sel], size=size, final=True)
+                )
+            if is_live and len(new):
+                new_keys = keys[len(self.rows) :]
+                new_end = end[len(self.rows) :]
+                touched = np.unique(new_keys[new_end > after])
+                if len(touched):
+                    osel = (end > after) & np.isin(keys, touched)
+                    out.append(
+                        compute_stats(
+                            keys[osel], allr.ts[osel], allr.value[osel], size=size, final=False
+                        )
+                    )
+            self.closed_through[size] = after
+        dropped = 0
+        if len(allr) and math.isfinite(self.data_clock):
+            big = cfg.sizes[-1]
+            uend = (np.floor(allr.ts / big) + 1.0) * big
+            drop = uend + cfg.allowed_lateness + cfg.reorder_slack < self.data_clock
+            # Never drop a unit whose largest window has not been emitted final yet.
+            drop &= uend <= self.closed_through.get(big, -math.inf)
+            if drop.any():
+                gone = allr.take(drop)
+                ukeys = window_keys(gone.series, gone.ts, big)
+                order = np.argsort(ukeys, kind="stable")
+                sk = ukeys[order]
+                starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+                offs = gone.offset[order]
+                self.dropped_first = np.concatenate(
+                    [self.dropped_first, np.minimum.reduceat(offs, starts)]
+                )
+                self.dropped_last = np.concatenate(
+                    [self.dropped_last, np.maximum.reduceat(offs, starts)]
+                )
+                allr = allr.take(~drop)
+                dropped = int(drop.sum())
+            self.dropped_clock = max(self.dropped_clock, self.data_clock)
+        self.rows = allr
+        return TickResult(WindowBatch.concat(out), dropped, len(allr))
+
+    def commit_offset(self) -> int | None:
+        """The offset it is safe to commit once the last tick's output is durable."""
+        if self.next_offset is None:
+            return None
+        c = self.next_offset
+        if len(self.rows):
+            c = min(c, int(self.rows.offset.min()))
+        for p in self.pending:
+            if len(p):
+                c = min(c, int(p.offset.min()))
+        f, last = self.dropped_first, self.dropped_last
+        while len(f):
+            m = (last >= c) & (f < c)
+            if not m.any():
+                break
+            c = int(f[m].min())
+        # Units entirely before the commit point can never matter again.
+        keep = last >= c
+        self.dropped_first, self.dropped_last = f[keep], last[keep]
+        return c
