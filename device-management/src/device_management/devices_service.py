@@ -118,7 +118,7 @@ async def update_device(
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise _duplicate(device.name) from exc
+        raise _duplicate(data.name or "") from exc
     events.record_event(session, device, events.UPDATED, at=device.updated_at)
     return device, True
 
