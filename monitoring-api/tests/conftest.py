@@ -267,7 +267,7 @@ async def app_factory(
             port = free_port()
             server = uvicorn.Server(
                 uvicorn.Config(
-                    app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"
+                    app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
                 )
             )
             task = asyncio.create_task(server.serve())

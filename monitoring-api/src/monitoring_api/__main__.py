@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port or settings.port,
         log_config=None,
         proxy_headers=True,
-        ws="websockets",
+        ws="websockets-sansio",
     )
 
 
