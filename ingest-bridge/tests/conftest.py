@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -314,3 +315,15 @@ def publisher(mqtt_address: tuple[str, int]) -> Iterator[Publisher]:
     pub = Publisher(*mqtt_address)
     yield pub
     pub.close()
+
+
+@pytest.fixture
+def tools() -> SimpleNamespace:
+    """Helpers for tests that build their own bridge, publisher or bus reader."""
+    return SimpleNamespace(
+        settings_env=settings_env,
+        BusReader=BusReader,
+        create_topics=create_topics,
+        Publisher=Publisher,
+        wait_for=wait_for,
+    )

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import struct
 import time
-from typing import Any
+from typing import Any, cast
 
 from ingest_bridge import metrics
 from ingest_bridge.pipeline import Inbound, Pipeline
@@ -129,8 +129,8 @@ class _Connection(asyncio.Protocol):
         self._rest = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for fut in (self.connack, self.suback):
