@@ -44,7 +44,7 @@ def up(
     health_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for each component's health endpoint.")
     ] = DEFAULT_HEALTH_TIMEOUT,
-    rate: Annotated[float, typer.Option(help="Readings per second per simulated device.")] = 1.0,
+    rate: Annotated[float, typer.Option(help="Simulator readings per second, whole fleet.")] = 20.0,
 ) -> None:
     """Start components (and what they need), wait until healthy; Ctrl-C stops them."""
     names = list(components or [])
@@ -133,10 +133,9 @@ def down(
         supervisor = Proc("iotctl", state.supervisor_pid, state.supervisor_create_time)
         console.print(f"asking the foreground `iotctl up` (pid {supervisor.pid}) to stop")
         stop_group(supervisor, timeout + 15)
-    for name in reversed([n for n in ORDER if n in state.procs] + sorted(state.procs)):
-        proc = state.procs.pop(name, None)
-        if proc is None:
-            continue
+    order = [n for n in ORDER if n in state.procs] + [n for n in state.procs if n not in ORDER]
+    for name in reversed(order):
+        proc = state.procs[name]
         if stop_group(proc, timeout):
             console.print(f"{name}: stopped")
     path.unlink(missing_ok=True)

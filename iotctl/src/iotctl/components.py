@@ -55,7 +55,7 @@ def _service(
     name: str,
     port: int,
     *,
-    prefix: str,
+    port_env: str,
     needs: tuple[Need, ...],
     after: tuple[str, ...] = (),
     migrate: bool = False,
@@ -69,7 +69,7 @@ def _service(
         migrate=migrate,
         needs=needs,
         after=after,
-        port_env=(f"{prefix}PORT",),
+        port_env=(port_env,),
         extra_urls=extra_urls,
     )
 
@@ -81,7 +81,7 @@ COMPONENTS: dict[str, Component] = {
         _service(
             "signing",
             8001,
-            prefix="SIGNING_",
+            port_env="SIGNING_PORT",
             needs=("postgres", "redis"),
             migrate=True,
             extra_urls=(("API docs", "/docs"),),
@@ -89,7 +89,7 @@ COMPONENTS: dict[str, Component] = {
         _service(
             "device-management",
             8002,
-            prefix="DEVICE_MANAGEMENT_",
+            port_env="DEVICE_MANAGEMENT_PORT",
             needs=("postgres", "redis", "rabbitmq"),
             after=("signing",),
             migrate=True,
@@ -98,21 +98,21 @@ COMPONENTS: dict[str, Component] = {
         _service(
             "ingest-bridge",
             8004,
-            prefix="INGEST_BRIDGE_",
+            port_env="INGEST_BRIDGE_HTTP_PORT",
             needs=("kafka", "redis", "rabbitmq", "mqtt"),
             after=("broker",),
         ),
         _service(
             "stream-agents",
             6066,
-            prefix="STREAM_AGENTS_",
+            port_env="AGENTS_WEB_PORT",
             needs=("kafka", "postgres"),
             after=("broker",),
         ),
         _service(
             "monitoring-api",
             8003,
-            prefix="MONITORING_API_",
+            port_env="MONITORING_API_PORT",
             needs=("kafka", "postgres", "redis"),
             after=("broker", "signing"),
             extra_urls=(("dashboard", "/dashboard"),),

@@ -65,7 +65,7 @@ class Stack:
     console: Console
     detach: bool
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
-    simulator_rate: float = 5.0
+    simulator_rate: float = 20.0
     supervisor: Supervisor = field(init=False)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -104,9 +104,11 @@ class Stack:
         env.setdefault("IOT_SIGNING_URL", str(signing))
         env.setdefault("IOT_JWKS_URL", f"{signing}/.well-known/jwks.json")
         env.setdefault("IOT_DEVICE_MANAGEMENT_URL", str(COMPONENTS["device-management"].base_url))
-        env.setdefault("IOT_INGEST_URL", str(COMPONENTS["ingest-bridge"].base_url))
+        env.setdefault("SIMULATOR_INGEST_URL", str(COMPONENTS["ingest-bridge"].base_url))
         env.setdefault("IOT_MONITORING_API_URL", str(COMPONENTS["monitoring-api"].base_url))
         env.setdefault("IOT_DATABASE_URL", deps.database_url())
+        # The monitoring store lives in the same PostgreSQL database for a local run.
+        env.setdefault("MONITORING_STORE_URL", deps.database_url())
         email, password = admin_credentials()
         env.setdefault("IOT_ADMIN_EMAIL", email)
         env.setdefault("IOT_ADMIN_PASSWORD", password)
@@ -263,6 +265,7 @@ class Stack:
             f"{self.simulator_rate:g}",
             "--duration",
             "0",
+            "--no-live",
         ]
         self.supervisor.start(comp.name, cmd, env=self.child_env(), cwd=self.root)
         deadline = time.monotonic() + 3
