@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 import uuid
@@ -317,3 +318,37 @@ async def wait_for(
 @pytest.fixture
 def poll() -> Callable[..., Awaitable[Any]]:
     return wait_for
+
+
+@dataclass
+class SigningStandIn:
+    """Signing's ``POST /users/auth`` contract for known users (email + password → token)."""
+
+    users: dict[str, tuple[str, User]] = field(default_factory=dict)
+
+    def add(self, user: User, password: str) -> None:
+        self.users[user.email] = (password, user)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "POST" or request.url.path != "/users/auth":
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no"}})
+        try:
+            body = json.loads(request.content)
+            password, user = self.users[body["email"]]
+        except (ValueError, KeyError, TypeError):
+            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "no"}})
+        if body.get("password") != password:
+            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "no"}})
+        return httpx.Response(
+            200, json={"access_token": user.token, "token_type": "bearer", "expires_in": 3600}
+        )
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.MockTransport(self.handler), base_url="http://signing"
+        )
+
+
+@pytest.fixture
+def signing() -> SigningStandIn:
+    return SigningStandIn()

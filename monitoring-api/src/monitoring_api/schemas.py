@@ -104,6 +104,7 @@ class SubscriptionCreate(BaseModel):
         default=None,
         min_length=16,
         max_length=256,
+        pattern=r"^[\x21-\x7e]+$",
         description="HMAC-SHA256 key for the signature header; generated when omitted",
     )
     device_ids: list[str] | None = Field(
