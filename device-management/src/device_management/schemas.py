@@ -44,7 +44,12 @@ def printable(value: str | None) -> str | None:
 
 DeviceName = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+    ),
     AfterValidator(printable),
     Field(
         description=f"1–{MAX_NAME_LENGTH} printable characters, unique per owner.",
