@@ -268,7 +268,12 @@ async def app_factory(
             port = free_port()
             server = uvicorn.Server(
                 uvicorn.Config(
-                    app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
+                    app,
+                    host="127.0.0.1",
+                    port=port,
+                    log_level="warning",
+                    ws="websockets-sansio",
+                    timeout_graceful_shutdown=2,
                 )
             )
             task = asyncio.create_task(server.serve())

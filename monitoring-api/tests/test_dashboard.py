@@ -1,0 +1,169 @@
+"""The dashboard in headless Chromium: sign in, watch a chart update, acknowledge an alert."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from playwright.async_api import Browser, async_playwright, expect
+
+from iot_common.events import Alert, WindowStats, json_encoder
+from monitoring_api.config import STATIC_DIR
+
+CHROMIUM = os.environ.get("IOT_TEST_CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and (STATIC_DIR / "index.html").exists()),
+    reason="needs Debian's chromium and the built dashboard (scripts/test.d/20-dashboard.sh)",
+)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        await b.close()
+
+
+def window(device: str, metric: str, start: float, mean: float) -> WindowStats:
+    return WindowStats(
+        device_id=device,
+        metric=metric,
+        window_seconds=10,
+        window_start=start,
+        count=10,
+        min=mean - 1,
+        max=mean + 1,
+        mean=mean,
+        stddev=0.4,
+        p50=mean,
+        p95=mean + 0.8,
+        last=mean,
+        last_ts=start + 9.5,
+        final=True,
+        updated_at=time.time(),
+    )
+
+
+def make_alert(device: str, owner: str, message: str, severity: str = "critical") -> Alert:
+    now = time.time()
+    return Alert(
+        alert_id=str(uuid.uuid4()),
+        device_id=device,
+        rule_id=f"rule-{uuid.uuid4().hex[:4]}",
+        rule_type="threshold",
+        severity=severity,
+        status="active",
+        message=message,
+        started_at=now,
+        updated_at=now,
+        owner_id=owner,
+    )
+
+
+async def test_sign_in_live_chart_and_acknowledge(
+    browser: Browser,
+    app_factory: Any,
+    make_user: Any,
+    registry: Any,
+    signing: Any,
+    store: Any,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+) -> None:
+    alice, bob = make_user("operator"), make_user("operator")
+    signing.add(alice, "correct horse battery")
+    dev = registry.add(alice, metrics=["temp", "hum"], name="boiler-room")
+    registry.add(bob, name="bobs-device")
+    stored_alert = make_alert(dev, alice.id, "temp above 80 for 3 windows")
+    await store.upsert_alerts([stored_alert])
+    app = await app_factory(serve=True, signing_http=signing.client())
+
+    page = await browser.new_page()
+    page.set_default_timeout(15_000)
+    await page.goto(f"{app.url}/dashboard")
+
+    # A wrong password is refused; the right one signs in.
+    await page.fill("#email", alice.email)
+    await page.fill("#password", "wrong")
+    await page.click("#sign-in")
+    await expect(page.get_by_test_id("login-error")).to_contain_text("Wrong email or password")
+    await page.fill("#password", "correct horse battery")
+    await page.click("#sign-in")
+    await expect(page.get_by_test_id("user-email")).to_have_text(alice.email)
+    await expect(page.get_by_test_id("live-status")).to_have_text("live")
+
+    # Only alice's device is listed, with its status.
+    rows = page.locator("#devices tbody tr")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("boiler-room")
+    await expect(rows.first).to_contain_text("online")
+
+    # Choose it and watch the chart fill from windows arriving over Kafka → Socket.IO.
+    await rows.first.click()
+    await expect(page.get_by_test_id("chart-device")).to_contain_text("boiler-room")
+    chart = page.get_by_test_id("chart")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        t0 = (time.time() // 10) * 10 - 300
+        deadline = time.monotonic() + 20
+        i = 0
+        while time.monotonic() < deadline:
+            for metric, base in (("temp", 70.0), ("hum", 40.0)):
+                await producer.send_and_wait(
+                    f"{topic_prefix}stats.windows",
+                    json_encoder.encode(window(dev, metric, t0 + 10 * i, base + i)),
+                    key=dev.encode(),
+                )
+            i += 1
+            points = int(await chart.get_attribute("data-points") or 0)
+            if points >= 5:
+                break
+            await asyncio.sleep(0.1)
+        assert int(await chart.get_attribute("data-points") or 0) >= 5
+        assert await chart.get_attribute("data-metrics") == "hum,temp"
+        await expect(chart.locator("canvas")).to_have_count(1)
+        before = int(await chart.get_attribute("data-points") or 0)
+        await producer.send_and_wait(
+            f"{topic_prefix}stats.windows",
+            json_encoder.encode(window(dev, "temp", t0 + 10 * (i + 5), 99.0)),
+            key=dev.encode(),
+        )
+        await expect(chart).to_have_attribute("data-points", str(before + 1))
+        await expect(page.get_by_test_id("chart-last")).to_contain_text("temp: 99")
+
+        # The stored alert is in the feed; a new one arrives live.
+        feed = page.get_by_test_id("alerts")
+        await expect(feed).to_contain_text("temp above 80 for 3 windows")
+        live_alert = make_alert(dev, alice.id, "humidity sensor silent", "warning")
+        await store.upsert_alerts([live_alert])
+        await producer.send_and_wait(
+            f"{topic_prefix}alerts", json_encoder.encode(live_alert), key=dev.encode()
+        )
+        await expect(feed).to_contain_text("humidity sensor silent")
+    finally:
+        await producer.stop()
+
+    # Acknowledge the stored alert from its button.
+    item = page.locator(f'#alerts li[data-alert-id="{stored_alert.alert_id}"]')
+    await item.get_by_role("button", name="Acknowledge").click()
+    await expect(item).to_have_attribute("data-status", "acknowledged")
+    await expect(item.get_by_role("button", name="Acknowledge")).to_have_count(0)
+    acked = await store.get_alert(stored_alert.alert_id)
+    assert acked.status == "acknowledged" and acked.acknowledged_by == alice.id
+
+    # Fleet figures are shown (pushed over the fleet room).
+    await expect(page.get_by_test_id("fleet-devices")).not_to_have_text("–")
+    await page.close()
