@@ -265,7 +265,7 @@ async def test_bad_pagination_is_rejected(api, params):
 
 
 async def test_password_is_rehashed_when_argon2_parameters_change(serve, signing_db):
-    email, password = api_email = None, "rehash me please"
+    password = "rehash me please"
     async with serve() as api:
         email = api.unique_email()
         assert (await api.register(email, password)).status_code == 201
@@ -279,7 +279,6 @@ async def test_password_is_rehashed_when_argon2_parameters_change(serve, signing
         assert (await api.login(email, password)).status_code == 200
         assert await _password_hash(signing_db, email) == after  # no further rehash
         assert_error_shape(await api.login(email, "not the password"), 401)
-    del api_email
 
 
 async def _password_hash(database_url: str, email: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -109,4 +110,21 @@ def create_app(settings: SigningSettings | None = None) -> FastAPI:
     install_common(app, service="signing", max_body_bytes=settings.max_body_bytes)
     app.include_router(users.router)
     app.include_router(jwks.router)
+    _document_password_limits(app, settings)
     return app
+
+
+def _document_password_limits(app: FastAPI, settings: SigningSettings) -> None:
+    """Publish the configured password lengths (checked per request) in the OpenAPI schema."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            props = schema["components"]["schemas"]["UserCreate"]["properties"]["password"]
+            props["minLength"] = settings.password_min_length
+            props["maxLength"] = settings.password_max_length
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -49,6 +49,11 @@ router = APIRouter(prefix="/users", tags=["users"])
 _WRONG_CREDENTIALS = "wrong email or password"
 
 
+# FastAPI documents any HTTPBearer dependency as required; where a token is optional, the
+# empty requirement ({}) added here says "or no authentication at all".
+_AUTH_OPTIONAL: dict[str, Any] = {"security": [{}]}
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
@@ -59,6 +64,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     response_model=UserPublic,
     responses=_errors(400, 401, 403, 409, 413, 422),
     summary="Create a user",
+    openapi_extra=_AUTH_OPTIONAL,
     description=(
         "Anyone may register a **viewer** account (unless self-registration is switched off). "
         "Only an admin (Bearer token) may create operator or admin accounts. "
@@ -139,6 +145,7 @@ async def authenticate(
     response_model=TokenClaims,
     responses=_errors(400, 401, 413, 422),
     summary="Verify a token: its claims, or 401",
+    openapi_extra=_AUTH_OPTIONAL,
     description=(
         'The token comes in the body (`{"token": …}`) or, without a body, as the '
         "`Authorization: Bearer` header. Expired, forged, revoked or malformed tokens get 401."
