@@ -1,0 +1,188 @@
+"""``infra/k8s``: both overlays build with kustomize and validate against Kubernetes schemas."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "infra" / "k8s"
+TARGET_VERSION = "1.34.0"
+SERVICES = {
+    "signing": 8001,
+    "device-management": 8002,
+    "ingest-bridge": 8004,
+    "stream-agents": 6066,
+    "monitoring-api": 8003,
+}
+INFRA = {"redpanda", "mongodb", "postgres", "redis", "rabbitmq", "mosquitto"}
+
+
+def kustomize(overlay: str) -> list[dict[str, Any]]:
+    if shutil.which("kubectl"):
+        cmd = ["kubectl", "kustomize", str(K8S / "overlays" / overlay)]
+    elif shutil.which("kustomize"):
+        cmd = ["kustomize", "build", str(K8S / "overlays" / overlay)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is installed")
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, kustomize(request.param)
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_manifests_validate_against_kubernetes_schemas(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    _, docs = overlay
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, TARGET_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message}")
+
+
+def test_every_service_is_deployed_safely(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = overlay
+    deployments = of_kind(docs, "Deployment")
+    services = of_kind(docs, "Service")
+    expected = set(SERVICES) | ({"simulator"} if name == "dev" else set())
+    assert set(deployments) == expected
+    for dep_name, dep in deployments.items():
+        spec = dep["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] == 10001  # the images' user
+        assert spec["automountServiceAccountToken"] is False
+        for container in spec["containers"] + spec.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+            assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests)
+        if dep_name == "simulator":
+            continue
+        container = spec["containers"][0]
+        port = SERVICES[dep_name]
+        assert container["ports"][0]["containerPort"] == port
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert "livenessProbe" in container
+        # Every service is reachable under its own name on its port.
+        assert services[dep_name]["spec"]["ports"][0]["port"] == port
+        assert services[dep_name]["spec"]["selector"] == {"app.kubernetes.io/name": dep_name}
+        env_sources = {next(iter(s)) for s in container["envFrom"]}
+        assert env_sources == {"configMapRef", "secretRef"}
+    for migrating in ("signing", "device-management"):
+        init = deployments[migrating]["spec"]["template"]["spec"]["initContainers"]
+        assert init[0]["args"] == ["migrate"]
+
+
+def test_autoscalers(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = overlay
+    hpas = of_kind(docs, "HorizontalPodAutoscaler")
+    assert set(hpas) == {"ingest-bridge", "stream-agents", "monitoring-api"}
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_ingress_carries_the_gateway_routes(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = overlay
+    routes: dict[str, tuple[str, int]] = {}
+    annotations: dict[str, dict[str, str]] = {}
+    for ingress in of_kind(docs, "Ingress").values():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                routes[path["path"]] = (backend["name"], backend["port"]["number"])
+                annotations[path["path"]] = ingress["metadata"]["annotations"]
+    assert routes == {
+        "/users": ("signing", 8001),
+        "/users/auth": ("signing", 8001),
+        "/.well-known/jwks.json": ("signing", 8001),
+        "/devices": ("device-management", 8002),
+        "/monitoring": ("monitoring-api", 8003),
+        "/dashboard": ("monitoring-api", 8003),
+        "/ws/monitoring": ("monitoring-api", 8003),
+        "/ingest": ("ingest-bridge", 8004),
+    }
+    assert "nginx.ingress.kubernetes.io/limit-rpm" in annotations["/users/auth"]
+    assert "nginx.ingress.kubernetes.io/limit-rpm" not in annotations["/users"]
+    assert (
+        int(annotations["/ws/monitoring"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
+    )
+
+
+def test_dev_runs_its_infrastructure_as_statefulsets() -> None:
+    docs = kustomize("dev")
+    sets = of_kind(docs, "StatefulSet")
+    assert set(sets) == INFRA
+    services = of_kind(docs, "Service")
+    for name, sts in sets.items():
+        assert sts["spec"]["volumeClaimTemplates"], f"{name} keeps no data"
+        assert name in services
+    config = of_kind(docs, "ConfigMap")["platform-config"]["data"]
+    host = config["IOT_KAFKA_BOOTSTRAP"].split(":")[0]
+    assert host in sets
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"iot-dev"}
+
+
+def test_prod_takes_infrastructure_and_secrets_from_outside() -> None:
+    docs = kustomize("prod")
+    assert not of_kind(docs, "StatefulSet")
+    assert not of_kind(docs, "Secret"), "prod must not apply secret templates over real secrets"
+    assert set(of_kind(docs, "PodDisruptionBudget")) == set(SERVICES)
+    for dep in of_kind(docs, "Deployment").values():
+        for container in dep["spec"]["template"]["spec"]["containers"]:
+            image = container["image"]
+            assert ":" in image and not image.endswith(":latest"), image
+    signing = of_kind(docs, "Deployment")["signing"]["spec"]["template"]["spec"]["containers"][0]
+    key = next(e for e in signing["env"] if e["name"] == "SIGNING_PRIVATE_KEY_PEM")
+    assert key["valueFrom"]["secretKeyRef"]["optional"] is False
+    namespace = of_kind(docs, "Namespace")["iot"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_secret_templates_hold_no_real_secret() -> None:
+    docs = [d for d in yaml.safe_load_all((K8S / "base" / "secrets.yaml").read_text()) if d]
+    for doc in docs:
+        for key, value in doc.get("stringData", {}).items():
+            if key in {"IOT_ADMIN_EMAIL"}:
+                continue
+            assert "CHANGE_ME" in value, f"{key} looks like a real value"
+
+
+def test_operator_references_are_documented() -> None:
+    operators = K8S / "overlays" / "prod" / "operators"
+    kinds = {}
+    for path in operators.glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        kinds[doc["kind"]] = doc["apiVersion"]
+    assert {
+        "Redpanda",
+        "Cluster",
+        "MongoDBCommunity",
+        "RabbitmqCluster",
+        "RedisReplication",
+    } <= set(kinds)
+    readme = (K8S / "README.md").read_text()
+    for name in ("Redpanda", "MongoDB", "PostgreSQL", "Redis", "RabbitMQ"):
+        assert name in readme
