@@ -159,6 +159,7 @@ class Runtime:
         self.owned_partitions: set[int] = set()
         self.n_partitions = settings.topic_partitions
         self.last_tick = 0.0
+        self.tick_lock = asyncio.Lock()
 
     async def start(self) -> None:
         s = self.settings
@@ -186,6 +187,7 @@ class Runtime:
                 sizes=tuple(s.window_sizes),
                 allowed_lateness=s.allowed_lateness,
                 reorder_slack=s.reorder_slack,
+                idle_close_after=s.idle_close_seconds,
             ),
             raw_samples=s.raw_samples,
             alerts=engine,
@@ -253,6 +255,13 @@ class Runtime:
                 timeout=s.batch_timeout,
                 max_records=s.batch_max_records,
             )
+            for tp in tps:
+                st = pipeline.partitions.get(tp.partition)
+                if st is not None:
+                    hw = aio.highwater(tp)
+                    st.caught_up = (
+                        hw is not None and st.next_offset is not None and st.next_offset >= hw
+                    )
             if not records:
                 continue
             async with pipeline.lock:
@@ -308,8 +317,10 @@ class Runtime:
     async def tick(self) -> None:
         if self.pipeline is None or self.paused:
             return
-        async with self.pipeline.lock:
-            await self.pipeline.tick(self.commit)
+        async with self.tick_lock:
+            async with self.pipeline.lock:
+                prepared = self.pipeline.prepare_tick()
+            await self.pipeline.finish_tick(prepared, self.commit)
         self.last_tick = time.time()
 
     async def check_silent(self) -> None:

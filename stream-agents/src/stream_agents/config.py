@@ -38,6 +38,8 @@ class AgentSettings(ServiceSettings):
     reorder_slack: float = 10.0
     #: Seconds between window emissions (open-window updates, closing, commits).
     emit_interval: float = 2.0
+    #: A partition without records for this long closes its windows on the wall clock.
+    idle_close_seconds: float = 2.0
     #: Raw samples written to the store in bulk; retention enforced by a timer.
     raw_samples: bool = True
     raw_retention_seconds: float = 7 * 86_400.0

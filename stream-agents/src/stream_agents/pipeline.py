@@ -65,6 +65,15 @@ class Counts:
     commits: int = 0
 
 
+@dataclass(slots=True)
+class PreparedTick:
+    windows: WindowBatch
+    alerts: list[Alert]
+    writes: list[asyncio.Task[None]]
+    offsets: dict[int, tuple[PartitionWindows, int]]
+    cpu_seconds: float
+
+
 @dataclass
 class TelemetryPipeline:
     store: MonitoringStore
@@ -213,42 +222,55 @@ class TelemetryPipeline:
     # -- emission / commit -------------------------------------------------------------------
     async def tick(self, commit: Committer | None = None, *, live: bool = True) -> None:
         """Emit windows, write them, evaluate alerts, then commit what is durable."""
+        await self.finish_tick(self.prepare_tick(live=live), commit)
+
+    def prepare_tick(self, *, live: bool = True) -> PreparedTick:
+        """The CPU part of a tick (call with the hot path paused: under ``lock``).
+
+        Computes the windows to emit, the alert changes, the offsets that become committable
+        once all this is durable, and takes over the raw-sample writes issued so far.
+        """
         t0 = time.perf_counter()
         wall = time.time()
         results: list[WindowBatch] = []
         retained = 0
-        for state in self.partitions.values():
+        offsets: dict[int, tuple[PartitionWindows, int]] = {}
+        for p, state in self.partitions.items():
             r = state.tick(wall=wall, live=live)
             retained += r.retained_rows
             if len(r.windows):
                 results.append(r.windows)
+            c = state.commit_offset()
+            if c is not None and c != state.committed:
+                offsets[p] = (state, c)
         RETAINED.set(retained)
         wb = WindowBatch.concat(results)
-        if len(wb):
-            await self._emit(wb)
         changes = self.pending_alerts[:]
         self.pending_alerts.clear()
         if self.alerts.has_rules() and len(wb):
             changes.extend(self.alerts.on_windows(self._closed(wb)))
-        if changes:
-            await self.publish_alerts(changes)
-        # Raw samples of everything emitted must be durable before the commit.
         writes, self._writes = self._writes, []
-        for t in writes:
+        return PreparedTick(wb, changes, writes, offsets, time.perf_counter() - t0)
+
+    async def finish_tick(self, prepared: PreparedTick, commit: Committer | None) -> None:
+        """The I/O part of a tick: may run while the hot path goes on with new records."""
+        t0 = time.perf_counter()
+        if len(prepared.windows):
+            await self._emit(prepared.windows)
+        if prepared.alerts:
+            await self.publish_alerts(prepared.alerts)
+        # Raw samples of everything covered must be durable before the commit.
+        for t in prepared.writes:
             await t
-        if commit is not None:
-            offsets = {}
-            for p, state in self.partitions.items():
-                c = state.commit_offset()
-                if c is not None and c != state.committed:
-                    offsets[p] = c
-            if offsets and await commit(offsets):
-                for p, c in offsets.items():
-                    if p in self.partitions:
-                        self.partitions[p].committed = c
+        if commit is not None and prepared.offsets:
+            offsets = {p: c for p, (_, c) in prepared.offsets.items()}
+            if await commit(offsets):
+                for p, (state, c) in prepared.offsets.items():
+                    if self.partitions.get(p) is state:
+                        state.committed = c
                 self.counts.commits += 1
                 COMMITS.inc()
-        TICK.observe(time.perf_counter() - t0)
+        TICK.observe(prepared.cpu_seconds + time.perf_counter() - t0)
 
     async def publish_alerts(self, changes: Sequence[Alert]) -> None:
         await self.store.upsert_alerts(changes)

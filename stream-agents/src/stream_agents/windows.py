@@ -13,7 +13,8 @@ Design, so that a crash and a replay from the committed offset give the same win
   not depend on what else this process has seen, on batch boundaries or on a restart.
   Accepted readings update every window they fall in; the others are dead-lettered as late.
 * **Windows close on the partition's ingest clock** (the largest ``ingest_ts`` seen), or on the
-  wall clock when the partition has been idle, and are then emitted ``final``. A reading that
+  wall clock when the partition is caught up and has been idle for a moment, and are then
+  emitted ``final``. A reading that
   arrives later but within the lateness re-emits the corrected window.
 * **State is kept per unit** (series × largest window; every window size must divide the
   largest, so a unit contains all smaller windows of its rows). A unit is dropped once the
@@ -164,9 +165,12 @@ def compute_stats(keys: I64, ts: F64, values: F64, *, size: int, final: bool) ->
 
     p50 = pct(0.5)
     p95 = pct(0.95)
-    # lexsort is stable, so among equal (key, ts) the later row (later arrival) sorts last.
-    by_time = np.lexsort((ts, keys))
-    last_idx = by_time[ends]
+    # last: the latest event time in the group, the later arrival (larger row index) winning
+    # ties; found with two reductions instead of another sort.
+    st = ts[by_value]
+    max_ts = np.maximum.reduceat(st, starts)
+    cand = np.where(st == np.repeat(max_ts, counts), by_value, -1)
+    last_idx = np.maximum.reduceat(cand, starts)
     series = gkeys >> _WIDX_BITS
     widx = gkeys & _WIDX_MASK
     # Undo the mask for negative window indexes (times before 1970 are not expected).
@@ -234,9 +238,14 @@ class PartitionWindows:
     #: (first offset, last offset) of dropped units that may still straddle the commit point.
     dropped_first: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     dropped_last: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    #: Window index per retained row, per size (aligned with ``rows``).
+    widx: dict[int, I64] = field(default_factory=dict)
     next_offset: int | None = None
     committed: int | None = None
     last_record_wall: float = 0.0
+    #: Set by the consumer: this partition has nothing more to fetch right now. Only then
+    #: may the wall clock close its windows (a lagging partition is not idle).
+    caught_up: bool = False
 
     def accept_mask(self, ts: F64, ingest_ts: F64) -> Bool:
         """Which readings are in time (see module docstring); the rest are late."""
@@ -265,9 +274,17 @@ class PartitionWindows:
         cfg = self.config
         new = Rows.concat(self.pending)
         self.pending = []
+        n_old = len(self.rows)
         allr = Rows.concat([self.rows, new])
+        # Window index of every row per size, computed once per row.
+        for size in cfg.sizes:
+            widx_new = np.floor(new.ts / size).astype(np.int64)
+            old = self.widx.get(size)
+            self.widx[size] = (
+                widx_new if old is None or not n_old else np.concatenate([old, widx_new])
+            )
         clock = self.data_clock
-        if wall - self.last_record_wall >= cfg.idle_close_after:
+        if self.caught_up and wall - self.last_record_wall >= cfg.idle_close_after:
             clock = max(clock, wall)
         self.emit_clock = max(self.emit_clock, clock)
         emit_clock = self.emit_clock
@@ -277,56 +294,70 @@ class PartitionWindows:
             before = self.closed_through.get(size, -math.inf)
             after = math.floor(emit_clock / size) * size if math.isfinite(emit_clock) else before
             after = max(before, after)
+            self.closed_through[size] = after
             if not len(allr):
-                self.closed_through[size] = after
                 continue
-            keys = window_keys(allr.series, allr.ts, size)
-            end = (np.floor(allr.ts / size) + 1.0) * size
-            closing = (end > before) & (end <= after)
-            sel = closing
-            if len(new):
-                new_keys = keys[len(self.rows) :]
-                new_end = end[len(self.rows) :]
-                corrected = np.unique(new_keys[new_end <= before])
-                if len(corrected):
-                    sel = sel | np.isin(keys, corrected)
+            widx = self.widx[size]
+            # Window w is [w*size, (w+1)*size): closed once its end <= after.
+            lo = math.floor(before / size) if math.isfinite(before) else None
+            hi = math.floor(after / size) if math.isfinite(after) else None
+            if hi is None:
+                sel = np.zeros(len(widx), np.bool_)
+            elif lo is None:
+                sel = widx < hi
+            else:
+                sel = (widx >= lo) & (widx < hi)
+            if len(new) and lo is not None:
+                late_new = widx[n_old:] < lo
+                if late_new.any():
+                    corrected = np.unique(
+                        (new.series[late_new] << _WIDX_BITS) | widx[n_old:][late_new]
+                    )
+                    keys_all = (allr.series << _WIDX_BITS) | (widx & _WIDX_MASK)
+                    sel |= np.isin(keys_all, corrected)
             if sel.any():
+                keys = (allr.series[sel] << _WIDX_BITS) | (widx[sel] & _WIDX_MASK)
                 out.append(
-                    compute_stats(keys[sel], allr.ts[sel], allr.value[sel], size=size, final=True)
+                    compute_stats(keys, allr.ts[sel], allr.value[sel], size=size, final=True)
                 )
             if is_live and len(new):
-                new_keys = keys[len(self.rows) :]
-                new_end = end[len(self.rows) :]
-                touched = np.unique(new_keys[new_end > after])
-                if len(touched):
-                    osel = (end > after) & np.isin(keys, touched)
+                open_new = widx[n_old:] >= (hi if hi is not None else -(2**62))
+                if open_new.any():
+                    touched = np.unique(
+                        (new.series[open_new] << _WIDX_BITS) | widx[n_old:][open_new]
+                    )
+                    keys_all = (allr.series << _WIDX_BITS) | (widx & _WIDX_MASK)
+                    osel = np.isin(keys_all, touched)
                     out.append(
                         compute_stats(
-                            keys[osel], allr.ts[osel], allr.value[osel], size=size, final=False
+                            keys_all[osel], allr.ts[osel], allr.value[osel], size=size, final=False
                         )
                     )
-            self.closed_through[size] = after
         dropped = 0
         if len(allr) and math.isfinite(self.data_clock):
             big = cfg.sizes[-1]
-            uend = (np.floor(allr.ts / big) + 1.0) * big
+            uidx = self.widx[big]
+            uend = (uidx + 1).astype(np.float64) * big
             drop = uend + cfg.allowed_lateness + cfg.reorder_slack < self.data_clock
             # Never drop a unit whose largest window has not been emitted final yet.
             drop &= uend <= self.closed_through.get(big, -math.inf)
             if drop.any():
-                gone = allr.take(drop)
-                ukeys = window_keys(gone.series, gone.ts, big)
+                ukeys = (allr.series[drop] << _WIDX_BITS) | (uidx[drop] & _WIDX_MASK)
+                offs = allr.offset[drop]
                 order = np.argsort(ukeys, kind="stable")
                 sk = ukeys[order]
                 starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-                offs = gone.offset[order]
+                offs = offs[order]
                 self.dropped_first = np.concatenate(
                     [self.dropped_first, np.minimum.reduceat(offs, starts)]
                 )
                 self.dropped_last = np.concatenate(
                     [self.dropped_last, np.maximum.reduceat(offs, starts)]
                 )
-                allr = allr.take(~drop)
+                keep = ~drop
+                allr = allr.take(keep)
+                for size in cfg.sizes:
+                    self.widx[size] = self.widx[size][keep]
                 dropped = int(drop.sum())
             self.dropped_clock = max(self.dropped_clock, self.data_clock)
         self.rows = allr
