@@ -28,21 +28,22 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_settings_dep(request: Request) -> DeviceManagementSettings:
+# Dependencies are ``async def`` so FastAPI calls them inline instead of in its thread pool.
+async def get_settings_dep(request: Request) -> DeviceManagementSettings:
     return cast(DeviceManagementSettings, request.app.state.settings)
 
 
 SettingsDep = Annotated[DeviceManagementSettings, Depends(get_settings_dep)]
 
 
-def get_cache(request: Request) -> DeviceCache:
+async def get_cache(request: Request) -> DeviceCache:
     return cast(DeviceCache, request.app.state.cache)
 
 
 CacheDep = Annotated[DeviceCache, Depends(get_cache)]
 
 
-def get_relay(request: Request) -> OutboxRelay | None:
+async def get_relay(request: Request) -> OutboxRelay | None:
     return cast(OutboxRelay | None, request.app.state.relay)
 
 
@@ -70,7 +71,7 @@ async def current_user(
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
-def writer(user: CurrentUser) -> Principal:
+async def writer(user: CurrentUser) -> Principal:
     """The caller, if allowed to change devices (admins and operators; viewers read only)."""
     if not user.can_write:
         raise Forbidden("viewers have read-only access")
