@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,11 +22,14 @@ import jwt
 import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import FastAPI, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from device_management.config import DeviceManagementSettings
+from device_management.main import create_app as create_dm_app
+from device_management.migrations import upgrade_sync
 from iot_common.auth import JWTVerifier
 from iotctl.broker import free_port
 from monitoring_api.config import MonitoringApiSettings
@@ -35,6 +37,9 @@ from monitoring_api.devices import HttpDeviceDirectory
 from monitoring_api.main import create_app
 from monitoring_store import open_store
 from monitoring_store.base import MonitoringStore
+from signing.config import SigningSettings
+from signing.main import create_app as create_signing_app
+from signing.migrations import upgrade_head
 
 KID = "monitoring-test-key"
 
@@ -80,86 +85,73 @@ def make_user(rsa_key: rsa.RSAPrivateKey) -> Callable[..., User]:
 
 @dataclass
 class Registry:
-    """The device-management stand-in's devices (id → device JSON)."""
+    """Devices registered in the real device-management app (in-process, over ASGI)."""
 
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
-    calls: int = 0
+    http: httpx.AsyncClient
+    admin: User
+    redis: Redis
+    namespace: str
 
-    def add(self, owner: User, *, metrics: list[str] | None = None, name: str = "") -> str:
-        did = str(uuid.uuid4())
-        self.devices[did] = {
-            "id": did,
-            "name": name or f"dev-{did[:6]}",
+    async def add(
+        self, owner: User, *, metrics: list[str] | None = None, name: str = "", online: bool = True
+    ) -> str:
+        body = {
+            "name": name or f"dev-{secrets.token_hex(4)}",
             "type": "sensor",
             "config": {"metrics": [{"name": m} for m in (metrics or [])], "rules": []},
-            "active": True,
-            "status": "online",
-            "last_seen": time.time(),
             "owner_id": owner.id,
-            "config_version": 1,
         }
+        r = await self.http.post("/devices/", json=body, headers=self.admin.headers)
+        assert r.status_code == 201, r.text
+        did = str(r.json()["id"])
+        if online:  # what the ingest bridge records when the device sends something
+            await self.redis.hset(f"{self.namespace}:last_seen", did, str(time.time()))
         return did
 
 
-def device_management_app(registry: Registry, rsa_key: rsa.RSAPrivateKey) -> FastAPI:
-    """Device-management's read contract: own devices only (404 otherwise), admins see all."""
-    app = FastAPI()
-    public = rsa_key.public_key()
-
-    def caller(authorization: str | None) -> dict[str, Any] | None:
-        if not authorization:
-            return None
-        try:
-            return jwt.decode(
-                authorization.split(" ", 1)[1],
-                public,
-                algorithms=["RS256"],
-                audience="iot-platform",
-            )
-        except jwt.PyJWTError:
-            return None
-
-    @app.get("/devices/{device_id}")
-    async def get_device(device_id: str, authorization: str | None = Header(None)) -> Any:
-        registry.calls += 1
-        claims = caller(authorization)
-        if claims is None:
-            return JSONResponse({"error": {"code": "unauthorized"}}, status_code=401)
-        dev = registry.devices.get(device_id)
-        if dev is None or (claims["role"] != "admin" and dev["owner_id"] != claims["sub"]):
-            return JSONResponse({"error": {"code": "not_found"}}, status_code=404)
-        return dev
-
-    @app.get("/devices/")
-    async def list_devices(
-        request: Request, authorization: str | None = Header(None), limit: int = 50, offset: int = 0
-    ) -> Any:
-        registry.calls += 1
-        claims = caller(authorization)
-        if claims is None:
-            return JSONResponse({"error": {"code": "unauthorized"}}, status_code=401)
-        mine = [
-            d
-            for d in registry.devices.values()
-            if claims["role"] == "admin" or d["owner_id"] == claims["sub"]
-        ]
-        return {"items": mine[offset : offset + limit], "total": len(mine)}
-
-    @app.get("/internal/devices/{device_id}")
-    async def internal(device_id: str, x_internal_token: str | None = Header(None)) -> Any:
-        if x_internal_token != "dev-internal-token":
-            return JSONResponse({"error": {"code": "unauthorized"}}, status_code=401)
-        dev = registry.devices.get(device_id)
-        if dev is None:
-            return JSONResponse({"error": {"code": "not_found"}}, status_code=404)
-        return {"id": device_id, "owner_id": dev["owner_id"], "active": True}
-
-    return app
+@pytest.fixture(scope="session")
+def dm_database_url(pg_database_factory: Callable[[str], str]) -> str:
+    url = pg_database_factory("dm")
+    upgrade_sync(url)
+    return url
 
 
 @pytest.fixture
-def registry() -> Registry:
-    return Registry()
+async def registry(
+    dm_database_url: str,
+    redis_url: str,
+    redis_namespace: str,
+    rsa_key: rsa.RSAPrivateKey,
+    make_user: Callable[..., User],
+) -> AsyncIterator[Registry]:
+    """device-management's own app: ownership answers exactly as in production."""
+    settings = DeviceManagementSettings(
+        database_url=dm_database_url,
+        redis_url=redis_url,
+        redis_namespace=redis_namespace,
+        internal_token="dev-internal-token",
+        jwks_url="http://signing.invalid/.well-known/jwks.json",
+        relay_enabled=False,
+        db_pool_size=5,
+    )
+    redis = Redis.from_url(redis_url)
+    verifier = JWTVerifier(
+        jwks_url=settings.jwks_url,
+        redis=redis,
+        namespace=redis_namespace,
+        issuer="iot-signing",
+        audience="iot-platform",
+        http=httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(404))),
+    )
+    verifier.add_key(KID, rsa_key.public_key())
+    app = create_dm_app(settings, verifier=verifier)
+    async with LifespanManager(app, startup_timeout=30) as manager:
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://device-management"
+        )
+        yield Registry(http=http, admin=make_user("admin"), redis=redis, namespace=redis_namespace)
+        await http.aclose()
+    await redis.aclose()
 
 
 @pytest.fixture(scope="session")
@@ -242,15 +234,10 @@ async def app_factory(
             verifier.add_key(KID, rsa_key.public_key())
             await verifier.start()
             stack.push_async_callback(verifier.close)
-            dm_http = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=device_management_app(registry, rsa_key)),
-                base_url="http://device-management",
-            )
-            stack.push_async_callback(dm_http.aclose)
             directory = HttpDeviceDirectory(
                 "http://device-management",
                 internal_token="dev-internal-token",
-                http=dm_http,
+                http=registry.http,
                 cache_ttl=settings.device_cache_ttl,
             )
             app = create_app(
@@ -325,35 +312,71 @@ def poll() -> Callable[..., Awaitable[Any]]:
     return wait_for
 
 
+@pytest.fixture(scope="session")
+def signing_db(pg_database_factory: Callable[[str], str]) -> str:
+    url = pg_database_factory("signing")
+    upgrade_head(url)
+    return url
+
+
 @dataclass
-class SigningStandIn:
-    """Signing's ``POST /users/auth`` contract for known users (email + password → token)."""
+class Signing:
+    """The real signing app (in-process), issuing tokens with the key the tests trust."""
 
-    users: dict[str, tuple[str, User]] = field(default_factory=dict)
+    http: httpx.AsyncClient
+    admin_token: str = ""
 
-    def add(self, user: User, password: str) -> None:
-        self.users[user.email] = (password, user)
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.method != "POST" or request.url.path != "/users/auth":
-            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no"}})
-        try:
-            body = json.loads(request.content)
-            password, user = self.users[body["email"]]
-        except (ValueError, KeyError, TypeError):
-            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "no"}})
-        if body.get("password") != password:
-            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "no"}})
-        return httpx.Response(
-            200, json={"access_token": user.token, "token_type": "bearer", "expires_in": 3600}
+    async def add_user(self, role: str = "operator") -> tuple[User, str]:
+        """Create a user through signing's API; returns the user (with a token) and password."""
+        email = f"user-{secrets.token_hex(4)}@example.com"
+        password = "correct horse battery staple"
+        r = await self.http.post(
+            "/users/add",
+            json={"email": email, "password": password, "role": role},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
         )
+        assert r.status_code == 201, r.text
+        r = await self.http.post("/users/auth", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        token = r.json()["access_token"]
+        claims = jwt.decode(token, options={"verify_signature": False})
+        return User(id=claims["sub"], role=role, token=token, email=email), password
 
     def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.MockTransport(self.handler), base_url="http://signing"
-        )
+        return self.http
 
 
 @pytest.fixture
-def signing() -> SigningStandIn:
-    return SigningStandIn()
+async def signing(
+    signing_db: str, redis_url: str, redis_namespace: str, rsa_key: rsa.RSAPrivateKey, tmp_path: Any
+) -> AsyncIterator[Signing]:
+    pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    settings = SigningSettings(
+        database_url=signing_db,
+        redis_url=redis_url,
+        redis_namespace=redis_namespace,
+        private_key_pem=pem,
+        key_id=KID,
+        key_file=tmp_path / "unused.pem",
+        bootstrap_admin_email="admin@example.com",
+        bootstrap_admin_password="admin-password-for-tests",
+        login_limit_per_address=10_000,
+        login_limit_per_email=10_000,
+        argon2_time_cost=1,
+        argon2_memory_cost_kib=1024,
+        argon2_parallelism=1,
+    )
+    app = create_signing_app(settings)
+    async with LifespanManager(app, startup_timeout=30) as manager:
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://signing"
+        )
+        r = await http.post(
+            "/users/auth",
+            json={"email": "admin@example.com", "password": "admin-password-for-tests"},
+        )
+        assert r.status_code == 200, r.text
+        yield Signing(http=http, admin_token=r.json()["access_token"])
+        await http.aclose()

@@ -65,7 +65,7 @@ async def test_ack_then_clear_is_stored_and_produced(
     app_factory: Any, make_user: Any, registry: Any, store: Any, alerts_topic_reader: Any
 ) -> None:
     alice = make_user("operator")
-    dev = registry.add(alice)
+    dev = await registry.add(alice)
     alert = make_alert(dev, alice.id)
     await store.upsert_alerts([alert])
     app = await app_factory()
@@ -101,7 +101,11 @@ async def test_alerts_are_scoped_filtered_and_guarded(
     app_factory: Any, make_user: Any, registry: Any, store: Any
 ) -> None:
     alice, bob, viewer = make_user("operator"), make_user("operator"), make_user("viewer")
-    dev_a, dev_b, dev_v = registry.add(alice), registry.add(bob), registry.add(viewer)
+    dev_a, dev_b, dev_v = (
+        await registry.add(alice),
+        await registry.add(bob),
+        await registry.add(viewer),
+    )
     a_warn = make_alert(dev_a, alice.id, "warning", rule_id="w")
     a_crit = make_alert(dev_a, alice.id, "critical", rule_id="c")
     b_crit = make_alert(dev_b, bob.id, "critical")

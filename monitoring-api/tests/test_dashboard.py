@@ -82,10 +82,10 @@ async def test_sign_in_live_chart_and_acknowledge(
     kafka_bootstrap: str,
     topic_prefix: str,
 ) -> None:
-    alice, bob = make_user("operator"), make_user("operator")
-    signing.add(alice, "correct horse battery")
-    dev = registry.add(alice, metrics=["temp", "hum"], name="boiler-room")
-    registry.add(bob, name="bobs-device")
+    alice, password = await signing.add_user("operator")
+    bob = make_user("operator")
+    dev = await registry.add(alice, metrics=["temp", "hum"], name="boiler-room")
+    await registry.add(bob, name="bobs-device")
     stored_alert = make_alert(dev, alice.id, "temp above 80 for 3 windows")
     await store.upsert_alerts([stored_alert])
     app = await app_factory(serve=True, signing_http=signing.client())
@@ -99,7 +99,7 @@ async def test_sign_in_live_chart_and_acknowledge(
     await page.fill("#password", "wrong")
     await page.click("#sign-in")
     await expect(page.get_by_test_id("login-error")).to_contain_text("Wrong email or password")
-    await page.fill("#password", "correct horse battery")
+    await page.fill("#password", password)
     await page.click("#sign-in")
     await expect(page.get_by_test_id("user-email")).to_have_text(alice.email)
     await expect(page.get_by_test_id("live-status")).to_have_text("live")

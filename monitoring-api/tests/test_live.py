@@ -144,7 +144,7 @@ async def test_rooms_isolate_owners_and_windows_arrive(
     poll: Any,
 ) -> None:
     alice, bob = make_user("operator"), make_user("viewer")
-    dev_a, dev_b = registry.add(alice), registry.add(bob)
+    dev_a, dev_b = await registry.add(alice), await registry.add(bob)
     app = await app_factory(serve=True)
     ca, cb = clients(), clients()
     await ca.connect(app.url, alice.token)
@@ -182,7 +182,7 @@ async def test_alert_rooms_filter_by_severity_and_owner(
     poll: Any,
 ) -> None:
     alice, bob, admin = make_user("operator"), make_user("operator"), make_user("admin")
-    dev_a, dev_b = registry.add(alice), registry.add(bob)
+    dev_a, dev_b = await registry.add(alice), await registry.add(bob)
     app = await app_factory(serve=True)
     ca, cadmin = clients(), clients()
     await ca.connect(app.url, alice.token)
@@ -215,7 +215,7 @@ async def test_fleet_figures_and_device_events(
     poll: Any,
 ) -> None:
     alice, bob = make_user("operator"), make_user("operator")
-    dev_a, dev_b = registry.add(alice), registry.add(bob)
+    dev_a, dev_b = await registry.add(alice), await registry.add(bob)
     app = await app_factory(serve=True)
     ca = clients()
     await ca.connect(app.url, alice.token)
@@ -251,7 +251,7 @@ async def test_each_instance_pushes_every_record_once_to_its_own_clients(
     poll: Any,
 ) -> None:
     alice = make_user("operator")
-    dev = registry.add(alice)
+    dev = await registry.add(alice)
     one, two = await app_factory(serve=True), await app_factory(serve=True)
     c1, c2, c2b = clients(), clients(), clients()
     await c1.connect(one.url, alice.token)

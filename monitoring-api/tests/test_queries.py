@@ -37,8 +37,8 @@ def window(
 @pytest.fixture
 async def seeded(app_factory: Any, make_user: Any, registry: Any, store: Any) -> dict[str, Any]:
     alice, bob, admin = make_user("operator"), make_user("viewer"), make_user("admin")
-    dev_a = registry.add(alice, metrics=["temp", "hum"])
-    dev_b = registry.add(bob)
+    dev_a = await registry.add(alice, metrics=["temp", "hum"])
+    dev_b = await registry.add(bob)
     base = math.floor(time.time() / 3600) * 3600 - 3600  # an hour ago, hour-aligned
     per_minute = {i: [20.0 + i, 21.0 + i, 25.0 + i * 2] for i in range(10)}
     await store.upsert_windows(

@@ -76,7 +76,7 @@ async def test_no_5xx_for_generated_requests(
     app_factory: Any, make_user: Any, registry: Any, signing: Any, store: Any
 ) -> None:
     user = make_user("operator")
-    device = registry.add(user, metrics=["temp"])
+    device = await registry.add(user, metrics=["temp"])
     alert = make_alert(device, user.id)
     await store.upsert_alerts([alert])
     app = await app_factory(serve=True, signing_http=signing.client())

@@ -111,7 +111,7 @@ async def test_retries_until_delivered_with_signature_and_idempotency_key(
     poll: Any,
 ) -> None:
     alice, bob = make_user("operator"), make_user("operator")
-    dev_a, dev_b = registry.add(alice), registry.add(bob)
+    dev_a, dev_b = await registry.add(alice), await registry.add(bob)
     rec = await receiver_factory(fail_first=2)
     app = await app_factory()
     c = app.client
@@ -169,7 +169,7 @@ async def test_marked_failed_after_the_configured_attempts(
     app_factory: Any, receiver_factory: Any, make_user: Any, registry: Any, store: Any, poll: Any
 ) -> None:
     alice = make_user("operator")
-    dev = registry.add(alice)
+    dev = await registry.add(alice)
     rec = await receiver_factory(fail_first=1000)
     app = await app_factory(webhook_max_attempts=3, kafka_enabled=False)
     c = app.client
@@ -197,7 +197,7 @@ async def test_pending_deliveries_survive_a_restart(
     app_factory: Any, receiver_factory: Any, make_user: Any, registry: Any, poll: Any
 ) -> None:
     alice = make_user("operator")
-    dev = registry.add(alice)
+    dev = await registry.add(alice)
     rec = await receiver_factory(fail_first=0)
     # The first instance stores the delivery but is gone before sending it ...
     first = await app_factory(webhook_enabled=False, kafka_enabled=False)
@@ -225,7 +225,7 @@ async def test_subscription_crud_and_validation(
     app_factory: Any, make_user: Any, registry: Any
 ) -> None:
     alice, bob, admin = make_user("operator"), make_user("operator"), make_user("admin")
-    dev_a, dev_b = registry.add(alice), registry.add(bob)
+    dev_a, dev_b = await registry.add(alice), await registry.add(bob)
     c = (await app_factory(kafka_enabled=False)).client
     r = await c.post(
         "/monitoring/subscriptions",
