@@ -132,3 +132,19 @@ async def test_status_from_last_seen(
         r = await c.get("/devices/", params={"status": status}, headers=alice.headers)
         assert [d["id"] for d in r.json()["items"]] == [devs[expected]["id"]], status
         assert r.json()["total"] == 1
+
+
+async def test_health_reports_redis_down(
+    start_service: Any, users: dict[str, Any], device_body: Any
+) -> None:
+    service = await start_service(redis_url="redis://127.0.0.1:1/0", relay_enabled=False)
+    r = await service.client.get("/health")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["redis"] == "down" and body["database"] == "up"
+    assert body["status"] == "unavailable" and body["rabbitmq"] == "disabled"
+    # The registry itself still works; the cache entry simply is not written.
+    r = await service.client.post("/devices/", json=device_body(), headers=users["alice"].headers)
+    assert r.status_code == 201
+    got = await service.client.get(f"/devices/{r.json()['id']}", headers=users["alice"].headers)
+    assert got.status_code == 200 and got.json()["status"] == "never_seen"

@@ -182,3 +182,26 @@ async def test_outage_loses_nothing_and_keeps_order(
     finally:
         with contextlib.suppress(Exception):
             await proxy.stop()
+
+
+async def test_two_replicas_publish_each_event_once_in_order(
+    start_service: Any, users: dict[str, Any], event_sink: Any, device_body: Any
+) -> None:
+    """Two app instances share the outbox: their relays take turns, nothing doubles."""
+    one = await start_service()
+    two = await start_service()
+    alice = users["alice"]
+    dev = (await one.client.post("/devices/", json=device_body(), headers=alice.headers)).json()
+    for i in range(10):
+        replica = one if i % 2 else two
+        r = await replica.client.put(
+            f"/devices/{dev['id']}",
+            json={"config": {"metrics": [{"name": f"m{i}"}]}},
+            headers=alice.headers,
+        )
+        assert r.status_code == 200
+    events = await event_sink.wait_for(lambda evs: len(evs) >= 11)
+    await asyncio.sleep(0.5)
+    events = event_sink.events()
+    assert len(events) == 11 and len({e.event_id for e in events}) == 11
+    assert [e.device["config_version"] for e in events if e.device] == list(range(1, 12))

@@ -33,6 +33,8 @@ class DeviceManagementSettings(ServiceSettings):
     #: How often the relay looks for events committed by other replicas.
     outbox_poll_interval: float = 1.0
     relay_max_backoff_seconds: float = 5.0
+    #: Published outbox rows are deleted after this long (the history stays in t_device_events).
+    outbox_retention_hours: float = 24.0
     rabbitmq_connect_timeout: float = 5.0
     rabbitmq_publish_timeout: float = 10.0
 

@@ -40,3 +40,14 @@ def make_engine(settings: DeviceManagementSettings) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for single-statement reads: autocommit, so no BEGIN/ROLLBACK round trips.
+
+    Shares ``engine``'s pool; the hot reads (``GET /devices/{id}``, the internal lookup) are one
+    query each, so a transaction around them buys nothing.
+    """
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from device_management.api.routes import devices, health, internal
 from device_management.cache import DeviceCache
 from device_management.config import DeviceManagementSettings, get_settings
-from device_management.db import make_engine, make_sessionmaker
+from device_management.db import make_engine, make_read_sessionmaker, make_sessionmaker
 from device_management.outbox import OutboxRelay
 from iot_common.auth import JWTVerifier
 from iot_common.web import install_common
@@ -53,8 +53,10 @@ def create_app(
                 max_backoff=settings.relay_max_backoff_seconds,
                 connect_timeout=settings.rabbitmq_connect_timeout,
                 publish_timeout=settings.rabbitmq_publish_timeout,
+                retention_seconds=settings.outbox_retention_hours * 3600,
             )
         app.state.sessionmaker = sessionmaker
+        app.state.read_sessionmaker = make_read_sessionmaker(engine)
         app.state.cache = DeviceCache(
             redis,
             namespace=settings.redis_namespace,

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from prometheus_client import Counter, Gauge
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from device_management.models import OutboxMessage
@@ -126,6 +127,7 @@ class OutboxRelay:
         max_backoff: float = 5.0,
         connect_timeout: float = 5.0,
         publish_timeout: float = 10.0,
+        retention_seconds: float = 86_400.0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._publisher = _Publisher(
@@ -134,6 +136,8 @@ class OutboxRelay:
         self._batch = batch_size
         self._poll = poll_interval
         self._max_backoff = max_backoff
+        self._retention = retention_seconds
+        self._next_purge = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -175,6 +179,7 @@ class OutboxRelay:
                 while await self.drain_once():
                     pass
                 backoff = 0.1
+                await self._purge_sent()
                 await self._sleep(self._poll)
             except asyncio.CancelledError:
                 raise
@@ -186,6 +191,20 @@ class OutboxRelay:
                 await self._publisher.close()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
+
+    async def _purge_sent(self) -> None:
+        """Drop rows published longer ago than the retention (at most once a minute)."""
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + 60.0
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._retention)
+        async with self._sessionmaker() as session, session.begin():
+            await session.execute(
+                delete(OutboxMessage).where(
+                    OutboxMessage.sent_at.is_not(None), OutboxMessage.sent_at < cutoff
+                )
+            )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -28,6 +28,16 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    maker = cast(async_sessionmaker[AsyncSession], request.app.state.read_sessionmaker)
+    async with maker() as session:
+        yield session
+
+
+#: Autocommit session for endpoints that read with a single query.
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+
+
 # Dependencies are ``async def`` so FastAPI calls them inline instead of in its thread pool.
 async def get_settings_dep(request: Request) -> DeviceManagementSettings:
     return cast(DeviceManagementSettings, request.app.state.settings)

@@ -12,6 +12,7 @@ from device_management import devices_service as svc
 from device_management.api.deps import (
     CacheDep,
     CurrentUser,
+    ReadSessionDep,
     RelayDep,
     SessionDep,
     SettingsDep,
@@ -161,7 +162,7 @@ async def list_devices(
 @router.get("/{device_id}", responses=_NOT_FOUND)
 async def get_device(
     device_id: DeviceId,
-    session: SessionDep,
+    session: ReadSessionDep,
     user: CurrentUser,
     cache: CacheDep,
     settings: SettingsDep,
@@ -211,7 +212,7 @@ async def delete_device(
 @router.get("/{device_id}/status", responses=_NOT_FOUND)
 async def device_status(
     device_id: DeviceId,
-    session: SessionDep,
+    session: ReadSessionDep,
     user: CurrentUser,
     cache: CacheDep,
     settings: SettingsDep,

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path
 
 from device_management import devices_service as svc
-from device_management.api.deps import CacheDep, SessionDep, SettingsDep
+from device_management.api.deps import CacheDep, ReadSessionDep, SettingsDep
 from device_management.schemas import InternalDevice
 from iot_common.errors import NotFound, Unauthorized
 
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/internal", tags=["internal"])
 )
 async def lookup_device(
     device_id: Annotated[uuid.UUID, Path(description="Device id (UUID)")],
-    session: SessionDep,
+    session: ReadSessionDep,
     cache: CacheDep,
     settings: SettingsDep,
     x_internal_token: Annotated[str | None, Header(description="Shared service secret")] = None,
