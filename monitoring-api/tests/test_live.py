@@ -269,3 +269,37 @@ async def test_each_instance_pushes_every_record_once_to_its_own_clients(
     await asyncio.sleep(0.5)
     for c in (c1, c2, c2b):
         assert [w["mean"] for w in c.events["window"]] == [float(i) for i in range(n)]
+
+
+async def test_revoked_token_is_disconnected_and_refused(
+    app_factory: Any,
+    make_user: Any,
+    clients: Any,
+    redis_url: str,
+    redis_namespace: str,
+    poll: Any,
+) -> None:
+    import jwt
+    from redis.asyncio import Redis
+
+    from iot_common.auth import publish_revocation
+
+    alice = make_user("operator")
+    app = await app_factory(serve=True, session_sweep_interval=0.2)
+    c = clients()
+    await c.connect(app.url, alice.token)
+    assert c.sio.connected
+    claims = jwt.decode(alice.token, options={"verify_signature": False})
+    redis = Redis.from_url(redis_url)
+    try:
+        await publish_revocation(
+            redis, namespace=redis_namespace, jti=claims["jti"], exp=claims["exp"]
+        )
+    finally:
+        await redis.aclose()
+    await poll(lambda: not c.sio.connected, timeout=15)
+    again = clients()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await again.connect(app.url, alice.token)
+    r = await app.client.get("/monitoring/alerts", headers=alice.headers)
+    assert r.status_code == 401

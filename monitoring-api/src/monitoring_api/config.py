@@ -63,6 +63,10 @@ class MonitoringApiSettings(ServiceSettings):
 
     # -- live pushes ----------------------------------------------------------------------------
     fleet_push_interval: float = 5.0
+    #: How often connected clients' tokens are re-checked (expired/revoked → disconnected).
+    session_sweep_interval: float = 15.0
+    #: Origins allowed to open Socket.IO connections besides the API's own (e.g. a dev server).
+    socketio_cors_origins: list[str] = []
 
     # -- webhooks -------------------------------------------------------------------------------
     webhook_max_attempts: int = 6

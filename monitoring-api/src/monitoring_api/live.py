@@ -87,12 +87,15 @@ class LiveHub:
         self,
         *,
         fleet_interval: float = 5.0,
+        sweep_interval: float = 15.0,
         cors_allowed_origins: str | list[str] | None = None,
     ) -> None:
         self.fleet_interval = fleet_interval
+        self.sweep_interval = sweep_interval
         self.sio = socketio.AsyncServer(
             async_mode="asgi",
-            cors_allowed_origins=cors_allowed_origins or [],
+            # None = same origin only; the token travels in the connect payload, never a cookie.
+            cors_allowed_origins=cors_allowed_origins or None,
             logger=False,
             engineio_logger=False,
             ping_interval=20,
@@ -264,11 +267,31 @@ class LiveHub:
             await self.sio.emit("fleet", stats.model_dump(), to=room)
             PUSHES.labels("fleet").inc()
 
+    async def sweep_sessions(self) -> int:
+        """Disconnect clients whose token has expired or been revoked since they connected."""
+        dropped = 0
+        for sid, _eio_sid in list(self.sio.manager.get_participants("/", None)):
+            try:
+                session = await self.sio.get_session(sid)
+                await self.verifier.verify(session["token"])
+            except PlatformError:
+                await self.sio.disconnect(sid)
+                dropped += 1
+            except KeyError:
+                continue
+        if dropped:
+            log.info("disconnected %d Socket.IO clients with expired or revoked tokens", dropped)
+        return dropped
+
     async def _fleet_loop(self) -> None:
+        last_sweep = time.monotonic()
         while True:
-            await asyncio.sleep(self.fleet_interval)
+            await asyncio.sleep(min(self.fleet_interval, self.sweep_interval))
             try:
                 await self.push_fleet_once()
+                if time.monotonic() - last_sweep >= self.sweep_interval:
+                    last_sweep = time.monotonic()
+                    await self.sweep_sessions()
             except Exception:
                 log.exception("fleet push round failed")
 
@@ -400,14 +423,7 @@ class LiveConsumer:
                             self._decode(records, alert_decoder, tp.topic)
                         )
                         if self._on_alerts is not None and alerts:
-                            try:
-                                await self._on_alerts(alerts)
-                            except Exception:
-                                log.exception(
-                                    "enqueueing webhook deliveries failed at %s offset %d",
-                                    tp,
-                                    records[-1].offset,
-                                )
+                            await self._hand_on(alerts, tp, records[-1].offset)
                     elif tp.topic == t.device_events:
                         await self._hub.push_device_events(
                             self._decode(records, device_event_decoder, tp.topic)
@@ -417,6 +433,26 @@ class LiveConsumer:
             except Exception:
                 log.exception("live consumer round failed")
                 await asyncio.sleep(0.5)
+
+    async def _hand_on(self, alerts: Sequence[Alert], tp: TopicPartition, offset: int) -> None:
+        """Enqueue webhook deliveries, retrying a store hiccup before giving up on them."""
+        assert self._on_alerts is not None
+        for attempt in range(5):
+            try:
+                await self._on_alerts(alerts)
+                return
+            except Exception as exc:
+                log.warning(
+                    "enqueueing webhook deliveries failed at %s offset %d (attempt %d): %s",
+                    tp,
+                    offset,
+                    attempt + 1,
+                    exc,
+                )
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error(
+            "webhook deliveries for %d alert changes at %s offset %d lost", len(alerts), tp, offset
+        )
 
     @staticmethod
     def _decode(

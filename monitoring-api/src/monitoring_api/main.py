@@ -54,7 +54,11 @@ def create_app(
     """Build the app; collaborators not handed in are built from ``settings`` at startup."""
     settings = settings or get_settings()
     given = Overrides(store, devices, verifier, publisher, signing_http, webhook_http)
-    hub = LiveHub(fleet_interval=settings.fleet_push_interval)
+    hub = LiveHub(
+        fleet_interval=settings.fleet_push_interval,
+        sweep_interval=settings.session_sweep_interval,
+        cors_allowed_origins=settings.socketio_cors_origins or None,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
