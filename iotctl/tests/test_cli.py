@@ -149,6 +149,27 @@ def test_up_detach_status_down(iotctl: Runner) -> None:
     assert "no stack is running" in iotctl("down").stdout
 
 
+def test_a_component_that_dies_is_restarted(iotctl: Runner) -> None:
+    up = iotctl("up", "gateway", "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
+    gateway = iotctl.ports["gateway"]
+    first = status(iotctl)["gateway"]["pid"]
+    assert isinstance(first, int)
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(
+        lambda: (
+            status(iotctl)["gateway"]["pid"] not in (None, first)
+            and status(iotctl)["gateway"]["health"] == "healthy"
+        ),
+        30,
+    )
+    assert httpx.get(f"http://127.0.0.1:{gateway}/gateway/health", timeout=5).status_code == 200
+    log = (Path(iotctl.env["IOTCTL_RUN_DIR"]) / "logs" / "iotctl.log").read_text()
+    assert "restarting in" in log
+    assert iotctl("down").returncode == 0
+    assert wait_until(lambda: closed(gateway), 15)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_foreground_stops_everything_on_signal(iotctl: Runner, sig: signal.Signals) -> None:
     proc = iotctl.popen("up", "broker", "gateway")
@@ -199,7 +220,7 @@ def test_down_stops_a_foreground_stack_from_another_terminal(iotctl: Runner) -> 
     try:
         assert wait_until(lambda: speaks_kafka("127.0.0.1", broker), 30)
         run_dir = Path(iotctl.env["IOTCTL_RUN_DIR"])
-        assert wait_until(lambda: (run_dir / "stack.json").exists(), 10)
+        assert wait_until(lambda: (run_dir / "stacks" / f"{proc.pid}.json").exists(), 10)
         down = iotctl("down")
         assert down.returncode == 0, down.stdout + down.stderr
         proc.wait(30)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from iotctl.components import COMPONENTS, ORDER, Component, landed, resolve
-from iotctl.stack import Stack
+from iotctl.stack import unavailable
 
 
 def names(comps: list[Component]) -> list[str]:
@@ -57,8 +56,6 @@ def test_port_override_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
 def test_component_without_code_is_skipped_with_a_reason(tmp_path: Path) -> None:
     ghost = Component("ghost", "service", default_port=9999, package="no_such_package_here")
     assert not landed(ghost)
-    console = Console(record=True, width=200)
-    stack = Stack(tmp_path, tmp_path, console, detach=True)
-    reason = stack.unavailable(ghost)
+    reason = unavailable(ghost, tmp_path)
     assert reason is not None
     assert "not built yet" in reason

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,8 +19,8 @@ from iotctl.broker import BrokerUnavailable
 from iotctl.components import COMPONENTS, ORDER, landed
 from iotctl.deps import MissingDependency
 from iotctl.gateway import nginx_binary
-from iotctl.procs import Proc, StackState, stop_group
-from iotctl.stack import DEFAULT_HEALTH_TIMEOUT, STATE_FILE, component_up, run_up
+from iotctl.procs import Proc, StackState, load_stacks, stacks_dir, stop_group
+from iotctl.stack import DEFAULT_HEALTH_TIMEOUT, component_up, preflight, run_up
 
 app = typer.Typer(
     help="Run the IoT platform locally: broker, services, gateway and simulator.",
@@ -39,38 +44,102 @@ def up(
         typer.Argument(help=f"Components to start (default: all): {', '.join(ORDER)}"),
     ] = None,
     detach: Annotated[
-        bool, typer.Option("--detach", "-d", help="Start in the background and return.")
+        bool, typer.Option("--detach", "-d", help="Run in the background and return.")
     ] = False,
     health_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for each component's health endpoint.")
     ] = DEFAULT_HEALTH_TIMEOUT,
     rate: Annotated[float, typer.Option(help="Simulator readings per second, whole fleet.")] = 20.0,
+    restart: Annotated[
+        bool, typer.Option(help="Restart a component that dies (with back-off).")
+    ] = True,
 ) -> None:
     """Start components (and what they need), wait until healthy; Ctrl-C stops them."""
     names = list(components or [])
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise _fail(f"unknown component {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    root, run = paths.repo_root(), paths.run_dir()
     try:
-        code = run_up(
-            names,
-            root=paths.repo_root(),
-            run=paths.run_dir(),
-            console=console,
-            detach=detach,
-            health_timeout=health_timeout,
-            simulator_rate=rate,
-        )
+        preflight(names, root)
+        if detach:
+            options = [f"--health-timeout={health_timeout}", f"--rate={rate}"]
+            if not restart:
+                options.append("--no-restart")
+            code = _detach(names, options, run)
+        else:
+            code = run_up(
+                names,
+                root=root,
+                run=run,
+                console=console,
+                health_timeout=health_timeout,
+                simulator_rate=rate,
+                restart=restart,
+                detached=os.environ.get("IOTCTL_DETACHED") == "1",
+            )
     except (MissingDependency, BrokerUnavailable) as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)
 
 
-def _component_status(name: str, state: StackState | None) -> dict[str, object]:
+def _detach(names: list[str], options: list[str], run: Path) -> int:
+    """Run the supervisor in the background; echo its output until the stack is up."""
+    log_dir = run / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / "iotctl.log"
+    with open(log, "ab") as out:
+        start = out.tell()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iotctl", "up", *names, *options],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "IOTCTL_DETACHED": "1", "COLUMNS": os.environ.get("COLUMNS", "100")},
+            start_new_session=True,
+        )
+    state_file = stacks_dir(run) / f"{proc.pid}.json"
+    offset = start
+    try:
+        while True:
+            offset = _echo_from(log, offset)
+            state = StackState.load(state_file)
+            code = proc.poll()
+            if code is not None:
+                _echo_from(log, offset)
+                return code
+            if state is not None and state.ready:
+                # Let the supervisor print its summary before handing back the terminal.
+                time.sleep(0.3)
+                _echo_from(log, offset)
+                return 1 if state.failed else 0
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        stop_group(Proc("iotctl", proc.pid, _ctime(proc.pid)), 30)
+        return 130
+
+
+def _ctime(pid: int) -> float:
+    from iotctl.procs import create_time
+
+    return create_time(pid)
+
+
+def _echo_from(path: Path, offset: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    if data:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        sys.stdout.flush()
+    return offset + len(data)
+
+
+def _component_status(name: str, stacks: list[StackState]) -> dict[str, object]:
     comp = COMPONENTS[name]
-    proc: Proc | None = state.procs.get(name) if state else None
-    pid = proc.pid if proc and proc.alive() else None
-    available = False if comp.kind == "gateway" and nginx_binary() is None else landed(comp)
+    proc = next((s.procs[name] for s in stacks if name in s.procs and s.procs[name].alive()), None)
+    pid = proc.pid if proc else None
+    available = nginx_binary() is not None if comp.kind == "gateway" else landed(comp)
     if comp.kind == "simulator":
         health = "running" if pid else "stopped"
     elif component_up(comp):
@@ -84,13 +153,7 @@ def _component_status(name: str, state: StackState | None) -> dict[str, object]:
         where = f"127.0.0.1:{comp.port}"
     elif comp.health_url:
         where = comp.health_url
-    return {
-        "component": name,
-        "health": health,
-        "pid": pid,
-        "built": available,
-        "where": where,
-    }
+    return {"component": name, "health": health, "pid": pid, "built": available, "where": where}
 
 
 @app.command()
@@ -98,8 +161,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print each component's health."""
-    state = StackState.load(paths.run_dir() / STATE_FILE)
-    rows = [_component_status(name, state) for name in ORDER]
+    stacks = list(load_stacks(paths.run_dir()).values())
+    rows = [_component_status(name, stacks) for name in ORDER]
     if as_json:
         console.print_json(json.dumps(rows))
         return
@@ -123,22 +186,22 @@ def status(
 def down(
     timeout: Annotated[float, typer.Option(help="Seconds before SIGKILL.")] = 10.0,
 ) -> None:
-    """Stop the stack that `iotctl up` started (with --detach, or in another terminal)."""
-    path = paths.run_dir() / STATE_FILE
-    state = StackState.load(path)
-    if state is None:
-        console.print("no stack is running (nothing was started with `iotctl up --detach`)")
+    """Stop every stack `iotctl up` started (with --detach, or in another terminal)."""
+    stacks = load_stacks(paths.run_dir())
+    if not stacks:
+        console.print("no stack is running (start one with `iotctl up`)")
         return
-    if state.mode == "foreground" and state.supervisor_alive():
-        supervisor = Proc("iotctl", state.supervisor_pid, state.supervisor_create_time)
-        console.print(f"asking the foreground `iotctl up` (pid {supervisor.pid}) to stop")
-        stop_group(supervisor, timeout + 15)
-    order = [n for n in ORDER if n in state.procs] + [n for n in state.procs if n not in ORDER]
-    for name in reversed(order):
-        proc = state.procs[name]
-        if stop_group(proc, timeout):
-            console.print(f"{name}: stopped")
-    path.unlink(missing_ok=True)
+    for path, state in stacks.items():
+        if state.supervisor_alive():
+            console.print(f"stopping the stack of `iotctl up` (pid {state.supervisor_pid})")
+            # The supervisor stops its components itself, in reverse start order.
+            stop_group(state.supervisor, timeout * (len(state.procs) + 1))
+        order = [n for n in ORDER if n in state.procs]
+        order += [n for n in state.procs if n not in ORDER]
+        for name in reversed(order):
+            if stop_group(state.procs[name], timeout):
+                console.print(f"{name}: stopped")
+        path.unlink(missing_ok=True)
     console.print("stack stopped")
 
 

@@ -98,12 +98,14 @@ def _group_alive(pgid: int) -> bool:
 
 @dataclass
 class StackState:
-    """What ``.run/stack.json`` records so ``status`` and ``down`` find the stack."""
+    """What one ``iotctl up`` supervisor records in ``.run/stacks/<pid>.json``."""
 
-    mode: str
     supervisor_pid: int
     supervisor_create_time: float
     procs: dict[str, Proc] = field(default_factory=dict)
+    #: True once every component was started (or failed, or skipped).
+    ready: bool = False
+    failed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> StackState | None:
@@ -111,27 +113,52 @@ class StackState:
             raw = json.loads(path.read_text(encoding="utf-8"))
             procs = {name: Proc(**p) for name, p in raw.get("procs", {}).items()}
             return cls(
-                mode=raw["mode"],
                 supervisor_pid=int(raw["supervisor_pid"]),
                 supervisor_create_time=float(raw["supervisor_create_time"]),
                 procs=procs,
+                ready=bool(raw.get("ready", False)),
+                failed=dict(raw.get("failed", {})),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def save(self, path: Path) -> None:
         data: dict[str, Any] = {
-            "mode": self.mode,
             "supervisor_pid": self.supervisor_pid,
             "supervisor_create_time": self.supervisor_create_time,
+            "ready": self.ready,
+            "failed": self.failed,
             "procs": {name: asdict(p) for name, p in self.procs.items()},
         }
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
         tmp.replace(path)
 
+    @property
+    def supervisor(self) -> Proc:
+        return Proc("iotctl", self.supervisor_pid, self.supervisor_create_time)
+
     def supervisor_alive(self) -> bool:
-        return Proc("supervisor", self.supervisor_pid, self.supervisor_create_time).alive()
+        return self.supervisor.alive()
+
+
+def stacks_dir(run: Path) -> Path:
+    return run / "stacks"
+
+
+def load_stacks(run: Path) -> dict[Path, StackState]:
+    """Every recorded stack; files of supervisors that died with nothing left are removed."""
+    found: dict[Path, StackState] = {}
+    for path in sorted(stacks_dir(run).glob("*.json")):
+        state = StackState.load(path)
+        if state is None:
+            continue
+        if not state.supervisor_alive() and not any(p.alive() for p in state.procs.values()):
+            path.unlink(missing_ok=True)
+            continue
+        found[path] = state
+    return found
 
 
 def create_time(pid: int) -> float:
@@ -142,15 +169,16 @@ def create_time(pid: int) -> float:
 
 
 class Supervisor:
-    """Starts children; in the foreground their output is echoed with a coloured prefix."""
+    """Starts children in their own sessions; echoes their output with a coloured prefix
+    and appends it to ``<log_dir>/<name>.log``."""
 
-    def __init__(self, console: Console, *, detach: bool, log_dir: Path) -> None:
+    def __init__(self, console: Console, *, log_dir: Path) -> None:
         self.console = console
-        self.detach = detach
         self.log_dir = log_dir
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.procs: dict[str, Proc] = {}
         self.tails: dict[str, deque[str]] = {}
+        self.specs: dict[str, tuple[list[str], dict[str, str], Path, int | None]] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._width = 18
@@ -178,45 +206,40 @@ class Supervisor:
         cwd: Path,
         port: int | None = None,
     ) -> Proc:
+        self.specs[name] = (list(cmd), dict(env), cwd, port)
         log = self.log_path(name)
-        tail: deque[str] = deque(maxlen=40)
+        tail: deque[str] = self.tails.get(name) or deque(maxlen=40)
         self.tails[name] = tail
         with open(log, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        if self.detach:
-            with open(log, "ab") as out:
-                child = subprocess.Popen(
-                    list(cmd),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=dict(env),
-                    cwd=cwd,
-                    start_new_session=True,
-                )
-        else:
-            child = subprocess.Popen(
-                list(cmd),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
-            assert child.stdout is not None
-            thread = threading.Thread(
-                target=self._pump, args=(name, child.stdout, log, tail), daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        child = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+        assert child.stdout is not None
+        thread = threading.Thread(
+            target=self._pump, args=(name, child.stdout, log, tail), daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
         self.children[name] = child
         proc = Proc(name, child.pid, create_time(child.pid), port=port, log=str(log))
         self.procs[name] = proc
         return proc
 
-    def adopt(self, proc: Proc) -> None:
+    def adopt(self, proc: Proc, popen: subprocess.Popen[bytes] | None = None) -> None:
         self.procs[proc.name] = proc
+        if popen is not None:
+            self.children[proc.name] = popen
+
+    def restart(self, name: str) -> Proc:
+        cmd, env, cwd, port = self.specs[name]
+        return self.start(name, cmd, env=env, cwd=cwd, port=port)
 
     def _pump(self, name: str, stream: IO[bytes], log: Path, tail: deque[str]) -> None:
         with open(log, "ab", buffering=0) as out:

@@ -1,10 +1,17 @@
-"""``iotctl up``: bring components up in order, wait for health, keep or hand off the stack."""
+"""``iotctl up``: bring components up in order, wait for health, supervise them until stopped.
+
+One ``iotctl up`` process is the supervisor of the components it started: it echoes their
+logs, restarts a component that dies (with back-off), and stops them all, process group by
+process group, on Ctrl-C or SIGTERM. ``--detach`` runs that same supervisor in the
+background. Each supervisor records itself and its children in ``.run/stacks/<pid>.json``,
+which ``status`` and ``down`` read.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +24,14 @@ from rich.table import Table
 
 from iotctl import deps, gateway
 from iotctl.broker import BrokerUnavailable, TansuBroker, port_open, speaks_kafka
-from iotctl.components import Component, Need, landed, resolve, script_path
+from iotctl.components import COMPONENTS, Component, Need, landed, resolve, script_path
 from iotctl.deps import MissingDependency
-from iotctl.procs import Proc, StackState, Supervisor, create_time
+from iotctl.procs import Proc, StackState, Supervisor, create_time, stacks_dir
 
-STATE_FILE = "stack.json"
 DEFAULT_HEALTH_TIMEOUT = 90.0
+#: A component that ran at least this long before dying restarts without back-off.
+STABLE_SECONDS = 30.0
+MAX_BACKOFF = 30.0
 
 
 class ComponentFailed(Exception):
@@ -56,16 +65,51 @@ def component_up(comp: Component) -> bool:
     return healthy(comp.health_url)
 
 
+def unavailable(comp: Component, root: Path) -> str | None:
+    """Why ``comp`` cannot be started here (None when it can)."""
+    if comp.kind == "gateway":
+        if gateway.nginx_binary() is None:
+            return "nginx is not installed (apt-get install nginx)"
+        return None
+    if comp.kind == "simulator":
+        if not landed(comp):
+            return "the simulator is not built yet (no simulator.__main__)"
+        if not (root / "simulator" / "fleets" / "demo.yaml").is_file():
+            return "simulator/fleets/demo.yaml is missing"
+        return None
+    if comp.package and not landed(comp):
+        return f"not built yet (no {comp.package}.__main__ in this workspace)"
+    return None
+
+
+def check_infra(comps: list[Component], root: Path) -> list[str]:
+    """Make sure what ``comps`` need is reachable and the database exists; notes to print."""
+    needs: set[Need] = set()
+    for comp in comps:
+        needs.update(comp.needs)
+    notes = deps.ensure_infra(needs, root)
+    if any(c.migrate or "postgres" in c.needs for c in comps) and deps.ensure_database():
+        notes.append(f"created database {deps.database_url().rsplit('/', 1)[-1]!r}")
+    return notes
+
+
+def preflight(names: list[str], root: Path) -> None:
+    """Raise :class:`MissingDependency` before anything starts if a dependency is missing."""
+    comps = [c for c in resolve(names) if unavailable(c, root) is None]
+    check_infra(comps, root)
+
+
 @dataclass
 class Stack:
-    """One ``iotctl up`` run."""
+    """One ``iotctl up`` supervisor."""
 
     root: Path
     run: Path
     console: Console
-    detach: bool
+    detached: bool = False
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     simulator_rate: float = 20.0
+    restart: bool = True
     supervisor: Supervisor = field(init=False)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -73,11 +117,14 @@ class Stack:
     started: list[str] = field(default_factory=list)
     broker: TansuBroker | None = None
     bootstrap: str = ""
-    #: Processes of a detached stack that was already running (kept in the state file).
-    inherited: dict[str, Proc] = field(default_factory=dict)
+    ready: bool = False
+    #: Components waiting to be restarted: name -> monotonic time when due.
+    restarts: dict[str, float] = field(default_factory=dict)
+    backoff: dict[str, float] = field(default_factory=dict)
+    waiting_health: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.supervisor = Supervisor(self.console, detach=self.detach, log_dir=self.run / "logs")
+        self.supervisor = Supervisor(self.console, log_dir=self.run / "logs")
         self.bootstrap = os.environ.get("IOT_KAFKA_BOOTSTRAP", "")
 
     # -- output -----------------------------------------------------------------------------
@@ -90,12 +137,11 @@ class Stack:
     # -- environment ------------------------------------------------------------------------
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.pop("IOTCTL_DETACHED", None)
         env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("IOT_KAFKA_BOOTSTRAP", self.bootstrap or "127.0.0.1:9092")
-        if self.bootstrap:
-            env["IOT_KAFKA_BOOTSTRAP"] = self.bootstrap
-        from iotctl.components import COMPONENTS
-
+        env["IOT_KAFKA_BOOTSTRAP"] = self.bootstrap or env.get(
+            "IOT_KAFKA_BOOTSTRAP", f"127.0.0.1:{COMPONENTS['broker'].port}"
+        )
         for comp in COMPONENTS.values():
             for var in comp.port_env:
                 if comp.port is not None:
@@ -105,7 +151,6 @@ class Stack:
         env.setdefault("IOT_JWKS_URL", f"{signing}/.well-known/jwks.json")
         env.setdefault("IOT_DEVICE_MANAGEMENT_URL", str(COMPONENTS["device-management"].base_url))
         env.setdefault("SIMULATOR_INGEST_URL", str(COMPONENTS["ingest-bridge"].base_url))
-        env.setdefault("IOT_MONITORING_API_URL", str(COMPONENTS["monitoring-api"].base_url))
         env.setdefault("IOT_DATABASE_URL", deps.database_url())
         # The monitoring store lives in the same PostgreSQL database for a local run.
         env.setdefault("MONITORING_STORE_URL", deps.database_url())
@@ -114,12 +159,11 @@ class Stack:
         env.setdefault("IOT_ADMIN_PASSWORD", password)
         return env
 
-    # -- the run ----------------------------------------------------------------------------
+    # -- bringing it up ---------------------------------------------------------------------
     def plan(self, names: list[str]) -> list[Component]:
-        comps = resolve(names)
         runnable = []
-        for comp in comps:
-            reason = self.unavailable(comp)
+        for comp in resolve(names):
+            reason = unavailable(comp, self.root)
             if reason:
                 self.skipped[comp.name] = reason
                 self.say(comp.name, f"skipped: {reason}", "yellow")
@@ -127,33 +171,10 @@ class Stack:
                 runnable.append(comp)
         return runnable
 
-    def unavailable(self, comp: Component) -> str | None:
-        if comp.kind == "gateway":
-            if gateway.nginx_binary() is None:
-                return "nginx is not installed (apt-get install nginx)"
-            return None
-        if comp.kind == "simulator":
-            if not landed(comp):
-                return "the simulator is not built yet (no simulator.__main__)"
-            if not (self.root / "simulator" / "fleets" / "demo.yaml").is_file():
-                return "simulator/fleets/demo.yaml is missing"
-            return None
-        if comp.package and not landed(comp):
-            return f"not built yet (no {comp.package}.__main__ in this workspace)"
-        return None
-
-    def check_infra(self, comps: list[Component]) -> None:
-        needs: set[Need] = set()
-        for comp in comps:
-            needs.update(comp.needs)
-        for note in deps.ensure_infra(needs, self.root):
-            self.say("iotctl", note)
-        if any(c.migrate or "postgres" in c.needs for c in comps) and deps.ensure_database():
-            self.say("iotctl", f"created database {deps.database_url().rsplit('/', 1)[-1]!r}")
-
     def bring_up(self, names: list[str]) -> None:
         comps = self.plan(names)
-        self.check_infra(comps)
+        for note in check_infra(comps, self.root):
+            self.say("iotctl", note)
         for comp in comps:
             try:
                 self.start_component(comp)
@@ -163,13 +184,14 @@ class Stack:
                 for line in self.supervisor.last_lines(comp.name):
                     self.say(comp.name, f"  {line}", "red")
             self.save_state()
+        self.ready = True
+        self.save_state()
 
     def start_component(self, comp: Component) -> None:
         if component_up(comp):
             self.reused.append(comp.name)
             where = f"127.0.0.1:{comp.port}"
             self.say(comp.name, f"already running on {where}, reusing it", "dim")
-            self.supervisor.adopt(Proc(comp.name, 0, 0.0, port=comp.port, external=True))
             if comp.kind == "broker":
                 self.bootstrap = where
             return
@@ -193,9 +215,10 @@ class Stack:
             self.broker.start()
         except BrokerUnavailable as exc:
             raise ComponentFailed(str(exc)) from exc
-        assert self.broker.proc is not None
-        pid = self.broker.proc.pid
-        self.supervisor.adopt(Proc(comp.name, pid, create_time(pid), comp.port, str(log)))
+        popen = self.broker.proc
+        assert popen is not None
+        proc = Proc(comp.name, popen.pid, create_time(popen.pid), comp.port, str(log))
+        self.supervisor.adopt(proc, popen)
         self.bootstrap = self.broker.bootstrap
         self.say(comp.name, f"Tansu (memory storage) listening on {self.bootstrap}", "green")
 
@@ -210,24 +233,22 @@ class Stack:
         self.wait_healthy(comp)
 
     def run_once(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
-        child = self.supervisor.start(f"{name}-migrate", cmd, env=env, cwd=self.root)
-        popen = self.supervisor.children[child.name]
+        label = f"{name}-migrate"
+        self.supervisor.start(label, cmd, env=env, cwd=self.root)
+        popen = self.supervisor.children.pop(label)
+        self.supervisor.procs.pop(label, None)
         try:
             code = popen.wait(300)
         except Exception as exc:
-            raise ComponentFailed(f"`{' '.join(cmd[-2:])}` did not finish") from exc
-        finally:
-            self.supervisor.procs.pop(child.name, None)
-            self.supervisor.children.pop(child.name, None)
+            raise ComponentFailed(f"`{name} migrate` did not finish") from exc
         if code != 0:
-            lines = self.supervisor.last_lines(child.name)
+            lines = self.supervisor.last_lines(label)
             last = lines[-1] if lines else ""
             raise ComponentFailed(f"`{name} migrate` exited with code {code}: {last}")
 
     def start_gateway(self, comp: Component) -> None:
         nginx = gateway.nginx_binary()
         assert nginx is not None and comp.port is not None
-        from iotctl.components import COMPONENTS
 
         def upstream(name: str) -> str:
             return f"127.0.0.1:{COMPONENTS[name].port}"
@@ -291,21 +312,73 @@ class Stack:
             time.sleep(0.25)
         raise ComponentFailed(f"not healthy at {url} after {self.health_timeout:.0f}s")
 
+    # -- supervising ------------------------------------------------------------------------
+    def supervise_once(self) -> None:
+        """React to children that exited: restart components (with back-off), report jobs."""
+        now = time.monotonic()
+        for name, code in self.supervisor.exited().items():
+            if name in self.restarts:
+                continue
+            comp = COMPONENTS.get(name)
+            proc = self.supervisor.procs.get(name)
+            # What the dead child left in its process group (nginx workers, Faust's helpers)
+            # would hold its port: the group goes with it.
+            if proc is not None and proc.pid > 0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            if comp is None or comp.kind == "simulator" or not self.restart:
+                self.say(name, f"exited with code {code}", "bold red" if code else "dim")
+                self.supervisor.children.pop(name)
+                continue
+            ran = time.time() - proc.create_time if proc else 0.0
+            delay = 1.0 if ran >= STABLE_SECONDS else self.backoff.get(name, 1.0)
+            self.backoff[name] = min(delay * 2, MAX_BACKOFF)
+            self.restarts[name] = now + delay
+            note = " (memory storage: topics and offsets are gone)" if comp.kind == "broker" else ""
+            self.say(name, f"exited with code {code}; restarting in {delay:.0f}s{note}", "bold red")
+        for name, due in list(self.restarts.items()):
+            if due > now:
+                continue
+            try:
+                self.restart_component(name)
+            except (ComponentFailed, BrokerUnavailable, OSError) as exc:
+                delay = self.backoff.get(name, 1.0)
+                self.backoff[name] = min(delay * 2, MAX_BACKOFF)
+                self.restarts[name] = now + delay
+                self.say(name, f"restart failed: {exc}; retrying in {delay:.0f}s", "bold red")
+                continue
+            del self.restarts[name]
+            self.waiting_health.add(name)
+            self.save_state()
+        for name in list(self.waiting_health):
+            comp = COMPONENTS[name]
+            if comp.health_url is None or healthy(comp.health_url, timeout=0.5):
+                self.waiting_health.discard(name)
+                self.say(name, "healthy again", "green")
+
+    def restart_component(self, name: str) -> None:
+        comp = COMPONENTS[name]
+        if comp.kind == "broker":
+            assert self.broker is not None
+            self.broker.proc = None
+            self.start_broker(comp)
+            return
+        proc = self.supervisor.restart(name)
+        self.say(name, f"restarted (pid {proc.pid})", "yellow")
+
     # -- state ------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        return self.run / STATE_FILE
+        return stacks_dir(self.run) / f"{os.getpid()}.json"
 
     def save_state(self) -> None:
         me = os.getpid()
         StackState(
-            mode="detached" if self.detach else "foreground",
             supervisor_pid=me,
             supervisor_create_time=create_time(me),
-            procs={
-                **self.inherited,
-                **{n: p for n, p in self.supervisor.procs.items() if not p.external},
-            },
+            procs={n: p for n, p in self.supervisor.procs.items() if not p.external},
+            ready=self.ready,
+            failed=self.failed,
         ).save(self.state_path)
 
     def stop(self) -> None:
@@ -315,15 +388,10 @@ class Stack:
         for name in stopped:
             self.say(name, "stopped", "dim")
         self.supervisor.procs.clear()
-        if self.inherited:
-            self.save_state()
-        else:
-            self.state_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
 
     # -- summary ----------------------------------------------------------------------------
     def summary(self) -> Table:
-        from iotctl.components import COMPONENTS
-
         table = Table(title="Local stack", show_lines=False)
         table.add_column("component")
         table.add_column("state")
@@ -354,9 +422,10 @@ class Stack:
                 f"Demo login: [bold]{email}[/] / [bold]{password}[/]  "
                 "(POST /users/auth through the gateway or signing)"
             )
-        if self.detach:
+        if self.detached:
             self.console.print(
-                f"Logs in {self.run / 'logs'}; `iotctl status` to check, `iotctl down` to stop."
+                f"Running in the background (supervisor pid {os.getpid()}); logs in "
+                f"{self.run / 'logs'}; `iotctl status` to check, `iotctl down` to stop."
             )
         else:
             self.console.print("Press Ctrl-C to stop everything.")
@@ -372,23 +441,22 @@ def run_up(
     root: Path,
     run: Path,
     console: Console,
-    detach: bool,
-    health_timeout: float,
-    simulator_rate: float,
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+    simulator_rate: float = 20.0,
+    restart: bool = True,
+    detached: bool = False,
     on_ready: Callable[[Stack], None] | None = None,
 ) -> int:
-    """Start ``names``; foreground runs until Ctrl-C/SIGTERM, ``detach`` returns at once."""
-    existing = StackState.load(run / STATE_FILE)
-    if existing and existing.supervisor_alive() and existing.mode == "foreground":
-        console.print(
-            f"[red]a stack is already running in the foreground (pid {existing.supervisor_pid});"
-            " stop it first (Ctrl-C there, or `iotctl down`)[/]"
-        )
-        return 1
-    stack = Stack(root, run, console, detach, health_timeout, simulator_rate)
-    if existing and existing.procs:
-        # A detached stack is running: keep its processes in the state file.
-        stack.inherited = {n: p for n, p in existing.procs.items() if p.alive()}
+    """Start ``names`` and supervise them until Ctrl-C/SIGTERM (then stop them all)."""
+    stack = Stack(
+        root,
+        run,
+        console,
+        detached=detached,
+        health_timeout=health_timeout,
+        simulator_rate=simulator_rate,
+        restart=restart,
+    )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         try:
@@ -399,19 +467,15 @@ def run_up(
         stack.print_summary()
         if on_ready:
             on_ready(stack)
-        if detach:
+        if not stack.started:
+            stack.stop()  # nothing of ours to supervise
             return 1 if stack.failed else 0
-        reported: set[str] = set()
         while True:
-            for name, code in stack.supervisor.exited().items():
-                if name not in reported:
-                    reported.add(name)
-                    stack.say(name, f"exited with code {code}", "bold red")
-            time.sleep(0.5)
+            stack.supervise_once()
+            time.sleep(0.25)
     except KeyboardInterrupt:
         console.print("stopping…")
         stack.stop()
-        return 0
+        return 1 if stack.failed else 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        sys.stdout.flush()
