@@ -83,6 +83,14 @@ def metric_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
 
 
+def hash_pairs(
+    values: npt.NDArray[np.float64], keys: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.uint64]:
+    """Hash of each (metric key, value) pair, elementwise (broadcasting)."""
+    bits = (np.asarray(values, dtype=np.float64) + 0.0).view(np.uint64)  # -0.0 → 0.0
+    return _mix(bits ^ keys)
+
+
 def digest_values(
     values: npt.NDArray[np.float64],
     present: npt.NDArray[np.bool_],
@@ -90,8 +98,7 @@ def digest_values(
 ) -> npt.NDArray[np.uint64]:
     """Digest per row of ``values (n, m)``: a wrapping sum of hash(metric, value) over present
     metrics. ``keys`` holds :func:`metric_key` of each column."""
-    bits = (np.asarray(values, dtype=np.float64) + 0.0).view(np.uint64)  # -0.0 → 0.0
-    hashed = _mix(bits ^ keys[np.newaxis, :])
+    hashed = hash_pairs(values, keys[np.newaxis, :])
     hashed = np.where(present, hashed, np.uint64(0))
     with np.errstate(over="ignore"):
         return hashed.sum(axis=1, dtype=np.uint64)  # type: ignore[no-any-return]

@@ -93,12 +93,13 @@ class Progress:
         return [float(getattr(self, f)) for f in self.FIELDS]
 
 
-def marker(run_id: str, shard: int, msg: int) -> str:
-    return f"sim:{run_id}:{shard}:{msg}"
+def marker(run_id: str, shard: int, msg: int, fault: int) -> str:
+    """Tag put into fault messages so a checker can find them in the dead letters."""
+    return f"sim:{run_id}:{shard}:{msg}:{fault}"
 
 
 def unknown_device_id(run_id: str, shard: int, msg: int) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"simulator/unknown/{marker(run_id, shard, msg)}"))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"simulator/unknown/{run_id}/{shard}/{msg}"))
 
 
 class Publisher:
@@ -205,7 +206,7 @@ class Publisher:
                 }
                 reading: dict[str, Any] = {"ts": tl[j], "metrics": metrics, "seq": sl[j]}
                 if fault == Fault.LATE:
-                    reading["sim"] = marker(spec.run_id, spec.shard, m)
+                    reading["sim"] = marker(spec.run_id, spec.shard, m, Fault.LATE)
                 readings.append(reading)
             body = _encode(readings if nb > 1 else readings[0])
             d = int(dev[i])
@@ -234,7 +235,7 @@ class Publisher:
                         "ts": float(ts[i, -1]),
                         "metrics": {metric_names[0]: 1.0},
                         "seq": 0,
-                        "sim": marker(spec.run_id, spec.shard, m),
+                        "sim": marker(spec.run_id, spec.shard, m, Fault.UNKNOWN_DEVICE),
                     }
                 )
                 out.append((-1 - m, body, Fault.UNKNOWN_DEVICE, True))
@@ -254,7 +255,7 @@ class Publisher:
         return out
 
     def _malformed(self, kind: int, m: int, ts: float, metric: str) -> bytes:
-        mark = marker(self.spec.run_id, self.spec.shard, m)
+        mark = marker(self.spec.run_id, self.spec.shard, m, kind)
         if kind == Fault.MALFORMED_JSON:
             return f'{{"ts": {ts}, "metrics": {{"{metric}": 1.0}} {mark}'.encode()
         if kind == Fault.MALFORMED_SCHEMA:

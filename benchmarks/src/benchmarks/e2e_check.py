@@ -1,0 +1,484 @@
+"""The end-to-end loss check: the simulator's ledger against the store and the dead letters.
+
+What it proves, per reading the simulator sent (``simulator.ledger``):
+
+* every valid reading (including out-of-order and duplicated ones) is stored **exactly once**,
+  with the same timestamp and the same values (the ledger's digest recomputed from the store);
+* every injected fault is accounted for: malformed payloads and unknown devices are on
+  ``telemetry.deadletter`` with the right reason (matched by the marker the simulator put in
+  them), late readings are dead-lettered as ``late``/``too_old`` (or, when inside the allowed
+  lateness after all, stored once — counted separately);
+* nothing else was stored for the run's devices in the run's time range.
+
+Usage: ``python -m benchmarks.e2e_check LEDGER_DIR --store-url … --kafka … --topic-prefix …``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from iot_common.telemetry import DeadLetter, DeadLetterReason, deadletter_decoder
+from iot_common.topics import Topics
+from simulator.ledger import MALFORMED, Fault, Ledger, hash_pairs, metric_key, read_ledger
+
+R = DeadLetterReason
+#: Dead-letter reasons that account for each injected fault.
+EXPECTED_REASONS: dict[Fault, set[str]] = {
+    Fault.LATE: {R.LATE, R.TOO_OLD},
+    Fault.MALFORMED_JSON: {R.NOT_JSON},
+    Fault.MALFORMED_SCHEMA: {R.INVALID_SCHEMA},
+    Fault.MALFORMED_NON_NUMERIC: {R.NON_NUMERIC_METRIC, R.INVALID_SCHEMA},
+    Fault.MALFORMED_NO_METRICS: {R.MISSING_METRICS, R.INVALID_SCHEMA},
+    Fault.UNKNOWN_DEVICE: {R.UNKNOWN_DEVICE},
+}
+_MARKER = re.compile(rb"sim:([0-9A-Za-z_-]+):(\d+):(\d+):(\d+)")
+_any = msgspec.json.Decoder()
+
+
+@dataclass
+class StoredReadings:
+    """Stored raw samples of the run's devices, one row per reading."""
+
+    device: npt.NDArray[np.int64]  # ledger device index
+    ts: npt.NDArray[np.float64]
+    seq: npt.NDArray[np.int64]
+    digest: npt.NDArray[np.uint64]
+    points: npt.NDArray[np.int64]
+
+    @classmethod
+    def empty(cls) -> StoredReadings:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, np.zeros(0), z, np.zeros(0, dtype=np.uint64), z)
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    expected_readings: int
+    expected_points: int
+    stored_readings: int
+    stored_points: int
+    missing: int
+    stored_twice: int
+    wrong_values: int
+    wrong_ts: int
+    unexpected_stored: int
+    faults: dict[str, dict[str, int]] = field(default_factory=dict)
+    late_stored_inside_lateness: int = 0
+    deadletters_seen: int = 0
+    deadletters_unmatched: int = 0
+    wrong_reason: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[Any]] = field(default_factory=dict)
+
+    def summary_lines(self) -> list[str]:
+        verdict = "**passed**" if self.ok else "**FAILED**"
+        lines = [
+            f"- loss check {verdict}: {self.stored_readings:,} of {self.expected_readings:,} "
+            f"valid readings stored exactly once ({self.stored_points:,} data points); "
+            f"missing {self.missing}, stored twice {self.stored_twice}, wrong values "
+            f"{self.wrong_values}, wrong ts {self.wrong_ts}, unexpected {self.unexpected_stored}",
+        ]
+        if self.faults:
+            parts = ", ".join(
+                f"{k} {v['accounted']}/{v['injected']}" for k, v in sorted(self.faults.items())
+            )
+            lines.append(f"- injected faults accounted for: {parts}")
+        return lines
+
+
+def _device_digest(
+    metrics: list[list[str]], vals: list[list[float]]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """Digest and point count per stored reading (the ledger's digest, from the store's side)."""
+    counts = np.array([len(m) for m in metrics], dtype=np.int64)
+    if counts.sum() == 0:
+        return np.zeros(len(metrics), dtype=np.uint64), counts
+    cache: dict[str, int] = {}
+    flat_keys = np.array(
+        [cache.setdefault(m, metric_key(m)) for row in metrics for m in row], dtype=np.uint64
+    )
+    flat_vals = np.array([v for row in vals for v in row], dtype=np.float64)
+    hashed = hash_pairs(flat_vals, flat_keys)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    out = np.zeros(len(metrics), dtype=np.uint64)
+    nz = counts > 0
+    with np.errstate(over="ignore"):
+        out[nz] = np.add.reduceat(hashed, starts[nz], dtype=np.uint64)
+    return out, counts
+
+
+async def fetch_stored(
+    store_url: str, devices: list[str], start: float, end: float
+) -> StoredReadings:
+    """Every stored reading of ``devices`` with ``start <= ts < end``."""
+    index = {d: i for i, d in enumerate(devices)}
+    dev: list[int] = []
+    ts: list[float] = []
+    seq: list[int] = []
+    metrics: list[list[str]] = []
+    vals: list[list[float]] = []
+    scheme = store_url.split("://", 1)[0].split("+", 1)[0]
+    if scheme in ("postgresql", "postgres"):
+        import asyncpg
+
+        conn = await asyncpg.connect(store_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            rows = await conn.fetch(
+                "SELECT device_id, ts, seq, metrics, vals FROM monitoring_samples "
+                "WHERE device_id = ANY($1::text[]) AND ts >= $2 AND ts < $3",
+                devices,
+                start,
+                end,
+            )
+        finally:
+            await conn.close()
+        for r in rows:
+            dev.append(index[r["device_id"]])
+            ts.append(r["ts"])
+            seq.append(r["seq"])
+            metrics.append(list(r["metrics"]))
+            vals.append(list(r["vals"]))
+    else:  # any backend, through the store interface
+        from monitoring_store import open_store
+
+        store = open_store(store_url)
+        await store.start()
+        try:
+            for d in devices:
+                grouped: dict[tuple[float, int], tuple[list[str], list[float]]] = {}
+                for s in await store.query_samples(
+                    d, metrics=None, start=start, end=end, limit=10_000_000
+                ):
+                    m, v = grouped.setdefault((s.ts, -1 if s.seq is None else s.seq), ([], []))
+                    m.append(s.metric)
+                    v.append(s.value)
+                for (t, sq), (m, v) in grouped.items():
+                    dev.append(index[d])
+                    ts.append(t)
+                    seq.append(sq)
+                    metrics.append(m)
+                    vals.append(v)
+        finally:
+            await store.close()
+    digest, points = _device_digest(metrics, vals)
+    return StoredReadings(
+        device=np.array(dev, dtype=np.int64),
+        ts=np.array(ts, dtype=np.float64),
+        seq=np.array(seq, dtype=np.int64),
+        digest=digest,
+        points=points,
+    )
+
+
+async def count_stored(store_url: str, devices: list[str], start: float, end: float) -> int:
+    """Stored readings of ``devices`` in [start, end) (cheap; used to wait for the pipeline)."""
+    scheme = store_url.split("://", 1)[0].split("+", 1)[0]
+    if scheme in ("postgresql", "postgres"):
+        import asyncpg
+
+        conn = await asyncpg.connect(store_url)
+        try:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM monitoring_samples "
+                "WHERE device_id = ANY($1::text[]) AND ts >= $2 AND ts < $3",
+                devices,
+                start,
+                end,
+            )
+        finally:
+            await conn.close()
+        return int(n)
+    return len((await fetch_stored(store_url, devices, start, end)).ts)
+
+
+async def fetch_deadletters(bootstrap: str, topic: str, *, limit_s: float = 30.0) -> list[bytes]:
+    """Every record on the dead-letter topic, from the beginning to its current end."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        parts = await consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+            if not remaining:
+                break
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                out.extend(r.value for r in records if r.value is not None)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _late_keys(dl: DeadLetter) -> list[tuple[str, int]]:
+    """(device id, seq) of the readings in a dead letter's payload (reading, list or envelope)."""
+    try:
+        body = _any.decode(dl.payload)
+    except msgspec.DecodeError:
+        return []
+    device = dl.device_id or ""
+    if isinstance(body, dict) and "readings" in body:  # an envelope from the stream agents
+        device = body.get("device_id") or device
+        items = body["readings"]
+    else:
+        items = body if isinstance(body, list) else [body]
+    keys = []
+    for r in items:
+        if isinstance(r, list) and len(r) >= 3 and isinstance(r[2], int):
+            keys.append((device, r[2]))
+        elif isinstance(r, dict) and isinstance(r.get("seq"), int):
+            keys.append((device, r["seq"]))
+    return keys
+
+
+def check(
+    ledger: Ledger,
+    stored: StoredReadings,
+    deadletters: list[bytes],
+    *,
+    http_rejected: int | None = None,
+) -> CheckResult:
+    """Compare what was sent with what was stored and dead-lettered."""
+    recs = ledger.records
+    shards = ledger.shards
+    run_id = str(ledger.manifest.get("run_id", ""))
+    devices = ledger.devices
+    dev_index = {d: i for i, d in enumerate(devices)}
+    valid_mask = (recs["device"] >= 0) & (recs["seq"] >= 0)
+    fault = recs["fault"]
+    expect_stored = valid_mask & np.isin(fault, [Fault.NONE, Fault.OUT_OF_ORDER, Fault.DUPLICATE])
+    late_mask = valid_mask & (fault == Fault.LATE)
+
+    # -- stored readings, keyed by (device, seq) ------------------------------------------
+    key_rec = recs["device"].astype(np.int64) << 40 | recs["seq"].astype(np.int64)
+    key_st = stored.device << 40 | stored.seq
+    st_keys, st_first, st_counts = np.unique(key_st, return_index=True, return_counts=True)
+    stored_twice = int((st_counts > 1).sum())
+
+    def lookup(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        pos = np.searchsorted(st_keys, keys)
+        pos = np.minimum(pos, max(len(st_keys) - 1, 0))
+        found = (len(st_keys) > 0) & (st_keys[pos] == keys) if len(st_keys) else pos < 0
+        return np.where(found, st_first[pos], -1)
+
+    exp_keys = key_rec[expect_stored]
+    where = lookup(exp_keys)
+    found = where >= 0
+    missing = int((~found).sum())
+    exp = recs[expect_stored][found]
+    at = where[found]
+    wrong_values = int((stored.digest[at] != exp["digest"]).sum())
+    wrong_ts = int((np.abs(stored.ts[at] - exp["ts"]) > 1e-6).sum())
+
+    late_where = lookup(key_rec[late_mask])
+    late_stored = late_where >= 0
+    matched = np.zeros(len(stored.ts), dtype=np.bool_)
+    matched[at] = True
+    matched[late_where[late_stored]] = True
+    # Rows of the same key beyond the first were counted as stored twice already.
+    first_rows = np.zeros(len(stored.ts), dtype=np.bool_)
+    first_rows[st_first] = True
+    unexpected = int((first_rows & ~matched).sum())
+
+    # -- dead letters ---------------------------------------------------------------------
+    marker_index: dict[tuple[int, int, int], list[int]] = {}
+    fault_rows = np.flatnonzero(
+        np.isin(fault, [*MALFORMED, Fault.UNKNOWN_DEVICE]) | (fault == Fault.LATE)
+    )
+    for i in fault_rows.tolist():
+        key = (int(shards[i]), int(recs["msg"][i]), int(fault[i]))
+        marker_index.setdefault(key, []).append(i)
+    late_rows = {
+        (devices[int(recs["device"][i])], int(recs["seq"][i])): i
+        for i in np.flatnonzero(late_mask).tolist()
+    }
+    accounted = np.zeros(len(recs), dtype=np.bool_)
+    wrong_reason: Counter[str] = Counter()
+    seen = unmatched = 0
+    for raw in deadletters:
+        try:
+            dl = deadletter_decoder.decode(raw)
+        except msgspec.DecodeError:
+            continue
+        mine = dl.device_id in dev_index or (run_id and f"sim:{run_id}:".encode() in dl.payload)
+        if not mine:
+            continue
+        seen += 1
+        rows: list[int] = []
+        if dl.reason == R.LATE or (dl.device_id in dev_index and b"sim:" not in dl.payload):
+            rows = [late_rows[k] for k in _late_keys(dl) if k in late_rows]
+        if not rows:
+            m = _MARKER.search(dl.payload)
+            if m and m.group(1).decode() == run_id:
+                key = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+                rows = marker_index.get(key, [])
+                if any(Fault(int(fault[i])) == Fault.LATE for i in rows):
+                    keys = set(_late_keys(dl))
+                    rows = [
+                        i
+                        for i in rows
+                        if (devices[int(recs["device"][i])], int(recs["seq"][i])) in keys
+                    ] or rows
+        if not rows:
+            unmatched += 1
+            continue
+        for i in rows:
+            kind = Fault(int(fault[i]))
+            if dl.reason in EXPECTED_REASONS.get(kind, set()):
+                accounted[i] = True
+            else:
+                wrong_reason[f"{kind.label}->{dl.reason}"] += 1
+
+    # Late readings stored (inside the allowed lateness after all) are accounted for as well.
+    late_idx = np.flatnonzero(late_mask)
+    accounted[late_idx[late_stored]] = True
+
+    faults: dict[str, dict[str, int]] = {}
+    for kind in Fault:
+        if kind == Fault.NONE:
+            continue
+        rows_k = fault == kind
+        n = int(rows_k.sum())
+        if not n:
+            continue
+        if kind in (Fault.OUT_OF_ORDER, Fault.DUPLICATE):
+            acc = int(found[fault[expect_stored] == kind].sum())
+        else:
+            acc = int(accounted[rows_k].sum())
+        faults[kind.label] = {"injected": n, "accounted": acc}
+    if http_rejected is not None:
+        # Over HTTP the bridge answers 4xx to refused messages; count those as accounted.
+        for kind in (*MALFORMED, Fault.UNKNOWN_DEVICE):
+            if kind.label in faults:
+                faults[kind.label]["accounted"] = faults[kind.label]["injected"]
+
+    faults_ok = all(v["accounted"] == v["injected"] for v in faults.values())
+    result = CheckResult(
+        ok=missing == 0
+        and stored_twice == 0
+        and wrong_values == 0
+        and wrong_ts == 0
+        and unexpected == 0
+        and faults_ok,
+        expected_readings=int(expect_stored.sum()),
+        expected_points=int(recs["points"][expect_stored].sum()),
+        stored_readings=int(found.sum()),
+        stored_points=int(stored.points[at].sum()),
+        missing=missing,
+        stored_twice=stored_twice,
+        wrong_values=wrong_values,
+        wrong_ts=wrong_ts,
+        unexpected_stored=unexpected,
+        faults=faults,
+        late_stored_inside_lateness=int(late_stored.sum()),
+        deadletters_seen=seen,
+        deadletters_unmatched=unmatched,
+        wrong_reason=dict(wrong_reason),
+    )
+    if missing:
+        miss = recs[expect_stored][~found][:5]
+        result.examples["missing"] = [
+            {"device": devices[int(r["device"])], "seq": int(r["seq"]), "ts": float(r["ts"])}
+            for r in miss
+        ]
+    return result
+
+
+def time_range(ledger: Ledger) -> tuple[float, float]:
+    """The span of the ledger's timestamps (late ones included), padded a little."""
+    ts = ledger.records["ts"]
+    if len(ts) == 0:
+        return 0.0, 0.0
+    return float(ts.min()) - 1.0, float(ts.max()) + 1.0
+
+
+async def wait_until_stored(
+    store_url: str, ledger: Ledger, *, limit_s: float, settle_s: float = 3.0
+) -> int:
+    """Poll the store until the expected readings are there (or the count stops moving)."""
+    recs = ledger.records
+    expect = int(
+        (
+            (recs["device"] >= 0)
+            & np.isin(recs["fault"], [Fault.NONE, Fault.OUT_OF_ORDER, Fault.DUPLICATE])
+        ).sum()
+    )
+    start, end = time_range(ledger)
+    deadline = time.monotonic() + limit_s
+    last, last_change = -1, time.monotonic()
+    while True:
+        n = await count_stored(store_url, ledger.devices, start, end)
+        now = time.monotonic()
+        if n != last:
+            last, last_change = n, now
+        if n >= expect or now > deadline or now - last_change > max(settle_s, 1.0) * 5:
+            return n
+        await asyncio.sleep(0.5)
+
+
+async def run_check(
+    ledger_dir: Path,
+    *,
+    store_url: str,
+    bootstrap: str,
+    topic_prefix: str = "",
+    wait_s: float = 60.0,
+) -> CheckResult:
+    ledger = read_ledger(ledger_dir)
+    await wait_until_stored(store_url, ledger, limit_s=wait_s)
+    start, end = time_range(ledger)
+    stored = await fetch_stored(store_url, ledger.devices, start, end)
+    deadletters = await fetch_deadletters(bootstrap, Topics(topic_prefix).telemetry_deadletter)
+    transport = ledger.manifest.get("transport")
+    rejected = (ledger.manifest.get("summary") or {}).get("rejected_as_expected")
+    return check(
+        ledger, stored, deadletters, http_rejected=rejected if transport == "http" else None
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ledger", type=Path)
+    parser.add_argument("--store-url", default="postgresql://postgres@127.0.0.1:5432/iot")
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--topic-prefix", default="")
+    parser.add_argument("--wait", type=float, default=60.0)
+    args = parser.parse_args()
+    result = asyncio.run(
+        run_check(
+            args.ledger,
+            store_url=args.store_url,
+            bootstrap=args.kafka,
+            topic_prefix=args.topic_prefix,
+            wait_s=args.wait,
+        )
+    )
+    print(json.dumps(asdict(result), indent=1))
+    raise SystemExit(0 if result.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
