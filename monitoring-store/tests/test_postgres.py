@@ -57,3 +57,51 @@ async def test_big_batches_are_split_between_readings(
 def test_unknown_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         open_store("redis://localhost:6379/0")
+
+
+async def test_start_upgrades_the_first_layout(pg_database_factory: Callable[[str], str]) -> None:
+    """A database created by the first version (long samples, plain key) is converted."""
+    import asyncpg
+
+    url = pg_database_factory("pgupgrade")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE monitoring_samples (
+                device_id text NOT NULL, ts double precision NOT NULL, seq bigint NOT NULL,
+                metric text NOT NULL, value double precision NOT NULL,
+                CONSTRAINT monitoring_samples_pkey PRIMARY KEY (device_id, ts, seq, metric));
+            CREATE INDEX monitoring_samples_ts_brin ON monitoring_samples USING brin (ts);
+            INSERT INTO monitoring_samples VALUES
+                ('d1', 1.5, 1, 'temp', 20.0), ('d1', 1.5, 1, 'hum', 40.0),
+                ('d1', 2.5, -1, 'temp', 21.0);
+            CREATE TABLE monitoring_windows (
+                device_id text NOT NULL, metric text NOT NULL, window_seconds integer NOT NULL,
+                window_start double precision NOT NULL, count bigint NOT NULL,
+                min double precision NOT NULL, max double precision NOT NULL,
+                mean double precision NOT NULL, stddev double precision NOT NULL,
+                p50 double precision NOT NULL, p95 double precision NOT NULL,
+                last double precision NOT NULL, last_ts double precision NOT NULL,
+                final boolean NOT NULL DEFAULT true, updated_at double precision NOT NULL DEFAULT 0,
+                CONSTRAINT monitoring_windows_pkey
+                    PRIMARY KEY (device_id, window_seconds, window_start, metric));
+            """
+        )
+        store = open_store(url)
+        await store.start()
+        try:
+            got = await store.query_samples("d1", metrics=None, start=0, end=10)
+            assert [(s.metric, s.ts, s.value, s.seq) for s in got] == [
+                ("hum", 1.5, 40.0, 1),
+                ("temp", 1.5, 20.0, 1),
+                ("temp", 2.5, 21.0, None),
+            ]
+        finally:
+            await store.close()
+        assert await conn.fetchval(
+            "SELECT indnatts > indnkeyatts FROM pg_index "
+            "WHERE indexrelid = 'monitoring_windows_pkey'::regclass"
+        )
+    finally:
+        await conn.close()

