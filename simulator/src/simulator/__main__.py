@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 from enum import StrEnum
 from pathlib import Path
@@ -45,7 +46,9 @@ class TransportKind(StrEnum):
 def run_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="Fleet YAML file.")],
     rate: Annotated[float, typer.Option(help="Readings per second, whole fleet.")] = 100.0,
-    duration: Annotated[float, typer.Option(help="Seconds to publish.")] = 60.0,
+    duration: Annotated[
+        float, typer.Option(min=0, help="Seconds to publish (0: until interrupted).")
+    ] = 60.0,
     transport: Annotated[TransportKind, typer.Option(help="How to publish.")] = TransportKind.mqtt,
     batch: Annotated[int, typer.Option(min=1, help="Readings per message (gateway batching).")] = 1,
     seed: Annotated[int | None, typer.Option(help="Overrides the fleet's seed.")] = None,
@@ -118,7 +121,7 @@ def run_cmd(
     opts = RunOptions(
         fleet=fleet,
         rate=rate,
-        duration=duration,
+        duration=duration if duration > 0 else math.inf,
         transport=tcfg,
         batch=batch,
         seed=seed,
@@ -128,11 +131,7 @@ def run_cmd(
         run_id=rid,
         live=live,
     )
-    try:
-        summary = run(opts, console=console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]")
-        raise typer.Exit(130) from None
+    summary = run(opts, console=console)
     print_summary(summary)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=1))

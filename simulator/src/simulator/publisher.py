@@ -112,9 +112,11 @@ class Publisher:
         transport: Transport | None = None,
         report: Callable[[Progress], None] | None = None,
         ready: Callable[[], Awaitable[float]] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         """``ready`` is awaited once the transport is connected and returns the common start
-        time (epoch seconds); without it the spec's ``start_wall`` is used."""
+        time (epoch seconds); without it the spec's ``start_wall`` is used. ``stop`` is polled:
+        once true, the publisher stops early (and still flushes and closes its ledger)."""
         self.spec = spec
         self.fleet = Fleet.model_validate(spec.fleet)
         self.faults = self.fleet.faults
@@ -122,6 +124,7 @@ class Publisher:
         self.transport = transport or make_transport(spec.transport)
         self.report = report
         self.ready = ready
+        self.stop = stop or (lambda: False)
         self.progress = Progress()
         self.schedule = Schedule(len(self.devices), spec.batch, spec.rate, spec.duration)
         self.max_burst = max(1, round(self.schedule.message_rate * spec.max_burst_seconds))
@@ -310,7 +313,7 @@ class Publisher:
         last_report = 0.0
         total = sched.total_messages
         try:
-            while sent < total:
+            while sent < total and not self.stop():
                 now = time.monotonic() - mono0
                 due = min(sched.due(now), total)
                 if due - sent > self.max_burst and not sched.at_end(now):

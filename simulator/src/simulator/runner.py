@@ -13,6 +13,8 @@ import math
 import multiprocessing as mp
 import os
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,17 +93,31 @@ def _shards(opts: RunOptions, processes: int, start_wall: float) -> list[WorkerS
 
 def _worker(spec: WorkerSpec, shared: Any, control: Any, row: int, log_level: int) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The parent decides when to stop (Ctrl-C reaches the whole process group): it sets the
+    # stop flag and every publisher flushes, closes its ledger and reports.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    terminated = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal terminated
+        terminated = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    parent = os.getppid()
+
+    def stop() -> bool:
+        return terminated or control[1] != 0.0 or os.getppid() != parent
 
     def report(p: Progress) -> None:
         shared[row * NFIELDS : (row + 1) * NFIELDS] = p.as_list()
 
     async def ready() -> float:
-        control[1 + row] = 1.0
+        control[2 + row] = 1.0
         while control[0] == 0.0:  # noqa: ASYNC110 - set by the parent process
             await asyncio.sleep(0.01)
         return float(control[0])
 
-    asyncio.run(Publisher(spec, report=report, ready=ready).run())
+    asyncio.run(Publisher(spec, report=report, ready=ready, stop=stop).run())
 
 
 def _totals(values: list[float], shards: int) -> dict[str, float]:
@@ -121,12 +137,24 @@ class _View:
         self.processes = processes
         self.history: list[tuple[float, float]] = []
 
-    def render(self, tot: dict[str, float], elapsed: float) -> Table:
+    def _recent(self, tot: dict[str, float], elapsed: float, span: float) -> float:
         self.history.append((elapsed, tot["readings"]))
-        while len(self.history) > 2 and self.history[0][0] < elapsed - 2.0:
+        while len(self.history) > 2 and self.history[0][0] < elapsed - span:
             self.history.pop(0)
         (t0, r0), (t1, r1) = self.history[0], self.history[-1]
-        recent = (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
+        return (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def line(self, tot: dict[str, float], elapsed: float) -> str:
+        """One progress line (when there is no live display, e.g. under ``iotctl``)."""
+        recent = self._recent(tot, elapsed, 10.0)
+        return (
+            f"simulator {self.opts.run_id}: {elapsed:,.0f} s, {tot['readings']:,.0f} readings "
+            f"sent ({recent:,.0f}/s, target {self.opts.rate:,.0f}/s), "
+            f"{tot['acked']:,.0f} confirmed, {tot['failed']:,.0f} failed"
+        )
+
+    def render(self, tot: dict[str, float], elapsed: float) -> Table:
+        recent = self._recent(tot, elapsed, 2.0)
         average = tot["readings"] / elapsed if elapsed > 0 else 0.0
         o = self.opts
         table = Table(
@@ -147,7 +175,8 @@ class _View:
         table.add_row("faults injected", f"{tot['faults']:,.0f}")
         if tot["forfeited_readings"]:
             table.add_row("behind (forfeited)", f"[yellow]{tot['forfeited_readings']:,.0f}[/]")
-        table.add_row("elapsed", f"{min(elapsed, o.duration):,.1f} / {o.duration:,.0f} s")
+        until = f"{o.duration:,.0f} s" if math.isfinite(o.duration) else "∞"
+        table.add_row("elapsed", f"{min(elapsed, o.duration):,.1f} s / {until}")
         return table
 
 
@@ -170,7 +199,7 @@ def run(
         "transport": opts.transport.kind,
         "mqtt_topic_prefix": opts.transport.mqtt_topic_prefix,
         "rate": opts.rate,
-        "duration": opts.duration,
+        "duration": opts.duration if math.isfinite(opts.duration) else None,
         "batch": opts.batch,
         "processes": len(specs),
         "devices": [d.id for d in opts.devices],
@@ -186,8 +215,9 @@ def run(
 
     ctx = mp.get_context("spawn")
     shared: Any = ctx.Array("d", len(specs) * NFIELDS, lock=False)
-    # control[0]: the common start time once every publisher is connected; [1+i]: i is ready.
-    control: Any = ctx.Array("d", 1 + len(specs), lock=False)
+    # control[0]: the common start time once every publisher is connected; [1]: stop;
+    # [2+i]: publisher i is connected and waiting for the start.
+    control: Any = ctx.Array("d", 2 + len(specs), lock=False)
     level = logging.getLogger().getEffectiveLevel()
     procs = [
         ctx.Process(target=_worker, args=(spec, shared, control, row, level), daemon=True)
@@ -196,7 +226,7 @@ def run(
     for p in procs:
         p.start()
     deadline = time.monotonic() + 120
-    while not all(control[1:]):
+    while not all(control[2:]):
         if not all(p.is_alive() for p in procs) or time.monotonic() > deadline:
             for p in procs:
                 p.terminate()
@@ -208,33 +238,54 @@ def run(
     view = _View(opts, len(specs))
     console = console or Console(stderr=True)
     live = Live(console=console, refresh_per_second=4, transient=False) if opts.live else None
+    interrupted = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, on_term) if in_main else None
     try:
         if live is not None:
             live.start()
-        while any(p.is_alive() for p in procs):
-            elapsed = max(0.0, time.time() - start_wall)
-            tot = _totals(list(shared), len(specs))
-            if live is not None:
-                live.update(view.render(tot, elapsed))
-            if on_tick is not None:
-                on_tick(tot, elapsed)
-            for p in procs:
-                p.join(timeout=0.25 / len(procs))
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        raise
+        stop_deadline = math.inf
+        last_line = 0.0
+        while any(p.is_alive() for p in procs) and time.monotonic() < stop_deadline:
+            try:
+                elapsed = max(0.0, time.time() - start_wall)
+                tot = _totals(list(shared), len(specs))
+                if live is not None:
+                    live.update(view.render(tot, elapsed))
+                elif elapsed - last_line >= 10:
+                    last_line = elapsed
+                    console.print(view.line(tot, elapsed), highlight=False)
+                if on_tick is not None:
+                    on_tick(tot, elapsed)
+                for p in procs:
+                    p.join(timeout=0.25 / len(procs))
+            except KeyboardInterrupt:
+                if interrupted:  # a second Ctrl-C: stop waiting for the flush
+                    break
+                interrupted = True
+                control[1] = 1.0
+                stop_deadline = time.monotonic() + opts.flush_timeout + 10
     finally:
         for p in procs:
-            p.join(timeout=5)
+            p.join(timeout=1)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
         if live is not None:
             live.stop()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     end_wall = time.time()
     tot = _totals(list(shared), len(specs))
     failed_procs = [s.shard for s, p in zip(specs, procs, strict=True) if p.exitcode != 0]
     # Publishing time: from the common start to the last message sent (not the flush).
-    publish_seconds = max(tot["elapsed"], opts.duration)
+    publish_seconds = max(tot["elapsed"], 1e-9)
+    if math.isfinite(opts.duration) and not interrupted:
+        publish_seconds = max(publish_seconds, opts.duration)
     summary: dict[str, Any] = {
         "run_id": opts.run_id,
         "transport": opts.transport.kind,
@@ -242,7 +293,7 @@ def run(
         "processes": len(specs),
         "batch": opts.batch,
         "target_rate": opts.rate,
-        "duration": opts.duration,
+        "duration": opts.duration if math.isfinite(opts.duration) else None,
         "publish_seconds": publish_seconds,
         "readings": int(tot["readings"]),
         "data_points": int(tot["points"]),
@@ -256,6 +307,7 @@ def run(
         "achieved_points_rate": tot["points"] / publish_seconds,
         "wall_seconds": end_wall - start_wall,
         "failed_processes": failed_procs,
+        "interrupted": interrupted,
     }
     if opts.ledger_dir is not None:
         manifest["summary"] = summary
