@@ -137,6 +137,8 @@ class OutboxRelay:
         self._poll = poll_interval
         self._max_backoff = max_backoff
         self._retention = retention_seconds
+        self._stopping = False
+        self._stop = asyncio.Event()
         self._next_purge = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -151,11 +153,18 @@ class OutboxRelay:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
-    async def close(self) -> None:
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Stop after the batch in flight (so it is marked sent, not published again later)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            self._stop.set()
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
+            except (TimeoutError, Exception):
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
             self._task = None
         await self._publisher.close()
 
@@ -173,10 +182,10 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self._publisher.connect()
-                while await self.drain_once():
+                while not self._stopping and await self.drain_once():
                     pass
                 backoff = 0.1
                 await self._purge_sent()
@@ -189,7 +198,10 @@ class OutboxRelay:
                     "outbox relay: %s; retrying in %.1fs", exc or type(exc).__name__, backoff
                 )
                 await self._publisher.close()
-                await asyncio.sleep(backoff)
+                # Commits do not cut the backoff short: during an outage they would turn
+                # every API write into a reconnect attempt.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, self._max_backoff)
 
     async def _purge_sent(self) -> None:
