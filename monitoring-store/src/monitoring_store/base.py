@@ -200,7 +200,9 @@ class MonitoringStore(Protocol):
         start: float,
         end: float,
         limit: int = 10_000,
-    ) -> list[Sample]: ...
+    ) -> list[Sample]:
+        """Samples with ``start <= ts < end``, oldest first (ts, seq, metric); a replayed
+        reading appears once."""
 
     async def recent_samples(
         self,
@@ -210,7 +212,8 @@ class MonitoringStore(Protocol):
         since: float | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[Sample]: ...
+    ) -> list[Sample]:
+        """Newest samples first across ``device_ids`` (None = all devices; [] = none)."""
 
     async def query_windows(
         self,
@@ -220,7 +223,8 @@ class MonitoringStore(Protocol):
         window_seconds: int,
         start: float,
         end: float,
-    ) -> list[WindowStats]: ...
+    ) -> list[WindowStats]:
+        """Windows with ``start <= window_start < end``, ordered by metric then start."""
 
     async def aggregate_windows(
         self,
@@ -231,11 +235,18 @@ class MonitoringStore(Protocol):
         end: float,
         bucket_seconds: int,
         source_window_seconds: int,
-    ) -> list[Bucket]: ...
+    ) -> list[Bucket]:
+        """Stored windows of ``source_window_seconds`` starting in [start, end), merged into
+        epoch-aligned (UTC) buckets of ``bucket_seconds`` (a multiple of the source size, else
+        ValueError); ordered by metric then bucket start. See :class:`Bucket`."""
 
     async def fleet_summary(
         self, *, device_ids: Sequence[str] | None, start: float, end: float
-    ) -> FleetSummary: ...
+    ) -> FleetSummary:
+        """Fleet figures from windows starting in [start, end) and alerts started in it.
+
+        ``readings`` counts a reading of several metrics once (per device and window, the
+        largest count among its metrics)."""
 
     async def query_alerts(
         self,
@@ -247,14 +258,21 @@ class MonitoringStore(Protocol):
         end: float | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[Alert]: ...
+    ) -> list[Alert]:
+        """Alerts newest first (by started_at); ``start``/``end`` bound started_at, end
+        exclusive; ``min_severity`` keeps that severity and above (ValueError if unknown)."""
 
     async def get_alert(self, alert_id: str) -> Alert | None: ...
 
     async def transition_alert(
         self, alert_id: str, *, status: str, by: str | None, at: float
     ) -> Alert | None:
-        """Move an alert to acknowledged/cleared; returns the new state, None if unknown."""
+        """Move an alert to acknowledged/cleared; returns the new state, None if unknown.
+
+        active → acknowledged → cleared, or active → cleared. Asking for the current status
+        returns the alert unchanged; moving backwards raises :class:`AlertTransitionError`.
+        Alert upserts never move a status backwards either (an agent's "still active" update
+        keeps a user's acknowledgement)."""
 
     # -- alert subscriptions and webhook deliveries (monitoring API) -------------------------
     async def create_subscription(self, sub: Subscription) -> None: ...
