@@ -92,6 +92,27 @@ async def test_one_minute_buckets_are_the_stored_windows(seeded: dict[str, Any])
         assert p["p50"] == pytest.approx(sorted(vals)[1])
 
 
+async def test_columns_layout_carries_the_same_numbers(seeded: dict[str, Any]) -> None:
+    s = seeded
+    params = {"start": s["base"], "end": s["base"] + 600, "interval": "1m", "metric": "temp"}
+    points = (
+        await s["c"].get(
+            f"/monitoring/data/{s['dev_a']}", params=params, headers=s["alice"].headers
+        )
+    ).json()["series"][0]["points"]
+    r = await s["c"].get(
+        f"/monitoring/data/{s['dev_a']}",
+        params={**params, "layout": "columns", "aggregate": ["mean", "count"]},
+        headers=s["alice"].headers,
+    )
+    assert r.status_code == 200, r.text
+    cols = r.json()["series"][0]["columns"]
+    assert set(cols) == {"t", "mean", "count"}
+    assert cols["t"] == [p["t"] for p in points]
+    assert cols["mean"] == [p["mean"] for p in points]
+    assert cols["count"] == [3] * 10
+
+
 async def test_five_minute_buckets_reaggregate(seeded: dict[str, Any]) -> None:
     s = seeded
     r = await s["c"].get(

@@ -11,6 +11,7 @@ AggregateName = Literal["count", "min", "max", "mean", "p50", "p95", "last"]
 SeverityName = Literal["info", "warning", "critical"]
 AlertStatusName = Literal["active", "acknowledged", "cleared"]
 RollingRange = Literal["5m", "1h", "24h"]
+Layout = Literal["points", "columns"]
 
 INTERVAL_SECONDS: dict[str, int] = {"10s": 10, "1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
 ROLLING_SECONDS: dict[str, int] = {"5m": 300, "1h": 3600, "24h": 86_400}
@@ -35,8 +36,14 @@ class RecentData(BaseModel):
 
 class Series(BaseModel):
     metric: str
-    points: list[dict[str, float | int | bool]] = Field(
-        description="one point per bucket: t (bucket start, epoch s) and the asked aggregates"
+    points: list[dict[str, float | int | None]] | None = Field(
+        default=None,
+        description="layout=points: one object per bucket, t (bucket start, epoch s) and the "
+        "asked aggregates",
+    )
+    columns: dict[str, list[float | int | None]] | None = Field(
+        default=None,
+        description="layout=columns: t and each asked aggregate as parallel arrays",
     )
 
 
@@ -46,6 +53,7 @@ class DeviceData(BaseModel):
     end: float
     interval: Interval
     aggregates: list[AggregateName] | None = None
+    layout: Layout | None = None
     series: list[Series] = Field(default_factory=list, description="bucketed stats per metric")
     samples: list[SamplePublic] | None = Field(default=None, description="raw samples")
     truncated: bool = False

@@ -6,6 +6,7 @@ import math
 import re
 import uuid
 from datetime import datetime
+from operator import attrgetter
 from typing import Annotated, Any
 
 import orjson
@@ -28,10 +29,12 @@ from monitoring_api.schemas import (
     AggregateName,
     DeviceData,
     Interval,
+    Layout,
     RecentData,
     SamplePublic,
 )
 from monitoring_api.timeutil import resolve_range
+from monitoring_store.base import Bucket
 
 router = APIRouter(prefix="/monitoring/data", tags=["data"])
 
@@ -119,6 +122,10 @@ async def device_data(
         list[AggregateName] | None, Query(description="aggregates per bucket (default all)")
     ] = None,
     limit: Annotated[int, Query(ge=1, description="raw samples at most (capped)")] = 1000,
+    layout: Annotated[
+        Layout,
+        Query(description="points: one object per bucket; columns: one array per aggregate"),
+    ] = "points",
 ) -> DeviceData:
     """Raw samples or bucketed window stats of one device over a time range."""
     metrics = _metrics(metric)
@@ -173,30 +180,33 @@ async def device_data(
         bucket_seconds=bucket,
         source_window_seconds=10 if bucket == 10 else 60,
     )
-    # Up to tens of thousands of points: built as plain dicts and encoded by orjson directly
-    # (the response model documents the shape; validating it again would double the cost).
-    by_metric: dict[str, list[dict[str, Any]]] = {}
-    want_count = "count" in aggs
-    floats = [a for a in aggs if a != "count"]
+    # Up to tens of thousands of points: built as plain lists/dicts and encoded by orjson
+    # directly (the response model documents the shape; validating it again would double the
+    # cost). A non-finite value, which no stored window should hold, is encoded as null.
+    by_metric: dict[str, list[Bucket]] = {}
     for b in buckets:
-        point: dict[str, Any] = {"t": b.bucket_start}
-        if want_count:
-            point["count"] = b.count
-        for agg in floats:
-            value = getattr(b, agg)
-            if math.isfinite(value):
-                point[agg] = value
-        pts = by_metric.get(b.metric)
-        if pts is None:
-            pts = by_metric[b.metric] = []
-        pts.append(point)
+        group = by_metric.get(b.metric)
+        if group is None:
+            group = by_metric[b.metric] = []
+        group.append(b)
+    keys = ("t", *aggs)
+    getter = attrgetter("bucket_start", *aggs)
+    series: list[dict[str, Any]] = []
+    for m, group in sorted(by_metric.items()):
+        rows = [getter(b) for b in group]
+        if layout == "columns":
+            cols = dict(zip(keys, (list(c) for c in zip(*rows, strict=True)), strict=True))
+            series.append({"metric": m, "columns": cols})
+        else:
+            series.append({"metric": m, "points": [dict(zip(keys, r, strict=True)) for r in rows]})
     body = {
         "device_id": did,
         "start": aligned_start,
         "end": end_ts,
         "interval": interval,
         "aggregates": aggs,
-        "series": [{"metric": m, "points": pts} for m, pts in sorted(by_metric.items())],
+        "layout": layout,
+        "series": series,
         "samples": None,
         "truncated": False,
     }
