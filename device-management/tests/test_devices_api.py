@@ -132,3 +132,13 @@ async def test_health_and_metrics(service: Any) -> None:
     r = await service.client.get("/metrics")
     assert r.status_code == 200
     assert "http_requests_total" in r.text
+
+
+async def test_collection_path_without_trailing_slash(
+    service: Any, device_body: Any, users: dict[str, Any]
+) -> None:
+    alice = users["alice"]
+    r = await service.client.post("/devices", json=device_body(), headers=alice.headers)
+    assert r.status_code == 201
+    r = await service.client.get("/devices", headers=alice.headers)
+    assert r.status_code == 200 and r.json()["total"] == 1

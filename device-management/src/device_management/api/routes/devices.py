@@ -90,6 +90,8 @@ async def _changed(device: Device, cache: DeviceCache, relay: OutboxRelay | None
         relay.wake()
 
 
+# "/devices" and "/devices/" both work (no redirect: clients need not follow one for a POST).
+@router.post("", status_code=201, include_in_schema=False)
 @router.post(
     "/",
     status_code=201,
@@ -113,6 +115,7 @@ async def register_device(
     return to_public(device, None, settings)
 
 
+@router.get("", include_in_schema=False)
 @router.get("/")
 async def list_devices(
     session: SessionDep,
