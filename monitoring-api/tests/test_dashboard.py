@@ -90,7 +90,7 @@ async def test_sign_in_live_chart_and_acknowledge(
     await store.upsert_alerts([stored_alert])
     app = await app_factory(serve=True, signing_http=signing.client())
 
-    page = await browser.new_page()
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(15_000)
     await page.goto(f"{app.url}/dashboard")
 
@@ -166,4 +166,6 @@ async def test_sign_in_live_chart_and_acknowledge(
 
     # Fleet figures are shown (pushed over the fleet room).
     await expect(page.get_by_test_id("fleet-devices")).not_to_have_text("–")
+    if shot := os.environ.get("IOT_TEST_SCREENSHOT"):
+        await page.screenshot(path=shot, full_page=True)
     await page.close()
