@@ -6,6 +6,7 @@ import "./style.css";
 
 const $ = (sel) => document.querySelector(sel);
 const TOKEN_KEY = "iot-monitoring-token";
+const DEVICE_REFRESH_MS = 30_000;
 
 const state = {
   api: null,
@@ -61,6 +62,8 @@ async function start(token) {
   $("#user-email").textContent = decodeEmail(token);
   connect(token);
   await Promise.all([loadDevices(), loadAlerts(), loadStats()]);
+  // Online/offline is derived from last-seen times, not announced: refresh it now and then.
+  setInterval(() => { if (!$("#app").hidden) loadDevices(); }, DEVICE_REFRESH_MS);
 }
 
 function signedOut() {
