@@ -95,8 +95,10 @@ class Bridge:
                 username=s.mqtt_username,
                 password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
                 max_in_flight=s.max_in_flight_messages,
+                max_in_flight_bytes=s.max_in_flight_bytes,
                 max_concurrent_batches=s.max_concurrent_batches,
                 max_batch_messages=s.max_batch_messages,
+                max_batch_bytes=s.max_batch_bytes,
             )
         if s.amqp_enabled:
             self.amqp = AmqpTelemetrySource(

@@ -48,11 +48,15 @@ class IngestBridgeSettings(ServiceSettings):
 
     # --- in-flight bounds (backpressure) ---
     #: Upstream messages taken but not yet acknowledged by Kafka, per source.
-    max_in_flight_messages: int = 20_000
+    max_in_flight_messages: int = 10_000
+    #: Their payload bytes (bounds memory when devices send large batches).
+    max_in_flight_bytes: int = 16 * 1024 * 1024
     #: Batches a source hands to the pipeline concurrently.
     max_concurrent_batches: int = 4
     #: Largest number of upstream messages in one pipeline batch.
     max_batch_messages: int = 5_000
+    #: A batch is cut once its payloads add up to this many bytes.
+    max_batch_bytes: int = 1024 * 1024
     #: HTTP requests being processed at once; more are answered 503 + Retry-After.
     http_max_in_flight_requests: int = 256
 
@@ -65,7 +69,7 @@ class IngestBridgeSettings(ServiceSettings):
     #: Seconds the broker keeps the session (and queues QoS 1 readings) while we are away.
     mqtt_session_expiry: int = 7 * 24 * 3600
     #: MQTT v5 Receive Maximum: unacknowledged QoS 1 messages the broker may send us.
-    mqtt_receive_maximum: int = Field(default=20_000, ge=1, le=65_535)
+    mqtt_receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
     mqtt_keepalive: int = 30
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None

@@ -129,12 +129,18 @@ class Pipeline:
         key = device_id.encode() if device_id is not None else None
         out = []
         reasons: Counter[str] = Counter()
+        limit = self.validator.limits.max_payload_bytes
         for rej in res.rejects:
             detail = rej.detail if rej.index is None else f"reading {rej.index}: {rej.detail}"
+            payload = rej.payload
+            if len(payload) > limit:
+                # Keep dead letters producible: the first max_payload_bytes are evidence enough.
+                payload = payload[:limit]
+                detail += f" (payload truncated to its first {limit} bytes)"
             dl = DeadLetter(
                 reason=rej.reason,
                 source=source,
-                payload=rej.payload,
+                payload=payload,
                 ts=now,
                 device_id=device_id,
                 detail=detail,

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from ingest_bridge import metrics
 
@@ -70,6 +72,9 @@ class KafkaSink:
         self._pending: dict[int, float] = {}
         self._next_id = 0
         self.last_error: str | None = None
+        self._partitions: dict[str, tuple[float, list[int]]] = {}
+        self._key_partition: dict[str, dict[bytes, int]] = {}
+        self._round_robin = 0
 
     @property
     def connected(self) -> bool:
@@ -146,23 +151,75 @@ class KafkaSink:
             del self._pending[call_id]
 
     async def _attempt(self, producer: AIOKafkaProducer, records: Sequence[Record]) -> list[Record]:
-        futures: list[asyncio.Future[Any]] = []
-        send = producer.send
+        """Send every record once, in per-partition batches; returns those that failed.
+
+        Records are grouped by partition (Kafka's default murmur2 partitioning of the key,
+        cached per key) and handed over as whole record batches, so the cost per record is
+        an append to a batch rather than a coroutine, a future and a callback each.
+        """
+        groups: dict[tuple[str, int], list[Record]] = {}
         failed: list[Record] = []
-        for i, rec in enumerate(records):
+        for rec in records:
             try:
-                futures.append(await send(rec.topic, rec.value, key=rec.key))
+                part = await self._partition(producer, rec.topic, rec.key)
             except Exception as exc:
                 self._note_error(exc)
-                failed.extend(records[i:])
-                break
-        sent = records[: len(futures)]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for rec, res in zip(sent, results, strict=True):
+                failed.append(rec)
+                continue
+            groups.setdefault((rec.topic, part), []).append(rec)
+        sent: list[tuple[asyncio.Future[Any], list[Record]]] = []
+        for (topic, part), recs in groups.items():
+            start = 0
+            while start < len(recs):
+                batch = producer.create_batch()
+                end = start
+                while end < len(recs):
+                    rec = recs[end]
+                    if batch.append(timestamp=None, key=rec.key, value=rec.value) is None:
+                        break
+                    end += 1
+                if end == start:  # a record too large even for an empty batch
+                    self._note_error(ValueError(f"record of {len(recs[end].value)} bytes"))
+                    failed.append(recs[end])
+                    start += 1
+                    continue
+                batch.close()
+                chunk = recs[start:end]
+                start = end
+                try:
+                    sent.append((await producer.send_batch(batch, topic, partition=part), chunk))
+                except Exception as exc:
+                    self._note_error(exc)
+                    failed.extend(chunk)
+        results = await asyncio.gather(*(f for f, _ in sent), return_exceptions=True)
+        for (_, chunk), res in zip(sent, results, strict=True):
             if isinstance(res, BaseException):
                 self._note_error(res)
-                failed.append(rec)
+                failed.extend(chunk)
         return failed
+
+    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int:
+        now = time.monotonic()
+        known = self._partitions.get(topic)
+        if known is None or now - known[0] > 30:
+            parts = sorted(await producer.partitions_for(topic))
+            if not parts:
+                raise KafkaError(f"no partitions known for {topic}")
+            if known is None or known[1] != parts:
+                self._key_partition.pop(topic, None)
+            known = (now, parts)
+            self._partitions[topic] = known
+        parts = known[1]
+        if key is None:
+            self._round_robin += 1
+            return parts[self._round_robin % len(parts)]
+        cache = self._key_partition.setdefault(topic, {})
+        part = cache.get(key)
+        if part is None:
+            if len(cache) > 200_000:
+                cache.clear()
+            part = cache[key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+        return part
 
     def _note_error(self, exc: BaseException) -> None:
         msg = f"{type(exc).__name__}: {exc}"

@@ -69,7 +69,9 @@ class AmqpBatchConsumer:
 
     @property
     def saturated(self) -> bool:
-        return self.in_flight >= self.prefetch
+        # The channel's prefetch is the bound: RabbitMQ simply stops delivering at it, which
+        # is normal under load rather than a reason to report not-ready.
+        return False
 
     async def run(self) -> None:
         """Connect (retrying until RabbitMQ answers) and consume until :meth:`close`."""

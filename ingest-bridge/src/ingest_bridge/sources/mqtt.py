@@ -234,13 +234,15 @@ class MqttSource:
         share_group: str,
         topic_prefix: str = "",
         session_expiry: int = 7 * 24 * 3600,
-        receive_maximum: int = 20_000,
+        receive_maximum: int = 10_000,
         keepalive: int = 30,
         username: str | None = None,
         password: str | None = None,
-        max_in_flight: int = 20_000,
+        max_in_flight: int = 10_000,
+        max_in_flight_bytes: int = 16 * 1024 * 1024,
         max_concurrent_batches: int = 4,
         max_batch_messages: int = 5_000,
+        max_batch_bytes: int = 1024 * 1024,
     ) -> None:
         self.pipeline = pipeline
         self.host = host
@@ -256,8 +258,11 @@ class MqttSource:
         self.max_in_flight = max_in_flight
         self.max_concurrent = max_concurrent_batches
         self.max_batch = max_batch_messages
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.max_batch_bytes = max_batch_bytes
         self.connected = False
         self.in_flight = 0
+        self.in_flight_bytes = 0
         self._pending: list[tuple[bytes, bytes, int, _Connection]] = []
         self._active = 0
         self._conn: _Connection | None = None
@@ -270,7 +275,9 @@ class MqttSource:
 
     @property
     def saturated(self) -> bool:
-        return self.in_flight >= self.max_in_flight
+        return (
+            self.in_flight >= self.max_in_flight or self.in_flight_bytes >= self.max_in_flight_bytes
+        )
 
     # --- connection management ---
 
@@ -340,6 +347,7 @@ class MqttSource:
             # broker sends those messages again on the next connection (at-least-once).
             keep = [p for p in self._pending if p[3] is not conn]
             self.in_flight -= len(self._pending) - len(keep)
+            self.in_flight_bytes -= sum(len(p[1]) for p in self._pending if p[3] is conn)
             self._pending = keep
             self._gauge.set(self.in_flight)
 
@@ -390,16 +398,24 @@ class MqttSource:
             return
         self._pending.extend((t, p, pid, conn) for t, p, pid in got)
         self.in_flight += len(got)
+        self.in_flight_bytes += sum(len(g[1]) for g in got)
         self._gauge.set(self.in_flight)
-        if self.in_flight >= self.max_in_flight and not conn.paused and conn.transport:
+        if self.saturated and not conn.paused and conn.transport:
             conn.paused = True
             conn.transport.pause_reading()
         self._kick()
 
     def _kick(self) -> None:
         while self._pending and self._active < self.max_concurrent:
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
+            cut = 0
+            size = 0
+            limit = min(self.max_batch, len(self._pending))
+            pending = self._pending
+            while cut < limit and size < self.max_batch_bytes:
+                size += len(pending[cut][1])
+                cut += 1
+            batch = pending[:cut]
+            del pending[:cut]
             self._active += 1
             task = asyncio.create_task(self._process(batch))
             self._tasks.add(task)
@@ -425,6 +441,7 @@ class MqttSource:
         finally:
             self._active -= 1
             self.in_flight -= len(batch)
+            self.in_flight_bytes -= sum(len(b[1]) for b in batch)
             self._gauge.set(self.in_flight)
         conns: dict[_Connection, list[int]] = {}
         for _t, _p, pid, conn in batch:
@@ -436,7 +453,12 @@ class MqttSource:
             elif conn.generation == self._generation:
                 conn.write(pubacks(pids))
         cur = self._conn
-        if cur is not None and cur.paused and self.in_flight <= self.max_in_flight // 2:
+        if (
+            cur is not None
+            and cur.paused
+            and self.in_flight <= self.max_in_flight // 2
+            and self.in_flight_bytes <= self.max_in_flight_bytes // 2
+        ):
             cur.paused = False
             if cur.transport is not None and not cur.transport.is_closing():
                 cur.transport.resume_reading()
@@ -446,5 +468,6 @@ class MqttSource:
         return {
             "connected": self.connected,
             "in_flight": self.in_flight,
+            "in_flight_bytes": self.in_flight_bytes,
             "saturated": self.saturated,
         }
