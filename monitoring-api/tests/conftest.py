@@ -216,7 +216,11 @@ async def app_factory(
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(
-            *, serve: bool = False, signing_http: httpx.AsyncClient | None = None, **overrides: Any
+            *,
+            serve: bool = False,
+            signing_http: httpx.AsyncClient | None = None,
+            wait_kafka: bool = True,
+            **overrides: Any,
         ) -> Running:
             settings = settings_factory(**overrides)
             redis = Redis.from_url(redis_url)
@@ -250,7 +254,8 @@ async def app_factory(
                     transport=httpx.ASGITransport(app=manager.app), base_url="http://monitoring"
                 )
                 stack.push_async_callback(client.aclose)
-                await _wait_consumer(app)
+                if wait_kafka:
+                    await _wait_consumer(app)
                 return Running(app=app, client=client)
             port = free_port()
             server = uvicorn.Server(

@@ -87,8 +87,8 @@ async def test_ack_then_clear_is_stored_and_produced(
     r = await c.post(f"/monitoring/alerts/{alert.alert_id}/ack", headers=alice.headers)
     assert r.status_code == 409
 
-    produced = await read_alerts(alerts_topic_reader, alert.alert_id, 2)
-    assert [a.status for a in produced] == ["acknowledged", "cleared"]
+    produced = await read_alerts(alerts_topic_reader, alert.alert_id, 3)
+    assert [a.status for a in produced] == ["acknowledged", "acknowledged", "cleared"]
     assert produced[0].owner_id == alice.id
 
     by_status = await c.get(
@@ -143,3 +143,25 @@ async def test_health(app_factory: Any) -> None:
     assert r.status_code == 200
     assert r.json()["status"] == "ok" and r.json()["kafka"] == "ok"
     await asyncio.sleep(0)
+
+
+async def test_queries_work_while_kafka_is_unreachable(
+    app_factory: Any, make_user: Any, registry: Any, store: Any
+) -> None:
+    from iotctl.broker import free_port
+
+    alice = make_user("operator")
+    dev = await registry.add(alice)
+    alert = make_alert(dev, alice.id)
+    await store.upsert_alerts([alert])
+    t = time.monotonic()
+    app = await app_factory(kafka_bootstrap=f"127.0.0.1:{free_port()}", wait_kafka=False)
+    assert time.monotonic() - t < 20
+    health = await app.client.get("/health")
+    assert health.status_code == 200 and health.json()["kafka"] == "starting"
+    r = await app.client.get("/monitoring/alerts", params={"device_id": dev}, headers=alice.headers)
+    assert [a["alert_id"] for a in r.json()["items"]] == [alert.alert_id]
+    # Acknowledging stores the change and says it could not be announced yet.
+    r = await app.client.post(f"/monitoring/alerts/{alert.alert_id}/ack", headers=alice.headers)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    assert (await store.get_alert(alert.alert_id)).status == "acknowledged"

@@ -381,11 +381,28 @@ class LiveConsumer:
         self._names: list[str] = []
 
     async def start(self) -> None:
-        names = [self._topics.stats_windows, self._topics.alerts, self._topics.device_events]
+        self._names = [
+            self._topics.stats_windows,
+            self._topics.alerts,
+            self._topics.device_events,
+        ]
         try:
-            await ensure_topics(self._bootstrap, names, self._partitions)
+            await asyncio.wait_for(self._connect(), timeout=15)
         except Exception as exc:
-            log.warning("could not check/create topics %s: %s", names, exc)
+            # The API still answers queries without the bus; /health says "kafka": "starting".
+            log.warning(
+                "Kafka not reachable at %s (%s); retrying in the background", self._bootstrap, exc
+            )
+            await self._drop_consumer()
+            self._task = asyncio.create_task(self._connect_then_run(), name="live-consumer")
+            return
+        self._task = asyncio.create_task(self._run(), name="live-consumer")
+
+    async def _connect(self) -> None:
+        try:
+            await ensure_topics(self._bootstrap, self._names, self._partitions)
+        except Exception as exc:
+            log.warning("could not check/create topics %s: %s", self._names, exc)
         # Every partition is assigned directly (no group rebalance to wait for): each instance
         # reads everything from the end, under its own group id, as a unique group would.
         self._consumer = AIOKafkaConsumer(
@@ -397,10 +414,30 @@ class LiveConsumer:
             fetch_max_wait_ms=100,
         )
         await self._consumer.start()
-        self._names = names
         await self._assign_new_partitions()
         self.ready.set()
-        self._task = asyncio.create_task(self._run(), name="live-consumer")
+
+    async def _drop_consumer(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
+
+    async def _connect_then_run(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await asyncio.wait_for(self._connect(), timeout=15)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("Kafka still not reachable (%s); next try in %.0f s", exc, delay)
+                await self._drop_consumer()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        log.info("live consumer connected to %s", self._bootstrap)
+        await self._run()
 
     async def _assign_new_partitions(self) -> None:
         consumer = self._consumer
@@ -425,8 +462,7 @@ class LiveConsumer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._drop_consumer()
 
     async def _run(self) -> None:
         consumer = self._consumer

@@ -30,10 +30,26 @@ class KafkaAlertPublisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, acks="all", linger_ms=0, enable_idempotence=False
+        try:
+            await self._start()
+        except Exception as exc:
+            # Started again on the first publish; the API answers queries meanwhile.
+            log.warning("alert publisher could not reach Kafka at %s: %s", self._bootstrap, exc)
+
+    async def _start(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            linger_ms=0,
+            enable_idempotence=False,
+            request_timeout_ms=10_000,
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except Exception:
+            await producer.stop()
+            raise
+        self._producer = producer
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -42,7 +58,14 @@ class KafkaAlertPublisher:
 
     async def publish(self, alert: Alert) -> None:
         if self._producer is None:
-            raise ServiceUnavailable("alert publisher is not running")
+            try:
+                await self._start()
+            except Exception as exc:
+                log.error("alert %s stored but not produced: Kafka unreachable", alert.alert_id)
+                raise ServiceUnavailable(
+                    "the alert change is stored but not yet announced"
+                ) from exc
+        assert self._producer is not None
         try:
             await self._producer.send_and_wait(
                 self.topic, json_encoder.encode(alert), key=alert.device_id.encode()

@@ -112,7 +112,10 @@ async def _transition(
 ) -> AlertPublic:
     alert = await _visible_alert(store, directory, caller, alert_id)
     if alert.status == status:
-        return public(alert)  # repeating an ack or clear is harmless
+        # Repeating an ack or clear changes nothing; announcing again is harmless and lets a
+        # client retry after a 503 that stored the change but could not produce it.
+        await publisher.publish(alert)
+        return public(alert)
     if alert.status == AlertStatus.CLEARED:
         raise Conflict("alert is already cleared")
     try:
