@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -213,7 +214,8 @@ async def fetch_deadletters(bootstrap: str, topic: str, *, limit_s: float = 30.0
     await consumer.start()
     out: list[bytes] = []
     try:
-        parts = await consumer.partitions_for_topic(topic) or set()
+        await consumer.topics()  # fetches the cluster metadata
+        parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
             return out
@@ -229,7 +231,9 @@ async def fetch_deadletters(bootstrap: str, topic: str, *, limit_s: float = 30.0
             for records in batch.values():
                 out.extend(r.value for r in records if r.value is not None)
     finally:
-        await consumer.stop()
+        # aiokafka may surface the cancellation of its own internal task while stopping.
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
     return out
 
 
