@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ async def test_migrate_then_serve(pg_database_factory: Any, infra_env: dict[str,
     try:
         status = None
         async with httpx.AsyncClient() as client:
-            for _ in range(100):
+            deadline = time.monotonic() + 60  # generous: a busy machine starts Python slowly
+            while time.monotonic() < deadline and proc.poll() is None:
                 try:
                     status = (await client.get(f"http://127.0.0.1:{port}/health")).status_code
                     break
