@@ -183,9 +183,7 @@ def test_late_reading_updates_a_closed_window_and_too_late_is_refused() -> None:
     assert [int(c) for c, f in zip(first.count, first.final, strict=True) if f] == [1]
     assert feed(2, T0 + 14, T0 + 2, 3.0)  # 4 s after the window's end: allowed
     second = state.tick(wall=0.0).windows
-    corrected = [
-        i for i in range(len(second)) if second.window_start[i] == T0 and second.final[i]
-    ]
+    corrected = [i for i in range(len(second)) if second.window_start[i] == T0 and second.final[i]]
     assert second.count[corrected[0]] == 2 and second.mean[corrected[0]] == 2.0
     assert not feed(3, T0 + 16, T0 + 3, 9.0)  # 6 s after: late
 

@@ -33,7 +33,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as _AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as _AIOKafkaTransport
 from faust.types import TP
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import REGISTRY, Counter, generate_latest
 
 from iot_common.events import AlertStatus, alert_decoder, device_event_decoder
 from monitoring_store.base import DeviceRules, MonitoringStore
@@ -496,6 +496,7 @@ def create_app(
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp wants the charset apart from the media type.
+        return web.text(generate_latest(REGISTRY).decode(), content_type="text/plain")
 
     return app
