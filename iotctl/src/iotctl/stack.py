@@ -27,6 +27,7 @@ from iotctl.broker import BrokerUnavailable, TansuBroker, port_open, speaks_kafk
 from iotctl.components import COMPONENTS, Component, Need, landed, resolve, script_path
 from iotctl.deps import MissingDependency
 from iotctl.procs import Proc, StackState, Supervisor, create_time, stacks_dir
+from iotctl.topics import ensure_topics, topic_partitions
 
 DEFAULT_HEALTH_TIMEOUT = 90.0
 #: A component that ran at least this long before dying restarts without back-off.
@@ -220,7 +221,16 @@ class Stack:
         proc = Proc(comp.name, popen.pid, create_time(popen.pid), comp.port, str(log))
         self.supervisor.adopt(proc, popen)
         self.bootstrap = self.broker.bootstrap
-        self.say(comp.name, f"Tansu (memory storage) listening on {self.bootstrap}", "green")
+        try:
+            created = ensure_topics(self.bootstrap, prefix=os.environ.get("IOT_TOPIC_PREFIX", ""))
+        except RuntimeError as exc:
+            raise ComponentFailed(str(exc)) from exc
+        self.say(
+            comp.name,
+            f"Tansu (memory storage) listening on {self.bootstrap}; "
+            f"created {len(created)} topics with {topic_partitions()} partitions",
+            "green",
+        )
 
     def start_service(self, comp: Component) -> None:
         script = script_path(comp.name)
