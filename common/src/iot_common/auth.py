@@ -71,6 +71,7 @@ class RevocationList:
         self._revoked: dict[str, float] = {}  # jti -> expires_at
         self._last_id = "0-0"
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.synced = asyncio.Event()
 
     def __contains__(self, jti: str) -> bool:
@@ -84,10 +85,15 @@ class RevocationList:
         self._task = asyncio.create_task(self._run(), name="revocation-tail")
 
     async def close(self) -> None:
+        self._closed = True
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # redis-py can swallow a cancellation that lands while its connection is being set
+            # up (a verifier closed right after start), leaving the task blocked in XREAD; so
+            # cancel until it is done (the flag also ends the loop). asyncio.wait, not awaiting
+            # the task, keeps its cancellation out of the caller.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=0.05)
 
     async def _poll(self, block_ms: int | None) -> None:
         resp: Any = await self._redis.xread(
@@ -102,20 +108,27 @@ class RevocationList:
                 if jti is None:
                     continue
                 jti_s = jti.decode() if isinstance(jti, bytes) else str(jti)
-                self._revoked[jti_s] = float(exp)
+                try:
+                    expires = float(exp)
+                except ValueError:
+                    # Keep it revoked for the longest lifetime a token can have.
+                    expires = now + self._max_ttl
+                self._revoked[jti_s] = expires
         if len(self._revoked) > 10_000:
             self._revoked = {j: e for j, e in self._revoked.items() if e > now}
         self.synced.set()
 
     async def _run(self) -> None:
         backoff = 0.2
-        while True:
+        while not self._closed:
             try:
                 await self._poll(block_ms=500)
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closed:
+                    return
                 log.warning("revocation stream read failed: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -186,9 +199,14 @@ class JWTVerifier:
             resp.raise_for_status()
             keys: dict[str, Any] = {}
             for jwk in resp.json().get("keys", []):
-                kid = jwk.get("kid")
-                if kid:
+                kid = jwk.get("kid") if isinstance(jwk, dict) else None
+                if not kid:
+                    continue
+                try:
                     keys[kid] = PyJWK.from_dict(jwk).key
+                except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+                    # One key this library cannot use must not hide the others.
+                    log.warning("ignoring unusable JWK %s: %s", kid, exc)
             self._keys.update(keys)
 
     async def verify(self, token: str) -> Principal:
@@ -203,7 +221,7 @@ class JWTVerifier:
             return cached
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError) as exc:  # ValueError: not encodable ("\ud800")
             raise Unauthorized("malformed token") from exc
         if header.get("alg") not in ALGORITHMS:
             raise Unauthorized("unsupported token algorithm")
@@ -237,7 +255,8 @@ class JWTVerifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("token expired") from exc
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
+            # TypeError: the header's alg does not fit the key's type (RS256 vs an Ed25519 key).
             raise Unauthorized("invalid token") from exc
         role = claims.get("role")
         if role not in ROLES:
