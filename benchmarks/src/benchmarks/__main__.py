@@ -98,7 +98,17 @@ def _run_one(name: str, results_dir: Path, quick: bool) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         result = {"error": f"exited with code {proc.returncode} without a result", "summary": []}
         result["summary"] = [f"**failed**: {result['error']}"]
-    plots = sorted(p.name for p in results_dir.glob("*.png") if before.get(p) != p.stat().st_mtime)
+    # The benchmark's plots: those it names, else new or rewritten PNGs named after it
+    # (other runs may write into the same directory meanwhile).
+    named = result.get("plots")
+    if isinstance(named, list) and named:
+        plots = sorted(str(p) for p in named)
+    else:
+        plots = sorted(
+            p.name
+            for p in results_dir.glob("*.png")
+            if before.get(p) != p.stat().st_mtime and p.name.startswith((name, f"bench_{name}"))
+        )
     result["_meta"] = {
         **result.get("_meta", {}),
         "name": name,

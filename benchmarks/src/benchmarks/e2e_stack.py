@@ -226,8 +226,20 @@ class E2EStack:
         for name, package, _ in SERVICES:
             if name in ("signing", "device-management"):
                 self._run_once(name, [sys.executable, "-m", package, "migrate"])
-            self._spawn(name, package, ports[name])
-            self._wait_healthy(self.services[name])
+            for attempt in range(4):
+                self._spawn(name, package, ports[name])
+                try:
+                    self._wait_healthy(self.services[name])
+                    break
+                except StackError:
+                    # Another process on this shared machine may have taken the free port
+                    # between choosing and binding it: choose again.
+                    svc = self.services.pop(name)
+                    svc.log.close()
+                    if attempt == 3 or "address already in use" not in svc.tail(200):
+                        raise
+                    ports[name] = free_port()
+                    self.env = self._env(ports)
 
     def _create_topics(self) -> None:
         """Create the bus topics up front, as a deployment does (all with the agents'
