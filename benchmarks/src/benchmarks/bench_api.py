@@ -181,7 +181,17 @@ def _start_api(
         "MONITORING_API_FLEET_PUSH_INTERVAL": "3600",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "monitoring_api", "serve", "--port", str(port)], env=env
+        [
+            sys.executable,
+            "-m",
+            "monitoring_api",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            os.environ.get("BENCH_API_WORKERS", "1"),
+        ],
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

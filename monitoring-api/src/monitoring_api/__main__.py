@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import uvicorn
 
@@ -16,20 +17,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port, each a full instance with its own Kafka reader "
+        "(WebSocket clients only: long-polling needs one process per address or sticky sessions)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     setup_logging(service="monitoring-api", level=settings.log_level, json=settings.log_json)
     if args.command == "migrate":
         # The store creates its tables on start; nothing else to migrate.
         return
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_config=None,
-        proxy_headers=True,
-        ws="websockets-sansio",
-    )
+    workers = args.workers or settings.workers
+    common: dict[str, Any] = {
+        "host": args.host or settings.host,
+        "port": args.port or settings.port,
+        "log_config": None,
+        "proxy_headers": True,
+        "ws": "websockets-sansio",
+    }
+    if workers > 1:
+        # Each worker builds its own app (and so its own instance id and consumer).
+        uvicorn.run("monitoring_api.main:create_app", factory=True, workers=workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ class MonitoringApiSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = 8003
+    #: uvicorn worker processes (see ``monitoring-api --help``).
+    workers: int = Field(default=1, ge=1, le=64)
     #: The monitoring store (``postgresql://…`` or ``mongodb://…``).
     store_url: str = Field(
         default=DEFAULT_STORE_URL,
