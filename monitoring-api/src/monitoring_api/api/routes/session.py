@@ -13,7 +13,7 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from iot_common.errors import ServiceUnavailable, Unauthorized
+from iot_common.errors import ServiceUnavailable, TooManyRequests, Unauthorized
 from monitoring_api.api.deps import CurrentUser, DirectoryDep
 from monitoring_api.schemas import SessionCreate
 
@@ -31,7 +31,9 @@ async def sign_in(body: SessionCreate, request: Request) -> JSONResponse:
     if resp.status_code in (400, 401, 403, 404, 422):
         raise Unauthorized("wrong email or password")
     if resp.status_code == 429:
-        return JSONResponse(resp.json(), status_code=429, headers=dict(resp.headers))
+        raw = resp.headers.get("retry-after", "")
+        retry_after = int(raw) if raw.isdigit() else 60
+        raise TooManyRequests("too many sign-in attempts", retry_after=retry_after)
     if resp.status_code != 200:
         raise ServiceUnavailable("signing did not answer")
     return JSONResponse(resp.json())
