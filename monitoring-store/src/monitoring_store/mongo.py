@@ -159,9 +159,22 @@ def _subscription_from(doc: Doc) -> Subscription:
 class MongoStore:
     """The monitoring store on MongoDB (see the module docstring for the layout)."""
 
-    def __init__(self, url: str, *, database: str | None = None, **client_options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str | None = None,
+        min_pool: int | None = None,
+        max_pool: int | None = None,
+        **client_options: Any,
+    ) -> None:
         self._url = url
         self._db_name = database or parse_uri(url).get("database") or DEFAULT_DATABASE
+        # the same pool options as the PostgreSQL backend, so callers need not care which
+        if min_pool is not None:
+            client_options.setdefault("minPoolSize", min_pool)
+        if max_pool is not None:
+            client_options.setdefault("maxPoolSize", max_pool)
         self._client_options = client_options
         self._client: AsyncMongoClient[Doc] | None = None
 
