@@ -240,6 +240,21 @@ async def test_fleet_figures_and_device_events(
     await asyncio.sleep(0.3)
     assert [e["device_id"] for e in ca.events["device"]] == [dev_a]
 
+    # A deleted device's room is closed: its watchers get nothing more from it.
+    assert (await ca.join(device_id=dev_a))["ok"] is True
+    deleted = DeviceEvent(
+        event_id=str(uuid.uuid4()),
+        event_type="device.deleted",
+        device_id=dev_a,
+        timestamp=time.time(),
+        owner_id=alice.id,
+    )
+    await send(producer, f"{topic_prefix}device.events", [deleted])
+    await poll(lambda: len(ca.events["device"]) >= 2)
+    await send(producer, f"{topic_prefix}stats.windows", [win(dev_a, 1_800_000_000.0, 1.0)])
+    await asyncio.sleep(1.0)
+    assert ca.events["window"] == []
+
 
 async def test_each_instance_pushes_every_record_once_to_its_own_clients(
     app_factory: Any,

@@ -265,6 +265,9 @@ class LiveHub:
             if owner:
                 rooms.append(f"fleet:{owner}")
             await self.fanout("device", msgspec.structs.asdict(e), rooms)
+            if e.event_type == "device.deleted":
+                # Nobody may watch a device that no longer exists.
+                await self.sio.close_room(f"device:{e.device_id}")
         PUSHES.labels("device").inc(len(events))
 
     # -- fleet figures -----------------------------------------------------------------------
