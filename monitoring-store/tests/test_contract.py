@@ -7,6 +7,7 @@ readings the test writes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -517,3 +518,46 @@ async def test_subscriptions_and_deliveries(store: MonitoringStore) -> None:
     assert await store.delete_subscription("s1", owner_id="u1")
     assert await store.list_subscriptions(owner_id=None) == [s2]
     assert await store.list_deliveries(subscription_id="s1") == []
+
+
+async def test_due_deliveries_lease_claims_once(store: MonitoringStore) -> None:
+    """Two API instances polling at once never get the same delivery while it is leased."""
+    await store.create_subscription(
+        Subscription("s1", "u1", "http://h/1", "k1", None, "info", None, T0)
+    )
+    deliveries = [
+        Delivery(f"dl{i}", "s1", {"i": i}, "pending", 0, T0 + i, None, T0 + i, T0 + i)
+        for i in range(6)
+    ]
+    # a delivery for a subscription that no longer exists is not enqueued
+    orphan = Delivery("orphan", "gone", {}, "pending", 0, T0, None, T0, T0)
+    await store.enqueue_deliveries([*deliveries, orphan])
+    lease = store.due_deliveries
+    first, second = await asyncio.gather(
+        lease(now=T0 + 10, limit=4, lease_seconds=30),
+        lease(now=T0 + 10, limit=4, lease_seconds=30),
+    )
+    ids = [d.id for d in first + second]
+    assert sorted(ids) == [f"dl{i}" for i in range(6)]  # each claimed exactly once
+    assert all(d.next_attempt_at == T0 + 40 for d in first + second)
+    assert await store.due_deliveries(now=T0 + 39, limit=10) == []
+    assert len(await store.due_deliveries(now=T0 + 40, limit=10)) == 6  # lease ran out
+
+
+async def test_query_windows_several_metrics_and_sizes(store: MonitoringStore) -> None:
+    rng = np.random.default_rng(3)
+    batch: list[WindowStats] = []
+    for metric in ("a", "b", "c"):
+        ts, v = readings(rng, n=100, span=120)
+        batch += windows_of("d1", metric, ts, v, 10) + windows_of("d1", metric, ts, v, 60)
+    await store.upsert_windows(batch)
+    got = await store.query_windows(
+        "d1", metrics=["c", "a"], window_seconds=60, start=T0, end=T0 + 120
+    )
+    assert [(w.metric, w.window_start) for w in got] == [
+        ("a", T0),
+        ("a", T0 + 60),
+        ("c", T0),
+        ("c", T0 + 60),
+    ]
+    assert all(w.window_seconds == 60 for w in got)
