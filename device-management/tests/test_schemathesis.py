@@ -62,7 +62,7 @@ async def test_no_server_errors(
             "--header",
             "X-Internal-Token: test-internal-token",
             "--checks",
-            "not_a_server_error",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",

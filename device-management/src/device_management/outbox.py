@@ -194,9 +194,8 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 PUBLISH_FAILURES.inc()
-                log.warning(
-                    "outbox relay: %s; retrying in %.1fs", exc or type(exc).__name__, backoff
-                )
+                reason = str(exc) or type(exc).__name__
+                log.warning("outbox relay: %s; retrying in %.1fs", reason, backoff)
                 await self._publisher.close()
                 # Commits do not cut the backoff short: during an outage they would turn
                 # every API write into a reconnect attempt.

@@ -240,3 +240,22 @@ class Health(BaseModel):
     redis: str
     rabbitmq: str
     outbox_pending: int | None = None
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+    type: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] | None = None
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The platform's one error shape (``iot_common.errors.error_body``)."""
+
+    error: ErrorInfo

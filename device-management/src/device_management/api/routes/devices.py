@@ -32,6 +32,7 @@ from device_management.schemas import (
     DevicePublic,
     DeviceStatus,
     DeviceUpdate,
+    ErrorBody,
     EventList,
     EventPublic,
     StatusPublic,
@@ -40,16 +41,29 @@ from device_management.schemas import (
 from device_management.status import derive_status
 from iot_common.device_config import DeviceConfig
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(
+    prefix="/devices",
+    tags=["devices"],
+    responses={
+        401: {"model": ErrorBody, "description": "Missing, invalid, expired or revoked token"},
+        422: {"model": ErrorBody, "description": "Invalid input; details name the fields"},
+    },
+)
 
 DeviceId = Annotated[uuid.UUID, Path(description="Device id (UUID); malformed ids are a 422.")]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size (1–500).")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip (≤ 1,000,000).")]
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such device, or not yours"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such device, or not yours"}
+}
+_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed JSON body"},
+    413: {"model": ErrorBody, "description": "Body over the size limit (256 KiB)"},
+}
 _WRITE: dict[int | str, dict[str, Any]] = {
-    403: {"description": "Viewers have read-only access"},
-    404: {"description": "No such device, or not yours"},
+    403: {"model": ErrorBody, "description": "Viewers have read-only access"},
+    404: {"model": ErrorBody, "description": "No such device, or not yours"},
 }
 
 
@@ -96,8 +110,9 @@ async def _changed(device: Device, cache: DeviceCache, relay: OutboxRelay | None
     "/",
     status_code=201,
     responses={
-        403: {"description": "Viewers have read-only access"},
-        409: {"description": "Duplicate name"},
+        **_BODY,
+        403: {"model": ErrorBody, "description": "Viewers have read-only access"},
+        409: {"model": ErrorBody, "description": "Duplicate name"},
     },
 )
 async def register_device(
@@ -176,7 +191,10 @@ async def get_device(
     return to_public(device, last_seen, settings)
 
 
-@router.put("/{device_id}", responses={**_WRITE, 409: {"description": "Duplicate name"}})
+@router.put(
+    "/{device_id}",
+    responses={**_BODY, **_WRITE, 409: {"model": ErrorBody, "description": "Duplicate name"}},
+)
 async def update_device(
     device_id: DeviceId,
     body: DeviceUpdate,
@@ -233,7 +251,7 @@ async def device_status(
     )
 
 
-@router.post("/{device_id}/events", status_code=201, responses=_WRITE)
+@router.post("/{device_id}/events", status_code=201, responses={**_BODY, **_WRITE})
 async def publish_event(
     device_id: DeviceId,
     body: CustomEventCreate,

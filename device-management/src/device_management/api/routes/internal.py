@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Path
 
 from device_management import devices_service as svc
 from device_management.api.deps import CacheDep, ReadSessionDep, SettingsDep
-from device_management.schemas import InternalDevice
+from device_management.schemas import ErrorBody, InternalDevice
 from iot_common.errors import NotFound, Unauthorized
 
 router = APIRouter(prefix="/internal", tags=["internal"])
@@ -19,8 +19,9 @@ router = APIRouter(prefix="/internal", tags=["internal"])
 @router.get(
     "/devices/{device_id}",
     responses={
-        401: {"description": "Missing or wrong X-Internal-Token"},
-        404: {"description": "No such device"},
+        401: {"model": ErrorBody, "description": "Missing or wrong X-Internal-Token"},
+        404: {"model": ErrorBody, "description": "No such device"},
+        422: {"model": ErrorBody, "description": "Malformed id"},
     },
 )
 async def lookup_device(
