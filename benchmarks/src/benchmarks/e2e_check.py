@@ -264,8 +264,12 @@ def check(
     deadletters: list[bytes],
     *,
     http_rejected: int | None = None,
+    since: float | None = None,
 ) -> CheckResult:
-    """Compare what was sent with what was stored and dead-lettered."""
+    """Compare what was sent with what was stored and dead-lettered.
+
+    ``stored`` must cover the run's time range (:func:`time_range`); dead letters written
+    before ``since`` (an earlier run of the same devices) are ignored."""
     recs = ledger.records
     shards = ledger.shards
     run_id = str(ledger.manifest.get("run_id", ""))
@@ -328,7 +332,7 @@ def check(
         except msgspec.DecodeError:
             continue
         mine = dl.device_id in dev_index or (run_id and f"sim:{run_id}:".encode() in dl.payload)
-        if not mine:
+        if not mine or (since is not None and dl.ts < since):
             continue
         seen += 1
         rows: list[int] = []
@@ -412,8 +416,10 @@ def check(
 
 
 def time_range(ledger: Ledger) -> tuple[float, float]:
-    """The span of the ledger's timestamps (late ones included), padded a little."""
-    ts = ledger.records["ts"]
+    """The span of the run's timestamps, padded a little. Late readings are left out: their
+    range would reach back into earlier runs of the same devices (``--reuse-devices``)."""
+    recs = ledger.records
+    ts = recs["ts"][recs["fault"] != Fault.LATE]
     if len(ts) == 0:
         return 0.0, 0.0
     return float(ts.min()) - 1.0, float(ts.max()) + 1.0
@@ -458,8 +464,13 @@ async def run_check(
     deadletters = await fetch_deadletters(bootstrap, Topics(topic_prefix).telemetry_deadletter)
     transport = ledger.manifest.get("transport")
     rejected = (ledger.manifest.get("summary") or {}).get("rejected_as_expected")
+    started = ledger.manifest.get("start")
     return check(
-        ledger, stored, deadletters, http_rejected=rejected if transport == "http" else None
+        ledger,
+        stored,
+        deadletters,
+        http_rejected=rejected if transport == "http" else None,
+        since=float(started) - 5.0 if started else None,
     )
 
 

@@ -22,6 +22,7 @@ from simulator.ledger import read_ledger
 from simulator.registry import (
     RegistrationError,
     default_devices_file,
+    devices_exist,
     load_devices,
     local_devices,
     register_devices,
@@ -87,7 +88,24 @@ def run_cmd(
     elif reuse_devices:
         devices = load_devices(path, fleet)
         if devices is not None:
-            console.print(f"reusing {len(devices)} devices from {path}")
+            try:
+                known = asyncio.run(
+                    devices_exist(
+                        devices,
+                        signing_url=settings.signing_url,
+                        device_management_url=settings.device_management_url,
+                        email=settings.admin_email,
+                        password=settings.admin_password.get_secret_value(),
+                    )
+                )
+            except RegistrationError as exc:
+                console.print(f"[red]cannot check the saved devices:[/red] {exc}")
+                raise typer.Exit(2) from exc
+            if known:
+                console.print(f"reusing {len(devices)} devices from {path}")
+            else:
+                console.print(f"device-management no longer knows the devices in {path}")
+                devices = None
     if devices is None:
         console.print(f"registering {fleet.device_count} devices through device-management…")
         try:

@@ -123,6 +123,35 @@ async def register_devices(
             ) from exc
 
 
+async def devices_exist(
+    devices: list[Device],
+    *,
+    signing_url: str,
+    device_management_url: str,
+    email: str,
+    password: str,
+    concurrency: int = 16,
+) -> bool:
+    """Whether device-management still knows every saved device (a reset database forgets)."""
+    base = device_management_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        token = await login(client, signing_url, email, password)
+        headers = {"Authorization": f"Bearer {token}"}
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(device: Device) -> bool:
+            async with sem:
+                resp = await client.get(f"{base}/devices/{device.id}", headers=headers)
+            return resp.status_code == 200
+
+        try:
+            return all(await asyncio.gather(*(one(d) for d in devices)))
+        except httpx.HTTPError as exc:
+            raise RegistrationError(
+                f"cannot reach device-management at {device_management_url}: {exc}"
+            ) from exc
+
+
 def save_devices(path: Path, fleet: Fleet, devices: list[Device]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
