@@ -82,6 +82,12 @@ async def test_internal_lookup_fills_cache_on_miss(
     assert r.status_code == 404
     assert (await cached(redis, ns, unknown))["exists"] == "0"
 
+    # Whatever id a device claims, a non-device is a 404 for the ingest path.
+    for junk in ["sensor-1", "not-a-uuid", "1234"]:
+        r = await c.get(f"/internal/devices/{junk}", headers=INTERNAL)
+        assert r.status_code == 404, junk
+        assert await redis.exists(redis_keys.device_cache(ns, junk)) == 0
+
     assert (await c.get(f"/internal/devices/{dev['id']}")).status_code == 401
     r = await c.get(f"/internal/devices/{dev['id']}", headers={"X-Internal-Token": "wrong"})
     assert r.status_code == 401

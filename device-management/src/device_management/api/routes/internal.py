@@ -21,11 +21,16 @@ router = APIRouter(prefix="/internal", tags=["internal"])
     responses={
         401: {"model": ErrorBody, "description": "Missing or wrong X-Internal-Token"},
         404: {"model": ErrorBody, "description": "No such device"},
-        422: {"model": ErrorBody, "description": "Malformed id"},
     },
 )
 async def lookup_device(
-    device_id: Annotated[uuid.UUID, Path(description="Device id (UUID)")],
+    device_id: Annotated[
+        str,
+        Path(
+            description="Device id. The ingest path asks about whatever ids devices send, so "
+            "anything that is not a registered device's UUID is a 404 (never a 422).",
+        ),
+    ],
     session: ReadSessionDep,
     cache: CacheDep,
     settings: SettingsDep,
@@ -37,9 +42,13 @@ async def lookup_device(
         x_internal_token.encode("utf-8", "surrogateescape"), expected
     ):
         raise Unauthorized("missing or wrong internal token", headers={})
-    device = await svc.find_device(session, device_id)
+    try:
+        parsed = uuid.UUID(device_id)
+    except ValueError:
+        raise NotFound("device not found") from None
+    device = await svc.find_device(session, parsed)
     if device is None:
-        await cache.store_missing(device_id)
+        await cache.store_missing(parsed)
         raise NotFound("device not found")
     await cache.store(device)
     return InternalDevice(
