@@ -334,3 +334,83 @@ async def test_a_malformed_stream_entry_does_not_stop_revocations(env, rsa_key):
     for token in (first, second):
         with pytest.raises(Unauthorized, match="revoked"):
             await verifier.verify(token)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accepted"),
+    [
+        ({"aud": [AUD, "other"]}, True),
+        ({"aud": ["other"]}, False),
+        ({"aud": None}, False),
+        ({"aud": 5}, False),
+        ({"iss": None}, False),
+        ({"exp": time.time() + 60.5}, True),
+        ({"exp": "9999999999"}, False),
+        ({"exp": True}, False),
+        ({"iat": "now"}, False),
+        ({"iat": int(time.time()) + 5}, True),  # another host's clock slightly ahead
+        ({"nbf": int(time.time()) + 3600}, False),
+        ({"nbf": int(time.time()) - 10}, True),
+        ({"sub": 42}, False),
+        ({"jti": ["a"]}, False),
+        ({"email": None}, True),
+    ],
+)
+async def test_claim_rules(env, rsa_key, overrides, accepted):
+    verifier = await env.verifier()
+    verifier.add_key(KID, rsa_key.public_key())
+    token = sign(rsa_key, **overrides)
+    if accepted:
+        assert (await verifier.verify(token)).role == "operator"
+    else:
+        with pytest.raises(Unauthorized):
+            await verifier.verify(token)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "RS256", "kid": KID, "crit": ["exp"]},
+        {"alg": "RS256", "kid": KID, "b64": False},
+        {"alg": "RS512", "kid": KID},
+        {"alg": "RS256"},
+    ],
+)
+async def test_unsupported_headers_are_refused(env, rsa_key, header):
+    verifier = await env.verifier()
+    verifier.add_key(KID, rsa_key.public_key())
+    payload = b64(json.dumps(claims()).encode())
+    head = b64(json.dumps(header).encode())
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    sig = rsa_key.sign(f"{head}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    with pytest.raises(Unauthorized):
+        await verifier.verify(f"{head}.{payload}.{b64(sig)}")
+
+
+@pytest.mark.parametrize("shape", ["four.seg.ments.here", "a.b.c.d.e", "a.b", "a", "a..b"])
+async def test_wrong_number_of_segments(env, rsa_key, shape):
+    verifier = await env.verifier()
+    verifier.add_key(KID, rsa_key.public_key())
+    with pytest.raises(Unauthorized):
+        await verifier.verify(shape)
+    good = sign(rsa_key)
+    with pytest.raises(Unauthorized):
+        await verifier.verify(good + ".extra")
+    with pytest.raises(Unauthorized):
+        await verifier.verify(good + "=")
+
+
+async def test_keys_can_be_given_as_pem_or_private_key(env, rsa_key):
+    from cryptography.hazmat.primitives import serialization
+
+    verifier = await env.verifier()
+    pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    verifier.add_key("pem-str", pem.decode())
+    verifier.add_key("pem-bytes", pem)
+    verifier.add_key("private", rsa_key)
+    for kid in ("pem-str", "pem-bytes", "private"):
+        assert (await verifier.verify(sign(rsa_key, kid=kid))).role == "operator"
