@@ -177,8 +177,10 @@ def _run_agents(
     try:
         for _ in range(workers):
             env = _agents_env(bootstrap, prefix, db, app_id, raw)
+            # BENCH_AGENTS_WRAPPER lets a profiler wrap the worker (e.g. "py-spy record -o f --").
+            wrapper = os.environ.get("BENCH_AGENTS_WRAPPER", "").split()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "stream_agents"],
+                [*wrapper, sys.executable, "-m", "stream_agents"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from iot_common.telemetry import DeadLetterReason, Reading, TelemetryEnvelope, envelope_decoder
+from iot_common.telemetry import DeadLetterReason
 from stream_agents.windows import Rows
 
 
@@ -29,6 +29,27 @@ class RecordLike(Protocol):
 
     @property
     def key(self) -> bytes | None: ...
+
+
+class DecodedReading(msgspec.Struct, array_like=True, gc=False):
+    """``iot_common.telemetry.Reading`` as the hot path decodes it (not tracked by the GC:
+    millions of these live for one batch and hold no cycles)."""
+
+    ts: float
+    metrics: dict[str, float]
+    seq: int | None = None
+
+
+class DecodedEnvelope(msgspec.Struct, gc=False):
+    """``iot_common.telemetry.TelemetryEnvelope`` (same JSON), GC-untracked."""
+
+    device_id: str
+    source: str
+    ingest_ts: float
+    readings: list[DecodedReading]
+
+
+envelope_decoder = msgspec.json.Decoder(DecodedEnvelope)
 
 
 class SeriesTable:
@@ -93,20 +114,20 @@ class DecodedBatch:
     #: Index into ``readings`` per row.
     reading: npt.NDArray[np.int64]
     #: (envelope, reading) per reading, for dead-lettering late ones.
-    readings: list[tuple[TelemetryEnvelope, Reading]] = field(default_factory=list)
+    readings: list[tuple[DecodedEnvelope, DecodedReading]] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
     records: int = 0
     max_ingest_ts: float = float("-inf")
     last_offset: int = -1
 
 
-_batch_decoder = msgspec.json.Decoder(list[TelemetryEnvelope])
+_batch_decoder = msgspec.json.Decoder(list[DecodedEnvelope])
 
 
 def _decode_each(
     records: Sequence[Any],
-) -> tuple[list[TelemetryEnvelope], list[int], list[BadRecord]]:
-    envs: list[TelemetryEnvelope] = []
+) -> tuple[list[DecodedEnvelope], list[int], list[BadRecord]]:
+    envs: list[DecodedEnvelope] = []
     offs: list[int] = []
     bad: list[BadRecord] = []
     decode = envelope_decoder.decode
@@ -139,7 +160,7 @@ def decode_records(records: Sequence[Any], table: SeriesTable) -> DecodedBatch:
     only when that fails are records decoded one by one to find the bad ones. The rest is
     list comprehensions and numpy, one step per reading rather than per value.
     """
-    envs: list[TelemetryEnvelope]
+    envs: list[DecodedEnvelope]
     bad: list[BadRecord] = []
     values = [r.value for r in records]
     try:
@@ -205,7 +226,7 @@ def _drop_non_finite(out: DecodedBatch, finite: npt.NDArray[np.bool_]) -> None:
     for ri in bad_readings.tolist():
         env, r = out.readings[ri]
         payload = msgspec.json.encode(
-            TelemetryEnvelope(env.device_id, env.source, env.ingest_ts, [r])
+            DecodedEnvelope(env.device_id, env.source, env.ingest_ts, [r])
         )
         out.bad.append(
             BadRecord(

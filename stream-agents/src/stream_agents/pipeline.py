@@ -20,11 +20,17 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from iot_common.events import Alert, WindowStats
-from iot_common.telemetry import DeadLetter, DeadLetterReason, TelemetryEnvelope
+from iot_common.telemetry import DeadLetter, DeadLetterReason
 from iot_common.topics import Topics
 from monitoring_store.base import MonitoringStore, SampleBatch
 from stream_agents.alerts import AlertEngine, ClosedWindow
-from stream_agents.decode import BadRecord, DecodedBatch, SeriesTable, decode_records
+from stream_agents.decode import (
+    BadRecord,
+    DecodedBatch,
+    DecodedEnvelope,
+    SeriesTable,
+    decode_records,
+)
 from stream_agents.windows import PartitionWindows, WindowBatch, WindowConfig
 
 log = logging.getLogger(__name__)
@@ -162,7 +168,7 @@ class TelemetryPipeline:
         self, batch: DecodedBatch, late_rows: np.ndarray[Any, Any], state: PartitionWindows
     ) -> list[BadRecord]:
         out: list[BadRecord] = []
-        by_record: dict[int, tuple[TelemetryEnvelope, list[Any]]] = {}
+        by_record: dict[int, tuple[DecodedEnvelope, list[Any]]] = {}
         offsets = batch.rows.offset
         for ri in np.unique(batch.reading[late_rows]).tolist():
             env, r = batch.readings[ri]
@@ -170,7 +176,7 @@ class TelemetryPipeline:
             by_record.setdefault(o, (env, []))[1].append(r)
         lateness = state.config.allowed_lateness
         for o, (env, readings) in by_record.items():
-            payload = _enc(TelemetryEnvelope(env.device_id, env.source, env.ingest_ts, readings))
+            payload = _enc(DecodedEnvelope(env.device_id, env.source, env.ingest_ts, readings))
             out.append(
                 BadRecord(
                     o,

@@ -215,6 +215,27 @@ class WindowConfig:
 
 
 @dataclass(slots=True)
+class _Chunk:
+    """Retained rows of one tick, with each row's window index per size."""
+
+    rows: Rows
+    widx: dict[int, I64]
+    min_offset: int
+
+
+def _keys(series: I64, widx: I64) -> I64:
+    return (series << _WIDX_BITS) | (widx & _WIDX_MASK)
+
+
+def _stats_of(parts: list[tuple[_Chunk, Bool]], size: int, *, final: bool) -> WindowBatch:
+    """Statistics of the windows of the selected rows (chunks in arrival order)."""
+    keys = np.concatenate([_keys(ch.rows.series[m], ch.widx[size][m]) for ch, m in parts])
+    ts = np.concatenate([ch.rows.ts[m] for ch, m in parts])
+    values = np.concatenate([ch.rows.value[m] for ch, m in parts])
+    return compute_stats(keys, ts, values, size=size, final=final)
+
+
+@dataclass(slots=True)
 class TickResult:
     windows: WindowBatch
     dropped_rows: int
@@ -226,7 +247,7 @@ class PartitionWindows:
     """Window state of one partition (see the module docstring for the design)."""
 
     config: WindowConfig
-    rows: Rows = field(default_factory=Rows.empty)
+    chunks: list[_Chunk] = field(default_factory=list)
     pending: list[Rows] = field(default_factory=list)
     #: Largest ingest_ts seen (drives closing and dropping).
     data_clock: float = -math.inf
@@ -238,8 +259,6 @@ class PartitionWindows:
     #: (first offset, last offset) of dropped units that may still straddle the commit point.
     dropped_first: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     dropped_last: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    #: Window index per retained row, per size (aligned with ``rows``).
-    widx: dict[int, I64] = field(default_factory=dict)
     next_offset: int | None = None
     committed: int | None = None
     last_record_wall: float = 0.0
@@ -270,19 +289,23 @@ class PartitionWindows:
         self.last_record_wall = wall
 
     def tick(self, *, wall: float, live: bool = True) -> TickResult:
-        """Emit closed, corrected and (when live) open windows; drop what is final."""
+        """Emit closed, corrected and (when live) open windows; drop what is final.
+
+        Rows are kept in chunks (one per tick) so that a tick never copies everything
+        retained: only the rows of the windows it emits are gathered.
+        """
         cfg = self.config
         new = Rows.concat(self.pending)
         self.pending = []
-        n_old = len(self.rows)
-        allr = Rows.concat([self.rows, new])
-        # Window index of every row per size, computed once per row.
-        for size in cfg.sizes:
-            widx_new = np.floor(new.ts / size).astype(np.int64)
-            old = self.widx.get(size)
-            self.widx[size] = (
-                widx_new if old is None or not n_old else np.concatenate([old, widx_new])
+        if len(new):
+            self.chunks.append(
+                _Chunk(
+                    new,
+                    {size: (new.ts // size).astype(np.int64) for size in cfg.sizes},
+                    int(new.offset.min()),
+                )
             )
+        new_chunk = self.chunks[-1] if len(new) else None
         clock = self.data_clock
         if self.caught_up and wall - self.last_record_wall >= cfg.idle_close_after:
             clock = max(clock, wall)
@@ -295,55 +318,71 @@ class PartitionWindows:
             after = math.floor(emit_clock / size) * size if math.isfinite(emit_clock) else before
             after = max(before, after)
             self.closed_through[size] = after
-            if not len(allr):
+            if not self.chunks or not math.isfinite(after):
                 continue
-            widx = self.widx[size]
             # Window w is [w*size, (w+1)*size): closed once its end <= after.
             lo = math.floor(before / size) if math.isfinite(before) else None
-            hi = math.floor(after / size) if math.isfinite(after) else None
-            if hi is None:
-                sel = np.zeros(len(widx), np.bool_)
-            elif lo is None:
-                sel = widx < hi
-            else:
-                sel = (widx >= lo) & (widx < hi)
-            if len(new) and lo is not None:
-                late_new = widx[n_old:] < lo
+            hi = math.floor(after / size)
+            corrected: I64 | None = None
+            if new_chunk is not None and lo is not None:
+                w_new = new_chunk.widx[size]
+                late_new = w_new < lo
                 if late_new.any():
-                    corrected = np.unique(
-                        (new.series[late_new] << _WIDX_BITS) | widx[n_old:][late_new]
-                    )
-                    keys_all = (allr.series << _WIDX_BITS) | (widx & _WIDX_MASK)
-                    sel |= np.isin(keys_all, corrected)
-            if sel.any():
-                keys = (allr.series[sel] << _WIDX_BITS) | (widx[sel] & _WIDX_MASK)
-                out.append(
-                    compute_stats(keys, allr.ts[sel], allr.value[sel], size=size, final=True)
-                )
-            if is_live and len(new):
-                open_new = widx[n_old:] >= (hi if hi is not None else -(2**62))
+                    corrected = np.unique(_keys(new_chunk.rows.series[late_new], w_new[late_new]))
+            parts = []
+            for ch in self.chunks:
+                w = ch.widx[size]
+                sel = (w < hi) if lo is None else ((w >= lo) & (w < hi))
+                if corrected is not None:
+                    sel |= np.isin(_keys(ch.rows.series, w), corrected)
+                if sel.any():
+                    parts.append((ch, sel))
+            if parts:
+                out.append(_stats_of(parts, size, final=True))
+            if is_live and new_chunk is not None:
+                w_new = new_chunk.widx[size]
+                open_new = w_new >= hi
                 if open_new.any():
-                    touched = np.unique(
-                        (new.series[open_new] << _WIDX_BITS) | widx[n_old:][open_new]
-                    )
-                    keys_all = (allr.series << _WIDX_BITS) | (widx & _WIDX_MASK)
-                    osel = np.isin(keys_all, touched)
-                    out.append(
-                        compute_stats(
-                            keys_all[osel], allr.ts[osel], allr.value[osel], size=size, final=False
+                    touched = np.unique(_keys(new_chunk.rows.series[open_new], w_new[open_new]))
+                    oparts = []
+                    for ch in self.chunks:
+                        w = ch.widx[size]
+                        osel = (w >= hi) & np.isin(_keys(ch.rows.series, w), touched)
+                        if osel.any():
+                            oparts.append((ch, osel))
+                    if oparts:
+                        out.append(_stats_of(oparts, size, final=False))
+        dropped = 0
+        if self.chunks and math.isfinite(self.data_clock):
+            big = cfg.sizes[-1]
+            horizon = self.data_clock - cfg.allowed_lateness - cfg.reorder_slack
+            closed_big = self.closed_through.get(big, -math.inf)
+            gone_keys: list[I64] = []
+            gone_offs: list[I64] = []
+            kept: list[_Chunk] = []
+            for ch in self.chunks:
+                uend = (ch.widx[big] + 1).astype(np.float64) * big
+                # Never drop a unit whose largest window has not been emitted final yet.
+                drop = (uend < horizon) & (uend <= closed_big)
+                if not drop.any():
+                    kept.append(ch)
+                    continue
+                gone_keys.append(_keys(ch.rows.series[drop], ch.widx[big][drop]))
+                gone_offs.append(ch.rows.offset[drop])
+                dropped += int(drop.sum())
+                keep = ~drop
+                if keep.any():
+                    rows = ch.rows.take(keep)
+                    kept.append(
+                        _Chunk(
+                            rows,
+                            {sz: wi[keep] for sz, wi in ch.widx.items()},
+                            int(rows.offset.min()),
                         )
                     )
-        dropped = 0
-        if len(allr) and math.isfinite(self.data_clock):
-            big = cfg.sizes[-1]
-            uidx = self.widx[big]
-            uend = (uidx + 1).astype(np.float64) * big
-            drop = uend + cfg.allowed_lateness + cfg.reorder_slack < self.data_clock
-            # Never drop a unit whose largest window has not been emitted final yet.
-            drop &= uend <= self.closed_through.get(big, -math.inf)
-            if drop.any():
-                ukeys = (allr.series[drop] << _WIDX_BITS) | (uidx[drop] & _WIDX_MASK)
-                offs = allr.offset[drop]
+            if gone_keys:
+                ukeys = np.concatenate(gone_keys)
+                offs = np.concatenate(gone_offs)
                 order = np.argsort(ukeys, kind="stable")
                 sk = ukeys[order]
                 starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
@@ -354,22 +393,18 @@ class PartitionWindows:
                 self.dropped_last = np.concatenate(
                     [self.dropped_last, np.maximum.reduceat(offs, starts)]
                 )
-                keep = ~drop
-                allr = allr.take(keep)
-                for size in cfg.sizes:
-                    self.widx[size] = self.widx[size][keep]
-                dropped = int(drop.sum())
+            self.chunks = kept
             self.dropped_clock = max(self.dropped_clock, self.data_clock)
-        self.rows = allr
-        return TickResult(WindowBatch.concat(out), dropped, len(allr))
+        retained = sum(len(ch.rows) for ch in self.chunks)
+        return TickResult(WindowBatch.concat(out), dropped, retained)
 
     def commit_offset(self) -> int | None:
         """The offset it is safe to commit once the last tick's output is durable."""
         if self.next_offset is None:
             return None
         c = self.next_offset
-        if len(self.rows):
-            c = min(c, int(self.rows.offset.min()))
+        for ch in self.chunks:
+            c = min(c, ch.min_offset)
         for p in self.pending:
             if len(p):
                 c = min(c, int(p.offset.min()))
