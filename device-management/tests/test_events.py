@@ -205,3 +205,31 @@ async def test_two_replicas_publish_each_event_once_in_order(
     events = event_sink.events()
     assert len(events) == 11 and len({e.event_id for e in events}) == 11
     assert [e.device["config_version"] for e in events if e.device] == list(range(1, 12))
+
+
+async def test_service_starts_while_rabbitmq_is_unreachable(
+    start_service: Any,
+    users: dict[str, Any],
+    event_sink: Any,
+    rabbitmq_url: str,
+    device_body: Any,
+) -> None:
+    target = urlsplit(rabbitmq_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    await proxy.start()
+    await proxy.stop()  # the port is known but nothing listens: RabbitMQ is "down"
+    try:
+        service = await start_service(rabbitmq_url=_via(rabbitmq_url, proxy.port))
+        c, alice = service.client, users["alice"]
+        r = await c.post("/devices/", json=device_body(), headers=alice.headers)
+        assert r.status_code == 201
+        health = (await c.get("/health")).json()
+        assert health["status"] == "ok" and health["rabbitmq"] == "down"
+        assert health["outbox_pending"] == 1
+        await proxy.start()
+        events = await event_sink.wait_for(lambda evs: len(evs) >= 1, timeout=20)
+        assert [e.event_type for e in events] == ["device.created"]
+        assert events[0].device_id == r.json()["id"]
+    finally:
+        with contextlib.suppress(Exception):
+            await proxy.stop()
