@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from itertools import repeat
 from operator import itemgetter
 
 import asyncpg
@@ -291,13 +292,26 @@ GROUP BY metric, bucket
 ORDER BY metric, bucket
 """
 
+_WINDOWS_AS_ARRAYS = """
+SELECT metric,
+       array_agg(window_start ORDER BY window_start), array_agg(count ORDER BY window_start),
+       array_agg(min ORDER BY window_start), array_agg(max ORDER BY window_start),
+       array_agg(mean ORDER BY window_start), array_agg(stddev ORDER BY window_start),
+       array_agg(p50 ORDER BY window_start), array_agg(p95 ORDER BY window_start),
+       array_agg(last ORDER BY window_start)
+FROM monitoring_windows
+WHERE device_id = $1 AND window_seconds = $2 AND window_start >= $3 AND window_start < $4
+  AND count > 0 AND ($5::text[] IS NULL OR metric = ANY($5::text[]))
+GROUP BY metric
+ORDER BY metric
+"""
+
 _DELIVERY_COLS = (
     "id, subscription_id, payload, status, attempts, next_attempt_at, last_error, "
     "created_at, updated_at"
 )
 
 
-_first = itemgetter(0)
 _second = itemgetter(1)
 
 
@@ -685,34 +699,44 @@ class PostgresStore:
             raise ValueError("bucket_seconds must be a multiple of source_window_seconds")
         metric_list = list(metrics) if metrics is not None else None
         if bucket_seconds == source_window_seconds:
-            # One window per bucket: the windows are the answer, percentiles exact.
-            rows = await self.pool.fetch(
-                "SELECT metric, window_start, window_seconds, count, min, max, mean, stddev, "
-                "p50, p95, last, true FROM monitoring_windows "
-                "WHERE device_id = $1 AND window_seconds = $2 "
-                "AND window_start >= $3 AND window_start < $4 AND count > 0 "
-                "AND ($5::text[] IS NULL OR metric = ANY($5::text[])) "
-                "ORDER BY window_start, metric",  # index order: no sort step
-                device_id,
-                source_window_seconds,
-                start,
-                end,
-                metric_list,
+            # One window per bucket: the windows are the answer, percentiles exact. They come
+            # back as one row of arrays per metric: decoding a few float8 arrays costs a third
+            # of decoding thousands of rows (24 h × 1 min × 5 metrics = 7,200 windows).
+            series = await self.pool.fetch(
+                _WINDOWS_AS_ARRAYS, device_id, source_window_seconds, start, end, metric_list
             )
-            rows.sort(key=_first)  # stable: by metric, then window_start
-        else:
-            rows = await self.pool.fetch(
-                _AGGREGATE,
-                device_id,
-                source_window_seconds,
-                start,
-                end,
-                float(bucket_seconds),
-                metric_list,
-                bucket_seconds,
-            )
-        # Columns come in Bucket's field order: positional construction keeps a 7,200-bucket
-        # answer (24 h × 1 min × 5 metrics) cheap in Python.
+            out: list[Bucket] = []
+            for metric, starts, counts, mins, maxs, means, sds, p50s, p95s, lasts in series:
+                out.extend(
+                    map(
+                        Bucket,
+                        repeat(device_id),
+                        repeat(metric),
+                        starts,
+                        repeat(bucket_seconds),
+                        counts,
+                        mins,
+                        maxs,
+                        means,
+                        sds,
+                        p50s,
+                        p95s,
+                        lasts,
+                        repeat(True),
+                    )
+                )
+            return out
+        rows = await self.pool.fetch(
+            _AGGREGATE,
+            device_id,
+            source_window_seconds,
+            start,
+            end,
+            float(bucket_seconds),
+            metric_list,
+            bucket_seconds,
+        )
+        # Columns come in Bucket's field order.
         return [Bucket(device_id, *r) for r in rows]
 
     async def _window_sizes(
