@@ -130,3 +130,20 @@ def test_the_served_process_answers(signing_process):
     )
     assert resp.status_code == 200, resp.text
     assert httpx.get(f"{signing_process.url}/health").json()["status"] == "ok"
+
+
+def test_settings_from_the_environment(monkeypatch):
+    from signing.config import SigningSettings
+
+    monkeypatch.setenv("SIGNING_PRIVATE_KEY_PEM", "")  # compose's ${SIGNING_PRIVATE_KEY_PEM:-}
+    monkeypatch.setenv("IOT_ADMIN_EMAIL", "ops@example.com")
+    monkeypatch.setenv("IOT_ADMIN_PASSWORD", "from-the-shared-env")
+    monkeypatch.setenv("SIGNING_PORT", "18001")
+    settings = SigningSettings()
+    assert settings.private_key_pem is None
+    assert settings.bootstrap_admin_email == "ops@example.com"
+    assert settings.bootstrap_admin_password.get_secret_value() == "from-the-shared-env"
+    assert settings.port == 18001
+    assert "from-the-shared-env" not in repr(settings)
+    monkeypatch.setenv("SIGNING_BOOTSTRAP_ADMIN_EMAIL", "own@example.com")
+    assert SigningSettings().bootstrap_admin_email == "own@example.com"  # own prefix wins

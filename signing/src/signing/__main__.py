@@ -24,6 +24,7 @@ def _serve(host: str | None, port: int | None) -> int:
         port=port or settings.port,
         log_config=None,
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
     )
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from iot_common.settings import ServiceSettings
@@ -20,6 +20,10 @@ class SigningSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = 8001
+    #: Proxies whose X-Forwarded-For is trusted for the client address (rate limits), e.g. the
+    #: gateway's address or "*" where signing is reachable only through it; unset: uvicorn's
+    #: default (``FORWARDED_ALLOW_IPS`` or 127.0.0.1).
+    forwarded_allow_ips: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:5432/iot"
     database_pool_size: int = 10
 
@@ -66,6 +70,16 @@ class SigningSettings(ServiceSettings):
     login_limit_window_seconds: int = Field(default=300, ge=1)
 
     max_body_bytes: int = 64 * 1024
+
+    @field_validator("private_key_pem", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: object) -> object:
+        # Compose passes ``${SIGNING_PRIVATE_KEY_PEM:-}``: an empty value means "not given".
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
 
     @model_validator(mode="after")
     def _lengths_consistent(self) -> SigningSettings:
