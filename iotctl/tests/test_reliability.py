@@ -1,0 +1,296 @@
+"""Reliability: the local stack under simulated load survives restarts and kills.
+
+With every service running under ``iotctl up`` and the simulator publishing over MQTT, this
+restarts RabbitMQ, Redis, PostgreSQL and Mosquitto one at a time and SIGKILLs each of our
+services in turn. Afterwards the simulator's ledger check proves that every accepted reading
+was stored exactly once with its values (and every injected fault accounted for), the stored
+windows contain every stored reading, and every service is healthy again, restarted by the
+supervisor without manual action.
+
+The infrastructure here is a private instance of each server (``iotctl.sandbox``), so the
+restarts do not disturb anything else using the machine's own services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iotctl.broker import free_port, speaks_kafka
+from iotctl.components import COMPONENTS, landed, script_path
+from iotctl.sandbox import (
+    PrivateMosquitto,
+    PrivatePostgres,
+    PrivateRabbitMQ,
+    PrivateRedis,
+    SandboxUnavailable,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ["signing", "device-management", "ingest-bridge", "stream-agents", "monitoring-api"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not all(landed(COMPONENTS[n]) for n in [*SERVICES, "simulator"]),
+        reason="needs every service and the simulator",
+    ),
+    pytest.mark.timeout(400),
+]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Infra:
+    def __init__(self) -> None:
+        self.redis = PrivateRedis()
+        self.mqtt = PrivateMosquitto()
+        self.pg = PrivatePostgres()
+        self.rabbit = PrivateRabbitMQ()
+        self.all = {
+            "RabbitMQ": self.rabbit,
+            "Redis": self.redis,
+            "PostgreSQL": self.pg,
+            "Mosquitto": self.mqtt,
+        }
+
+
+@pytest.fixture(scope="module")
+def infra() -> Iterator[Infra]:
+    servers = Infra()
+    started = []
+    try:
+        for server in servers.all.values():
+            server.start()
+            started.append(server)
+    except SandboxUnavailable as exc:
+        for server in started:
+            server.cleanup()
+        pytest.skip(str(exc))
+    yield servers
+    for server in started:
+        server.cleanup()
+
+
+class Stack:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def iotctl(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "iotctl", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def status(self) -> dict[str, dict[str, object]]:
+        out = self.iotctl("status", "--json", timeout=60)
+        return {row["component"]: row for row in json.loads(out.stdout)}
+
+    def port(self, name: str) -> int:
+        return int(self.env[f"IOTCTL_{name.upper().replace('-', '_')}_PORT"])
+
+    def pid(self, name: str) -> int | None:
+        """The pid the supervisor recorded for ``name`` (read directly: this is polled)."""
+        for path in (Path(self.env["IOTCTL_RUN_DIR"]) / "stacks").glob("*.json"):
+            try:
+                procs = json.loads(path.read_text())["procs"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if name in procs:
+                return int(procs[name]["pid"])
+        return None
+
+    def all_healthy(self) -> bool:
+        if not speaks_kafka("127.0.0.1", self.port("broker")):
+            return False
+        for name in SERVICES:
+            path = COMPONENTS[name].health_path
+            try:
+                r = httpx.get(f"http://127.0.0.1:{self.port(name)}{path}", timeout=1)
+            except httpx.HTTPError:
+                return False
+            if r.status_code != 200:
+                return False
+        return True
+
+
+@pytest.fixture
+def stack(tmp_path: Path, infra: Infra) -> Iterator[Stack]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOTCTL_", "IOT_"))}
+    env.update(
+        {
+            "IOTCTL_RUN_DIR": str(tmp_path / "run"),
+            "IOTCTL_ROOT": str(ROOT),
+            "IOT_DATABASE_URL": infra.pg.url("iot"),
+            "IOT_REDIS_URL": infra.redis.url,
+            "IOT_RABBITMQ_URL": infra.rabbit.url,
+            "IOT_MQTT_HOST": "127.0.0.1",
+            "IOT_MQTT_PORT": str(infra.mqtt.port),
+            "SIGNING_KEY_FILE": str(tmp_path / "signing-key.pem"),
+            "COLUMNS": "200",
+        }
+    )
+    for name in ["broker", "gateway", *SERVICES]:
+        env[f"IOTCTL_{name.upper().replace('-', '_')}_PORT"] = str(free_port())
+    s = Stack(env)
+    yield s
+    s.iotctl("down", timeout=120)
+
+
+def test_no_reading_lost_or_double_counted_through_restarts_and_kills(
+    stack: Stack, infra: Infra, tmp_path: Path
+) -> None:
+    up = stack.iotctl("up", *SERVICES, "--detach", "--health-timeout=120")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr
+    ports = {n: int(stack.env[f"IOTCTL_{n.upper().replace('-', '_')}_PORT"]) for n in SERVICES}
+    broker = f"127.0.0.1:{stack.env['IOTCTL_BROKER_PORT']}"
+
+    # The simulator publishes over MQTT until stopped, keeping a ledger of every reading.
+    ledger = tmp_path / "ledger"
+    summary = tmp_path / "summary.json"
+    sim_env = {
+        **stack.env,
+        "IOT_KAFKA_BOOTSTRAP": broker,
+        "IOT_SIGNING_URL": f"http://127.0.0.1:{ports['signing']}",
+        "IOT_DEVICE_MANAGEMENT_URL": f"http://127.0.0.1:{ports['device-management']}",
+        "SIMULATOR_INGEST_URL": f"http://127.0.0.1:{ports['ingest-bridge']}",
+    }
+    simulator = script_path("simulator")
+    assert simulator is not None
+    sim_log = open(tmp_path / "simulator.log", "wb")  # noqa: SIM115
+    sim = subprocess.Popen(
+        [
+            simulator,
+            "run",
+            "--config",
+            str(ROOT / "simulator" / "fleets" / "demo.yaml"),
+            "--rate",
+            "40",
+            "--duration",
+            "0",
+            "--ledger",
+            str(ledger),
+            "--devices-file",
+            str(tmp_path / "devices.json"),
+            "--summary-json",
+            str(summary),
+            "--no-live",
+        ],
+        env=sim_env,
+        cwd=ROOT,
+        stdout=sim_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: (ledger / "manifest.json").exists(), 60, "the simulator to register")
+        time.sleep(2)
+
+        # Infrastructure restarts, one at a time; everything must be healthy again after each.
+        for name, server in infra.all.items():
+            server.restart()
+            wait_until(stack.all_healthy, 90, f"every service healthy after restarting {name}")
+            time.sleep(1)
+
+        # SIGKILL each service in turn; the supervisor restarts it.
+        for name in SERVICES:
+            before = stack.pid(name)
+            assert before is not None, f"{name} has no pid"
+            os.kill(before, signal.SIGKILL)
+            wait_until(
+                lambda n=name, b=before: stack.pid(n) not in (None, b),  # type: ignore[misc]
+                30,
+                f"{name} to be restarted",
+            )
+            wait_until(stack.all_healthy, 90, f"every service healthy after killing {name}")
+            time.sleep(1)
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(60)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait()
+        sim_log.close()
+    sim_out = (tmp_path / "simulator.log").read_text(errors="replace")
+    assert summary.exists(), sim_out[-3000:]
+    sent = json.loads(summary.read_text())
+    assert sent["readings"] > 0
+    # Readings the MQTT broker never acknowledged (in flight while it restarted) were not
+    # accepted; the ledger cannot tell which they were, so they bound what may be missing.
+    unaccepted = int(sent["failed"])
+
+    from benchmarks.e2e_check import run_check, time_range
+    from monitoring_store import open_store
+    from simulator.ledger import read_ledger
+
+    result = asyncio.run(
+        run_check(ledger, store_url=infra.pg.url("iot"), bootstrap=broker, wait_s=60)
+    )
+    report = "\n".join(result.summary_lines())
+    assert result.missing <= unaccepted, report
+    assert result.stored_twice == 0, report
+    assert result.wrong_values == 0, report
+    assert result.wrong_ts == 0, report
+    assert result.unexpected_stored == 0, report
+    if unaccepted == 0:
+        assert result.ok, report
+
+    # Windows count every stored reading exactly once (no double counting after replays).
+    led = read_ledger(ledger)
+    start, end = time_range(led)
+
+    async def counts() -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]:
+        store = open_store(infra.pg.url("iot"))
+        await store.start()
+        try:
+            samples: Counter[tuple[str, str]] = Counter()
+            windows: Counter[tuple[str, str]] = Counter()
+            for device in led.devices:
+                for s in await store.query_samples(
+                    device, metrics=None, start=start, end=end, limit=1_000_000
+                ):
+                    samples[(device, s.metric)] += 1
+                for w in await store.query_windows(
+                    device, metrics=None, window_seconds=10, start=start - 10, end=end + 10
+                ):
+                    windows[(device, w.metric)] += w.count
+            return samples, windows
+        finally:
+            await store.close()
+
+    # Every stored reading is inside the stored 10 s windows: replays after the kills lost none.
+    # (Windows may count a redelivered duplicate that the raw samples dedupe by seq; that is
+    # the stream agents' business and reported separately, so only loss is asserted here.)
+    deadline = time.monotonic() + 30
+    samples, windows = asyncio.run(counts())
+    while any(windows[k] < n for k, n in samples.items()) and time.monotonic() < deadline:
+        time.sleep(1)
+        samples, windows = asyncio.run(counts())
+    short = {k: (n, windows[k]) for k, n in samples.items() if windows[k] < n}
+    assert not short, f"windows miss stored readings (stored, counted): {short}"
+    assert sum(samples.values()) > 0
+
+    rows = stack.status()
+    assert all(rows[n]["health"] == "healthy" for n in SERVICES)
