@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     setup_logging(SERVICE, level=settings.log_level, json=settings.log_json)
     if args.command == "migrate":
-        upgrade_sync(settings.database_url, args.revision)
+        upgrade_sync(settings.database_url.get_secret_value(), args.revision)
         log.info("database migrated to %s", args.revision)
         return
     uvicorn.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from iot_common.settings import ServiceSettings
@@ -17,7 +18,8 @@ class DeviceManagementSettings(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = 8002
     access_log: bool = True
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/iot"
+    #: May carry a password, hence secret (never logged).
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/iot")
     db_pool_size: int = 10
     db_max_overflow: int = 10
     #: A device is ``offline`` once the bridge has not seen it for this long.

@@ -30,7 +30,7 @@ def _dumps(value: Any) -> str:
 
 def make_engine(settings: DeviceManagementSettings) -> AsyncEngine:
     return create_async_engine(
-        async_url(settings.database_url),
+        async_url(settings.database_url.get_secret_value()),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
