@@ -212,3 +212,28 @@ def test_compute_stats_single_window() -> None:
     assert wb.p50[0] == np.percentile(vals, 50) and wb.p95[0] == np.percentile(vals, 95)
     assert wb.last[0] == 10.0  # same ts as 2.0, arrived later
     assert wb.window_start[0] == math.floor(T0 / 10) * 10
+
+
+def test_large_closes_are_computed_in_bands(monkeypatch: object) -> None:
+    import stream_agents.windows as windows
+
+    monkeypatch.setattr(windows, "STATS_SLICE_ROWS", 7)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(3)
+    recs = []
+    clock = T0
+    for off in range(200):
+        clock += float(rng.uniform(0, 1))
+        k = int(rng.integers(1, 5))
+        recs.append(
+            Rec(
+                off,
+                clock,
+                [int(x) for x in rng.integers(0, 9, k)],
+                [round(clock - float(rng.uniform(0, 8)), 3) for _ in range(k)],
+                [round(float(rng.normal()), 3) for _ in range(k)],
+            )
+        )
+    cfg = WindowConfig(sizes=SIZES, allowed_lateness=LATENESS, reorder_slack=2.0)
+    store: dict = {}
+    run_stream(recs, cfg, crash_after=120, tick_every=9, store=store)
+    assert_same(store, reference(recs, cfg))

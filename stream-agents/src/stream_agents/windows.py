@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -219,20 +220,43 @@ class _Chunk:
     """Retained rows of one tick, with each row's window index per size."""
 
     rows: Rows
-    widx: dict[int, I64]
+    widx: dict[int, npt.NDArray[np.signedinteger[Any]]]
     min_offset: int
 
 
-def _keys(series: I64, widx: I64) -> I64:
-    return (series << _WIDX_BITS) | (widx & _WIDX_MASK)
+def _widx_dtype(size: int) -> type[np.signedinteger[Any]]:
+    # Window indexes of windows >= 2 s fit int32 for centuries; halves the index memory.
+    return np.int32 if size >= 2 else np.int64
+
+
+def _keys(series: I64, widx: npt.NDArray[np.signedinteger[Any]]) -> I64:
+    return (series << _WIDX_BITS) | (widx.astype(np.int64) & _WIDX_MASK)
+
+
+#: Rows per compute_stats call: bounds the sort temporaries (peak memory) of big closes.
+STATS_SLICE_ROWS = 1_000_000
 
 
 def _stats_of(parts: list[tuple[_Chunk, Bool]], size: int, *, final: bool) -> WindowBatch:
-    """Statistics of the windows of the selected rows (chunks in arrival order)."""
-    keys = np.concatenate([_keys(ch.rows.series[m], ch.widx[size][m]) for ch, m in parts])
-    ts = np.concatenate([ch.rows.ts[m] for ch, m in parts])
-    values = np.concatenate([ch.rows.value[m] for ch, m in parts])
-    return compute_stats(keys, ts, values, size=size, final=final)
+    """Statistics of the windows of the selected rows (chunks in arrival order).
+
+    Large selections are cut into bands of series ids (a window belongs to one series, so
+    each band holds whole windows) to keep the sort's temporaries small.
+    """
+    total = sum(int(m.sum()) for _, m in parts)
+    bands = max(1, -(-total // STATS_SLICE_ROWS))
+    out = []
+    for band in range(bands):
+        sel = [
+            (ch, m & (ch.rows.series % bands == band)) if bands > 1 else (ch, m) for ch, m in parts
+        ]
+        keys = np.concatenate([_keys(ch.rows.series[m], ch.widx[size][m]) for ch, m in sel])
+        if not len(keys):
+            continue
+        ts = np.concatenate([ch.rows.ts[m] for ch, m in sel])
+        values = np.concatenate([ch.rows.value[m] for ch, m in sel])
+        out.append(compute_stats(keys, ts, values, size=size, final=final))
+    return WindowBatch.concat(out)
 
 
 @dataclass(slots=True)
@@ -301,7 +325,7 @@ class PartitionWindows:
             self.chunks.append(
                 _Chunk(
                     new,
-                    {size: (new.ts // size).astype(np.int64) for size in cfg.sizes},
+                    {size: (new.ts // size).astype(_widx_dtype(size)) for size in cfg.sizes},
                     int(new.offset.min()),
                 )
             )
