@@ -233,3 +233,25 @@ async def test_service_starts_while_rabbitmq_is_unreachable(
     finally:
         with contextlib.suppress(Exception):
             await proxy.stop()
+
+
+async def test_concurrent_changes_publish_in_commit_order(
+    service: Any, users: dict[str, Any], event_sink: Any, device_body: Any
+) -> None:
+    """Concurrent updates of one device serialise; its events leave in version order."""
+    c, alice = service.client, users["alice"]
+    dev = (await c.post("/devices/", json=device_body(), headers=alice.headers)).json()
+
+    async def change(i: int) -> int:
+        r = await c.put(
+            f"/devices/{dev['id']}",
+            json={"config": {"metrics": [{"name": f"m{i}"}]}},
+            headers=alice.headers,
+        )
+        assert r.status_code == 200
+        return int(r.json()["config_version"])
+
+    versions = await asyncio.gather(*(change(i) for i in range(20)))
+    assert sorted(versions) == list(range(2, 22))
+    events = await event_sink.wait_for(lambda evs: len(evs) >= 21)
+    assert [e.device["config_version"] for e in events if e.device] == list(range(1, 22))
