@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -241,3 +242,64 @@ def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", "**/node_modules", ".run", "**/*.pem", "**/.env"):
         assert entry in ignored
+
+
+@pytest.mark.parametrize("folder", ["signing", "stream-agents"])
+def test_dockerfile_build_stage_installs_the_service(folder: str, tmp_path: Path) -> None:
+    """Replay the build stage's COPY and `uv sync` steps without Docker, from the lock."""
+    # `uv run` names itself in $UV; `make test` runs pytest through it.
+    uv = os.environ.get("UV") or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    steps = instructions(ROOT / folder / "Dockerfile")
+    froms = [i for i, (k, _) in enumerate(steps) if k == "FROM"]
+    build = steps[froms[-2] + 1 : froms[-1]]  # the stage before the runtime image
+    workdir = tmp_path / "src"
+    workdir.mkdir()
+    venv = tmp_path / "venv"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))},
+        "UV_PROJECT_ENVIRONMENT": str(venv),
+        "UV_LINK_MODE": "hardlink",
+        "UV_PYTHON_DOWNLOADS": "never",
+    }
+    ran = 0
+    for kind, args in build:
+        if kind == "COPY" and not args.startswith("--from"):
+            *sources, dest = args.split()
+            for source in sources:
+                src = ROOT / source
+                target = workdir / dest / (src.name if dest.endswith("/") and src.is_file() else "")
+                if src.is_dir():
+                    shutil.copytree(
+                        src,
+                        workdir / dest,
+                        dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("tests", "node_modules", "__pycache__"),
+                    )
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(src, target)
+        elif kind == "RUN":
+            command = [w for w in args.split() if not w.startswith("--mount")]
+            assert command[:2] == ["uv", "sync"], command
+            result = subprocess.run(
+                [uv, *command[1:]], cwd=workdir, env=env, capture_output=True, text=True
+            )
+            assert result.returncode == 0, result.stderr[-2000:]
+            ran += 1
+    assert ran == 2, "dependencies, then the packages"
+    script = venv / "bin" / folder
+    assert script.exists()
+    # Installed as a regular package (not editable): the code lives in the venv.
+    probe = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            f"import {folder.replace('-', '_')} as m; print(m.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert str(venv) in probe.stdout
