@@ -350,12 +350,12 @@ def _compare_clients(mosq: Mosquitto, devices: list[tuple[str, str]], count: int
 # --------------------------------------------------------------------------- the bridge
 
 
-_METRIC_RE = re.compile(r'^(ingest_\w+)\{source="(\w+)"\} ([0-9.e+]+)$', re.M)
+_METRIC_RE = re.compile(r'^(ingest_\w+)(?:\{source="(\w+)"\})? ([0-9.e+]+)$', re.M)
 
 
 def _bridge_counts(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, follow_redirects=True).text
-    return {f"{m[1]}:{m[2]}": float(m[3]) for m in _METRIC_RE.finditer(text)}
+    return {f"{m[1]}:{m[2] or ''}": float(m[3]) for m in _METRIC_RE.finditer(text)}
 
 
 class BridgeProc:
@@ -493,6 +493,12 @@ def _track(bridge: BridgeProc, target: float) -> tuple[float, float, float, floa
     return first_t, t, n - first_n, bridge.cpu() - cpu0
 
 
+def _mean(counts: dict[str, float], name: str, source: str, scale: float = 1.0) -> float | None:
+    total = counts.get(f"{name}_sum:{source}")
+    n = counts.get(f"{name}_count:{source}")
+    return round(total / n * scale, 1) if total is not None and n else None
+
+
 def _mqtt_phase(
     bootstrap: str,
     mosq: Mosquitto,
@@ -527,6 +533,7 @@ def _mqtt_phase(
             pub_rate = _publish_rate(ps, q)
         rate = n / (t1 - t0) if t1 > t0 else 0.0
         peak = bridge.peak_rss_mb()
+        final = bridge.counts()
     finally:
         bridge.stop()
     records, readings = _raw_counts(bootstrap, f"{tag}.telemetry.raw", messages)
@@ -538,7 +545,13 @@ def _mqtt_phase(
         "readings_per_s": round(rate * batch),
         "publish_rate": round(pub_rate),
         "cpu_cores": round(cpu / max(t1 - t0, 1e-9), 2),
+        # Throughput per CPU-second of the bridge: its capacity on one free core, whatever
+        # else the (shared) machine was doing.
+        "messages_per_bridge_cpu_s": round(n / cpu) if cpu > 0 else None,
+        "readings_per_bridge_cpu_s": round(n * batch / cpu) if cpu > 0 else None,
         "peak_rss_mb": round(peak, 1),
+        "mean_batch_messages": _mean(final, "ingest_batch_messages", "mqtt"),
+        "mean_kafka_ack_ms": _mean(final, "ingest_kafka_produce_seconds", "", 1000),
         "records_on_kafka": records,
         "readings_on_kafka": readings,
         "all_delivered": records >= messages and readings >= messages * batch,
@@ -620,42 +633,48 @@ def _naive_main() -> None:
 def _http_client(
     port: int, devices: list[tuple[str, str]], conc: int, seconds: float, out: Any, start_at: float
 ) -> None:
+    """``conc`` keep-alive connections posting 500-reading batches (a minimal HTTP/1.1 client,
+    so the client side costs little CPU next to the bridge)."""
+    body = _payload(500, 0)
+
     async def main() -> None:
-        body_cache: dict[int, bytes] = {}
-        limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60
-        ) as client:
-            await asyncio.sleep(max(0.0, start_at - time.time()))
-            t0 = time.perf_counter()
-            stop = t0 + seconds
-            done = 0
-            errors = 0
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        t0 = time.perf_counter()
+        stop = t0 + seconds
+        done = 0
+        errors = 0
 
-            async def worker(k: int) -> None:
-                nonlocal done, errors
-                i = k
-                while time.perf_counter() < stop:
-                    did, token = devices[i % len(devices)]
-                    i += conc
-                    body = body_cache.get(i % 8)
-                    if body is None:
-                        body = body_cache[i % 8] = _payload(500, 0)
-                    r = await client.post(
-                        f"/ingest/{did}",
-                        content=body,
-                        headers={
-                            "Authorization": f"Bearer {token}",
-                            "content-type": "application/json",
-                        },
-                    )
-                    if r.status_code == 202:
-                        done += 500
-                    else:
-                        errors += 1
+        async def worker(k: int) -> None:
+            nonlocal done, errors
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            i = k
+            while time.perf_counter() < stop:
+                did, token = devices[i % len(devices)]
+                i += conc
+                head = (
+                    f"POST /ingest/{did} HTTP/1.1\r\nHost: bench\r\n"
+                    f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                writer.write(head + body)
+                status_line = await reader.readline()
+                length = 0
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                if status_line.split(b" ", 2)[1] == b"202":
+                    done += 500
+                else:
+                    errors += 1
+            writer.close()
 
-            await asyncio.gather(*(worker(k) for k in range(conc)))
-            out.put((done, time.perf_counter() - t0, errors))
+        await asyncio.gather(*(worker(k) for k in range(conc)))
+        out.put((done, time.perf_counter() - t0, errors))
 
     asyncio.run(main())
 
@@ -699,6 +718,7 @@ def _http_phase(
             "requests_per_s": round(readings / 500 / elapsed),
             "errors": sum(r[2] for r in res),
             "cpu_cores": round(cpu / elapsed, 2),
+            "readings_per_bridge_cpu_s": round(readings / cpu) if cpu > 0 else None,
             "peak_rss_mb": round(bridge.peak_rss_mb(), 1),
         }
     finally:
@@ -721,6 +741,7 @@ def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     mosq.start()
     ns = f"bench{secrets.token_hex(4)}"
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
+    load_before = os.getloadavg()[0]
     try:
         devices = _make_devices(ns, DEVICES)
         print("MQTT clients, receive only:", file=sys.stderr)
@@ -754,6 +775,7 @@ def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         mosq.stop()
         broker.stop()
         _drop_namespace(ns)
+    results["load_average"] = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     sl, sb = results["mqtt_single_live"], results["mqtt_single_backlog"]
     bl, bb = results["mqtt_batch50_live"], results["mqtt_batch50_backlog"]
     nv, h = results["mqtt_naive_live"], results["http"]
@@ -763,10 +785,12 @@ def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
     def line(label: str, r: dict[str, Any], unit: str) -> str:
         rate = r["readings_per_s"] if unit == "readings" else r["messages_per_s"]
+        per_cpu = r[f"{unit}_per_bridge_cpu_s"]
         return (
             f"- {label}: **{rate:,} {unit}/s** ({r['messages_per_s']:,} msgs/s; paho publishers "
-            f"{r['publish_rate']:,} msgs/s); bridge CPU {r['cpu_cores']} cores, peak RSS "
-            f"{r['peak_rss_mb']} MB; every message on Kafka: {r['all_delivered']}"
+            f"{r['publish_rate']:,} msgs/s); bridge CPU {r['cpu_cores']} cores "
+            f"({per_cpu:,} {unit} per CPU-second), peak RSS {r['peak_rss_mb']} MB; "
+            f"every message on Kafka: {r['all_delivered']}"
         )
 
     results["summary"] = [
@@ -788,9 +812,10 @@ def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         + f" (publishers offered ~{c['bridge-protocol']['publish_rate']:,}/s)",
         f"- HTTP, 20 concurrent clients × 500-reading batches: **{h['readings_per_s']:,} "
         f"readings/s** ({h['requests_per_s']} requests/s, {h['errors']} errors); bridge CPU "
-        f"{h['cpu_cores']} cores, peak RSS {h['peak_rss_mb']} MB",
+        f"{h['cpu_cores']} cores ({h['readings_per_bridge_cpu_s']:,} readings per CPU-second), "
+        f"peak RSS {h['peak_rss_mb']} MB",
         f"- Machine: {os.cpu_count()} cores shared by publishers, Mosquitto, Tansu and the "
-        "bridge (and other work on the host)",
+        f"bridge (and other work on the host: load average {results['load_average']})",
     ]
     _plot(results, results_dir)
     return results

@@ -52,7 +52,7 @@ class IngestBridgeSettings(ServiceSettings):
     #: Their payload bytes (bounds memory when devices send large batches).
     max_in_flight_bytes: int = 16 * 1024 * 1024
     #: Batches a source hands to the pipeline concurrently.
-    max_concurrent_batches: int = 4
+    max_concurrent_batches: int = 8
     #: Largest number of upstream messages in one pipeline batch.
     max_batch_messages: int = 5_000
     #: A batch is cut once its payloads add up to this many bytes.

@@ -460,6 +460,7 @@ class MqttSource:
             and self.in_flight_bytes <= self.max_in_flight_bytes // 2
         ):
             cur.paused = False
+            cur.last_rx = time.monotonic()  # silence while paused was ours, not the broker's
             if cur.transport is not None and not cur.transport.is_closing():
                 cur.transport.resume_reading()
         self._kick()
