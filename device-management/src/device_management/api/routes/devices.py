@@ -166,10 +166,10 @@ async def list_devices(
         devices = list((await session.execute(stmt.limit(chunk).offset(start))).scalars())
         seen = await cache.last_seen_many([d.id for d in devices])
         for device, last in zip(devices, seen, strict=True):
-            public = to_public(device, last, settings)
-            if public.status is status:
+            derived, _ = derive_status(last, offline_after=settings.offline_after_seconds)
+            if derived is status:
                 if offset <= total < offset + limit:
-                    items.append(public)
+                    items.append(to_public(device, last, settings))
                 total += 1
         if len(devices) < chunk:
             break
