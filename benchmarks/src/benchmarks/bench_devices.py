@@ -362,6 +362,7 @@ def _plot(results: dict[str, Any], results_dir: pathlib.Path) -> str | None:
     ax1.set_title(f"Throughput, {CONCURRENCY} concurrent clients")
     ax2.bar(labels, [results[k]["p99_ms"] for k, _ in names], color="#c8643c")
     ax2.set_ylabel("p99 latency (ms)")
+    ax2.set_yscale("log")
     ax2.set_title("p99 latency")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8)
