@@ -82,6 +82,8 @@ class CheckResult:
     deadletters_unmatched: int = 0
     wrong_reason: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[Any]] = field(default_factory=dict)
+    #: Seconds spent waiting for the store, reading it back, reading the dead letters.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary_lines(self) -> list[str]:
         verdict = "**passed**" if self.ok else "**FAILED**"
@@ -458,20 +460,31 @@ async def run_check(
     wait_s: float = 60.0,
 ) -> CheckResult:
     ledger = read_ledger(ledger_dir)
+    t0 = time.monotonic()
     await wait_until_stored(store_url, ledger, limit_s=wait_s)
+    t1 = time.monotonic()
     start, end = time_range(ledger)
     stored = await fetch_stored(store_url, ledger.devices, start, end)
+    t2 = time.monotonic()
     deadletters = await fetch_deadletters(bootstrap, Topics(topic_prefix).telemetry_deadletter)
+    t3 = time.monotonic()
     transport = ledger.manifest.get("transport")
     rejected = (ledger.manifest.get("summary") or {}).get("rejected_as_expected")
     started = ledger.manifest.get("start")
-    return check(
+    result = check(
         ledger,
         stored,
         deadletters,
         http_rejected=rejected if transport == "http" else None,
         since=float(started) - 5.0 if started else None,
     )
+    result.timings = {
+        "wait_for_store": round(t1 - t0, 1),
+        "read_store": round(t2 - t1, 1),
+        "read_deadletters": round(t3 - t2, 1),
+        "compare": round(time.monotonic() - t3, 1),
+    }
+    return result
 
 
 def main() -> None:
