@@ -17,7 +17,9 @@
    the whole fleet for the last 5 minutes, hour and day.
 
 Run: ``uv run python -m benchmarks.bench_store`` (``--quick`` for a small store). The database
-(``iot_bench_store``) is dropped at the end unless ``BENCH_STORE_KEEP=1``.
+(``iot_bench_store``) is dropped at the end unless ``BENCH_STORE_KEEP=1``; then
+``--queries-only`` re-measures the queries on it without reloading (drop it afterwards with
+``psql -c 'DROP DATABASE iot_bench_store'``).
 """
 
 from __future__ import annotations
@@ -274,11 +276,15 @@ def _copy_block(
     return np.concatenate(per_metric, axis=1).tobytes()
 
 
+def _big_devices(rng: np.random.Generator, n_devices: int) -> list[str]:
+    return [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n_devices)]
+
+
 async def _load_big(
     conn: asyncpg.Connection, *, n_devices: int, days_1m: int, hours_10s: int
 ) -> dict[str, Any]:
     rng = np.random.default_rng(11)
-    devices = [str(uuid.UUID(bytes=rng.bytes(16), version=4)).encode() for _ in range(n_devices)]
+    devices = [d.encode() for d in _big_devices(rng, n_devices)]
     base = rng.uniform(0, 100, (n_devices, len(METRICS)))
     minutes = days_1m * 1440
     end = T0 + minutes * 60
@@ -536,6 +542,48 @@ async def _run(results_dir: pathlib.Path, quick: bool, *, loop: str) -> dict[str
     }
 
 
+async def _run_queries_only(results_dir: pathlib.Path, *, loop: str) -> dict[str, Any]:
+    """Re-measure the queries on a store kept by an earlier full run (``BENCH_STORE_KEEP=1``)."""
+    url = _db_url()
+    store = open_store(url, max_pool=4)
+    assert isinstance(store, PostgresStore)
+    await store.start()
+    try:
+        days = 8
+        devices = _big_devices(np.random.default_rng(11), 100)
+        async with store.pool.acquire() as conn:
+            count = await conn.fetchval("SELECT count(*) FROM monitoring_windows")
+        load_avg_start = os.getloadavg()[0]
+        queries = await _bench_queries(
+            store, devices, data_end=T0 + days * 86400, days=days, iterations=300
+        )
+        load_avg_end = os.getloadavg()[0]
+    finally:
+        await store.close()
+    plot = _plot(results_dir, queries)
+    for q in queries.values():
+        q.pop("latencies_ms")
+    summary = [f"**Monitoring store queries** on the kept {count:,}-window store ({loop}):"]
+    summary += [
+        f"- {name} ({q['buckets_returned']} buckets): p50 {q['p50_ms']} ms, p99 {q['p99_ms']} ms"
+        f", client CPU p50 {q['client_cpu_p50_ms']} ms"
+        for name, q in queries.items()
+    ]
+    summary.append(
+        f"- 1-min load average {load_avg_start:.1f} before, {load_avg_end:.1f} after "
+        f"({os.cpu_count()} cores)."
+    )
+    return {
+        "benchmark": "store",
+        "queries_only": True,
+        "event_loop": loop,
+        "windows": count,
+        "queries": queries,
+        "plot": plot,
+        "summary": summary,
+    }
+
+
 def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     """Run the store benchmark (see the module docstring).
 
@@ -551,8 +599,18 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv[1:]
-    results = run(pathlib.Path("benchmarks/results"), quick=quick)
+    results_dir = pathlib.Path("benchmarks/results")
+    if "--queries-only" in sys.argv[1:]:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            results = asyncio.run(_run_queries_only(results_dir, loop="asyncio"))
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                results = runner.run(_run_queries_only(results_dir, loop="uvloop"))
+    else:
+        results = run(results_dir, quick="--quick" in sys.argv[1:])
     print(json.dumps(results, indent=2))
 
 
