@@ -420,10 +420,14 @@ def _plot(results_dir: Path, res: dict[str, Any]) -> list[str]:
     t_start = res["publish_window"][0]
     ts = [r["t"] - t_start for r in series]
     fig, ax = plt.subplots(figsize=(8, 4))
+    t_arr = np.asarray(ts)
     for key, label in (("samples", "data points stored/s"), ("readings", "readings/s")):
-        vals = [r["agents"].get(key, math.nan) for r in series]
-        rate = np.diff(np.asarray(vals, dtype=float)) / np.maximum(np.diff(ts), 1e-9)
-        ax.plot(ts[1:], rate, label=label)
+        vals = np.asarray([r["agents"].get(key, math.nan) for r in series], dtype=float)
+        # Rate over the preceding 10 s (the counters are sampled about once a second).
+        back = np.searchsorted(t_arr, t_arr - 10.0)
+        span = np.maximum(t_arr - t_arr[back], 1e-9)
+        rate = np.where(t_arr - t_arr[back] > 0, (vals - vals[back]) / span, 0.0)
+        ax.plot(t_arr, rate, label=f"{label} (10 s average)")
     target = res["scenario"]["rate"]
     ax.axhline(target * 10, color="grey", ls="--", lw=0.8, label="target data points/s")
     ax.set_xlabel("seconds since publishing started")
@@ -436,12 +440,12 @@ def _plot(results_dir: Path, res: dict[str, Any]) -> list[str]:
     files.append("e2e_throughput.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    for label, vals in (
+    for label, lats in (
         ("queryable, from device ts", [lat for _, lat, _ in res["_query_lat"]]),
         ("queryable, from publish", [lat for _, lat, last in res["_query_lat"] if last]),
     ):
-        if vals:
-            a = np.sort(np.asarray(vals))
+        if lats:
+            a = np.sort(np.asarray(lats))
             ax.plot(a, np.arange(1, len(a) + 1) / len(a), label=label)
     ax.set_xlabel("seconds")
     ax.set_ylabel("fraction of samples")
