@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 import jwt
 import numpy as np
+import psutil
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -168,58 +169,70 @@ async def _bench_verification(quick: bool) -> dict[str, Any]:
             except Unauthorized:
                 pass
 
+        timings: dict[str, tuple[float, float]] = {}  # name -> (wall s, CPU s)
         with _one_core() as cpu:
             # Floor: the RSA signature check alone (what no verifier can beat).
             parts = [t.rpartition(".") for t in tokens]
-            t0 = time.perf_counter()
-            for signing_input, _, sig in parts:
-                public.verify(_b64(sig), signing_input.encode(), _PKCS1V15, hashes.SHA256())
-            rsa_only = time.perf_counter() - t0
+            with _timed(timings, "rsa_only"):
+                for signing_input, _, sig in parts:
+                    public.verify(_b64(sig), signing_input.encode(), _PKCS1V15, hashes.SHA256())
 
             # Baseline: bare pyjwt decode, no verifier.
-            t0 = time.perf_counter()
-            for token in tokens:
-                jwt.decode(
-                    token,
-                    key=public,
-                    algorithms=["RS256"],
-                    issuer=ISSUER,
-                    audience=AUDIENCE,
-                    options={"require": ["exp", "iat", "sub", "jti"]},
-                )
-            bare = time.perf_counter() - t0
+            with _timed(timings, "bare_pyjwt"):
+                for token in tokens:
+                    jwt.decode(
+                        token,
+                        key=public,
+                        algorithms=["RS256"],
+                        issuer=ISSUER,
+                        audience=AUDIENCE,
+                        options={"require": ["exp", "iat", "sub", "jti"]},
+                    )
 
-            t0 = time.perf_counter()
-            for token in tokens:
-                await cold.verify(token)
-            cold_s = time.perf_counter() - t0
+            with _timed(timings, "cold"):
+                for token in tokens:
+                    await cold.verify(token)
 
             hot = tokens[:working_set]
             for token in hot:
                 await cached.verify(token)
             rounds = n_cached // working_set
-            t0 = time.perf_counter()
-            for _ in range(rounds):
-                for token in hot:
-                    await cached.verify(token)
-            cached_s = time.perf_counter() - t0
+            with _timed(timings, "cached"):
+                for _ in range(rounds):
+                    for token in hot:
+                        await cached.verify(token)
         await cold.close()
         await cached.close()
     finally:
         await _drop_namespace(redis, namespace)
         await redis.aclose()
-    return {
+    counts = {
+        "rsa_only": n_cold,
+        "bare_pyjwt": n_cold,
+        "cold": n_cold,
+        "cached": rounds * working_set,
+    }
+    out: dict[str, Any] = {
         "cpu_pinned": cpu,
         "revoked_ids_held": revoked_count,
-        "rsa_verify_only_per_s": round(n_cold / rsa_only),
-        "bare_pyjwt_per_s": round(n_cold / bare),
-        "cold_per_s": round(n_cold / cold_s),
-        "cold_us_per_token": round(cold_s / n_cold * 1e6, 1),
-        "cached_per_s": round(rounds * working_set / cached_s),
-        "cached_us_per_token": round(cached_s / (rounds * working_set) * 1e6, 2),
         "cold_tokens": n_cold,
         "cached_verifications": rounds * working_set,
     }
+    for name, (wall, cpu_s) in timings.items():
+        out[name] = {
+            # Per CPU-second: what one core does when it is not shared (the load-robust figure).
+            "per_cpu_s": round(counts[name] / cpu_s),
+            "per_s_wall": round(counts[name] / wall),
+            "cpu_us_each": round(cpu_s / counts[name] * 1e6, 2),
+        }
+    return out
+
+
+@contextlib.contextmanager
+def _timed(into: dict[str, tuple[float, float]], name: str) -> Iterator[None]:
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    yield
+    into[name] = (time.perf_counter() - wall0, time.process_time() - cpu0)
 
 
 async def _drop_namespace(redis: Redis, namespace: str) -> None:
@@ -229,7 +242,9 @@ async def _drop_namespace(redis: Redis, namespace: str) -> None:
 
 
 @contextlib.contextmanager
-def _signing_process(db_url: str, namespace: str, admin: tuple[str, str]) -> Iterator[str]:
+def _signing_process(
+    db_url: str, namespace: str, admin: tuple[str, str]
+) -> Iterator[tuple[str, psutil.Process]]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -268,7 +283,7 @@ def _signing_process(db_url: str, namespace: str, admin: tuple[str, str]) -> Ite
             if time.monotonic() > deadline:
                 raise RuntimeError("signing did not become healthy")
             time.sleep(0.2)
-        yield url
+        yield url, psutil.Process(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -307,10 +322,11 @@ def _bench_login(quick: bool) -> dict[str, Any]:
     password = "benchmark-password-" + secrets.token_hex(4)
     stored = hasher.hash(password)
     n_bare = 5 if quick else 20
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_bare):
         hasher.verify(stored, password)
     bare_ms = (time.perf_counter() - t0) / n_bare * 1000
+    bare_cpu_ms = (time.process_time() - c0) / n_bare * 1000
 
     run_id = secrets.token_hex(4)
     db = f"iot_bench_auth_{run_id}"
@@ -318,13 +334,16 @@ def _bench_login(quick: bool) -> dict[str, Any]:
     admin = ("bench-admin@example.com", password)
     _psql(f'CREATE DATABASE "{db}"')
     try:
-        with _signing_process(f"{ADMIN_URL.rsplit('/', 1)[0]}/{db}", namespace, admin) as url:
+        db_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{db}"
+        with _signing_process(db_url, namespace, admin) as (url, server):
             ok = {"email": admin[0], "password": admin[1]}
             n_seq = 25 if quick else 150
             n_conc = 24 if quick else 120
             n_fail = 10 if quick else 40
             asyncio.run(_logins(url, ok, 3, 1, 200))  # warm-up
+            cpu0 = _cpu_seconds(server)
             seq, seq_wall = asyncio.run(_logins(url, ok, n_seq, 1, 200))
+            server_cpu_ms = (_cpu_seconds(server) - cpu0) / n_seq * 1000
             conc, conc_wall = asyncio.run(_logins(url, ok, n_conc, 8, 200))
             wrong_pw, _ = asyncio.run(
                 _logins(url, {**ok, "password": "not-the-password"}, n_fail, 1, 401)
@@ -343,6 +362,8 @@ def _bench_login(quick: bool) -> dict[str, Any]:
     return {
         "argon2": ARGON2,
         "bare_argon2_verify_ms": round(bare_ms, 1),
+        "bare_argon2_verify_cpu_ms": round(bare_cpu_ms, 1),
+        "server_cpu_ms_per_login": round(server_cpu_ms, 1),
         "sequential": {
             "requests": n_seq,
             "p50_ms": _pct(seq, 50),
@@ -362,6 +383,11 @@ def _bench_login(quick: bool) -> dict[str, Any]:
     }
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def _plot(results_dir: pathlib.Path, verify: dict[str, Any], login: dict[str, Any]) -> str | None:
     try:
         import matplotlib
@@ -372,16 +398,11 @@ def _plot(results_dir: pathlib.Path, verify: dict[str, Any], login: dict[str, An
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     names = ["RSA check\nonly", "bare pyjwt\n(baseline)", "verifier\ncold", "verifier\ncached"]
-    values = [
-        verify["rsa_verify_only_per_s"],
-        verify["bare_pyjwt_per_s"],
-        verify["cold_per_s"],
-        verify["cached_per_s"],
-    ]
+    values = [verify[k]["per_cpu_s"] for k in ("rsa_only", "bare_pyjwt", "cold", "cached")]
     ax1.bar(names, values, color=["lightgrey", "grey", "tab:blue", "tab:green"])
     ax1.axhline(TARGET_PER_S, color="red", linestyle="--", label="target 20,000/s")
     ax1.set_yscale("log")
-    ax1.set_ylabel("verifications / s (one core, log scale)")
+    ax1.set_ylabel("verifications per CPU-second (log scale)")
     ax1.set_title("Local token verification")
     ax1.legend()
     for label, lat in login["_latencies"].items():
@@ -409,25 +430,27 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     summary = [
         "### Auth: local token verification (one core) and signing's login latency",
         "",
-        "| verification path | tokens/s | µs/token | vs bare pyjwt |",
-        "|---|---|---|---|",
-        f"| bare `jwt.decode` (baseline, no revocation check) | {verify['bare_pyjwt_per_s']:,} "
-        f"| {1e6 / verify['bare_pyjwt_per_s']:.1f} | 1.00× |",
-        f"| RSA signature check alone (floor) | {verify['rsa_verify_only_per_s']:,} "
-        f"| {1e6 / verify['rsa_verify_only_per_s']:.1f} "
-        f"| {verify['rsa_verify_only_per_s'] / verify['bare_pyjwt_per_s']:.2f}× |",
-        f"| `JWTVerifier.verify`, distinct tokens (cold: signature + claims) "
-        f"| {verify['cold_per_s']:,} | {verify['cold_us_per_token']} "
-        f"| {verify['cold_per_s'] / verify['bare_pyjwt_per_s']:.2f}× |",
-        f"| `JWTVerifier.verify`, repeated tokens (cache) | {verify['cached_per_s']:,} "
-        f"| {verify['cached_us_per_token']} "
-        f"| {verify['cached_per_s'] / verify['bare_pyjwt_per_s']:.1f}× |",
+        "| verification path | per CPU-second | CPU µs each | wall-clock /s | vs bare pyjwt |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {label} | {verify[k]['per_cpu_s']:,} | {verify[k]['cpu_us_each']} "
+            f"| {verify[k]['per_s_wall']:,} "
+            f"| {verify[k]['per_cpu_s'] / verify['bare_pyjwt']['per_cpu_s']:.2f}× |"
+            for k, label in (
+                ("bare_pyjwt", "bare `jwt.decode` (baseline, no revocation check)"),
+                ("rsa_only", "RSA signature check alone (floor)"),
+                ("cold", "`JWTVerifier.verify`, distinct tokens (cold: signature + claims)"),
+                ("cached", "`JWTVerifier.verify`, repeated tokens (token cache)"),
+            )
+        ),
         "",
-        f"- Revocation check included on both paths ({verify['revoked_ids_held']:,} revoked ids "
-        "held, tailed from Redis); target ≥ 20,000/s: cold path "
-        f"{'meets' if verify['cold_per_s'] >= TARGET_PER_S else 'misses'} it "
-        f"({verify['cold_per_s'] / TARGET_PER_S:.2f}× target), cached path "
-        f"{verify['cached_per_s'] / TARGET_PER_S:.0f}× target.",
+        f"- One core (process pinned to CPU {verify['cpu_pinned']}); revocation check included "
+        f"on both verifier paths ({verify['revoked_ids_held']:,} revoked ids held, tailed from "
+        "Redis). Per CPU-second is the load-robust figure; wall-clock shows this shared "
+        "machine's contention.",
+        f"- Target ≥ 20,000/s: cold path {verify['cold']['per_cpu_s'] / TARGET_PER_S:.2f}× "
+        f"target ({'met' if verify['cold']['per_cpu_s'] >= TARGET_PER_S else 'not met'}), "
+        f"cached path {verify['cached']['per_cpu_s'] / TARGET_PER_S:.0f}× target.",
         "",
         "| `POST /users/auth` | p50 ms | p99 ms | logins/s |",
         "|---|---|---|---|",
@@ -437,8 +460,12 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
         f"| {conc['p99_ms']} | {conc['logins_per_s']} |",
         "",
         f"- Baseline: one bare Argon2id verify (t=3, m=64 MiB, p=4) takes "
-        f"{login['bare_argon2_verify_ms']} ms here; a sequential login's p50 is "
-        f"{seq['p50_ms'] / login['bare_argon2_verify_ms']:.2f}× that, so Argon2 dominates.",
+        f"{login['bare_argon2_verify_ms']} ms wall / {login['bare_argon2_verify_cpu_ms']} ms CPU "
+        f"here; a sequential login's p50 is "
+        f"{seq['p50_ms'] / login['bare_argon2_verify_ms']:.2f}× that wall time, and the signing "
+        f"process spends {login['server_cpu_ms_per_login']} ms CPU per login "
+        f"({login['server_cpu_ms_per_login'] / login['bare_argon2_verify_cpu_ms']:.2f}× the bare "
+        "verify): Argon2 dominates.",
         f"- Failed logins cost the same as successful ones: wrong password p50 "
         f"{login['wrong_password_p50_ms']} ms, unknown email p50 "
         f"{login['unknown_email_p50_ms']} ms (a dummy hash is verified), so timing does not "
