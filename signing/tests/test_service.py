@@ -119,7 +119,15 @@ def test_migrate_against_a_missing_database_is_one_clear_line():
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "signing migrate failed" in result.stderr
+    assert "signing migrate failed: cannot use PostgreSQL at" in result.stderr
+
+
+def test_serving_an_unmigrated_database_is_one_clear_line(pg_database_factory):
+    url = pg_database_factory("signing_unmigrated")
+    result = _run_cli("serve", "--port", "1", env={"SIGNING_DATABASE_URL": url})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "run `signing migrate` first" in result.stderr
 
 
 def test_the_served_process_answers(signing_process):

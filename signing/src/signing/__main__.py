@@ -16,7 +16,10 @@ log = logging.getLogger("signing")
 def _serve(host: str | None, port: int | None) -> int:
     import uvicorn
 
+    from signing.migrations import check_database
+
     settings = get_settings()
+    asyncio.run(check_database(settings))
     uvicorn.run(
         "signing.main:create_app",
         factory=True,
@@ -31,9 +34,10 @@ def _serve(host: str | None, port: int | None) -> int:
 
 
 def _migrate() -> int:
-    from signing.migrations import bootstrap_admin, upgrade_head
+    from signing.migrations import bootstrap_admin, check_database, upgrade_head
 
     settings = get_settings()
+    asyncio.run(check_database(settings, migrated=False))
     upgrade_head(settings.database_url)
     asyncio.run(bootstrap_admin(settings))
     log.info("database at head; bootstrap admin %s present", settings.bootstrap_admin_email)
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     setup_logging("signing", level=settings.log_level, json=settings.log_json)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         if args.command == "migrate":
             return _migrate()

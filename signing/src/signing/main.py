@@ -17,7 +17,7 @@ from iot_common.web import install_common
 from signing.api.routes import jwks, users
 from signing.bootstrap import ensure_bootstrap_admin
 from signing.config import SigningSettings, get_settings
-from signing.db import make_engine, make_sessionmaker
+from signing.db import make_engine, make_sessionmaker, safe_url
 from signing.ratelimit import LoginLimiter
 from signing.security import Passwords, SigningKey, TokenIssuer
 from signing.state import AppState
@@ -90,7 +90,7 @@ def create_app(settings: SigningSettings | None = None) -> FastAPI:
                 ) from exc
             except (DBAPIError, OSError) as exc:
                 raise StartupError(
-                    f"cannot reach PostgreSQL at {settings.database_url}: {exc}"
+                    f"cannot reach PostgreSQL at {safe_url(settings.database_url)}: {exc}"
                 ) from exc
             await state.verifier.start()
             app.state.signing = state
