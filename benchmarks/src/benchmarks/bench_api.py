@@ -39,6 +39,7 @@ import asyncpg
 import httpx
 import jwt
 import numpy as np
+import psutil
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from benchmarks.bench_store import T0, _load_big
@@ -211,7 +212,14 @@ def _start_api(
 
 # -- 1. query latency ----------------------------------------------------------------------
 async def _bench_queries(
-    url: str, store_url: str, token: str, devices: list[str], *, days: int, iterations: int
+    url: str,
+    store_url: str,
+    token: str,
+    devices: list[str],
+    *,
+    days: int,
+    iterations: int,
+    server: psutil.Process,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(7)
     span_min = days * 1440
@@ -235,7 +243,10 @@ async def _bench_queries(
         for name, params in kinds.items():
             lat: list[float] = []
             points = size = 0
+            cpu_before = 0.0
             for i in range(iterations + 10):
+                if i == 10:
+                    cpu_before = _cpu_seconds(server)
                 d, start = pick()
                 q: dict[str, str | float] = {**params, "start": start, "end": start + 86400 - 1}
                 t = time.perf_counter()
@@ -250,7 +261,14 @@ async def _bench_queries(
                         for s in body["series"]
                     )
                     size = len(r.content)
-            out[name] = {**_pcts(lat), "points_returned": points, "response_bytes": size}
+            # The API process's own CPU per request (not counting PostgreSQL's share).
+            api_cpu_ms = (_cpu_seconds(server) - cpu_before) / iterations * 1000
+            out[name] = {
+                **_pcts(lat),
+                "points_returned": points,
+                "response_bytes": size,
+                "api_cpu_ms_per_request": round(api_cpu_ms, 2),
+            }
     # Baseline: the same store call the API makes, without HTTP, auth or JSON.
     store = open_store(store_url, max_pool=2)
     await store.start()
@@ -360,7 +378,15 @@ async def _produce(bootstrap: str, topic: str, device: str, pushes: int, interva
 
 
 def _bench_push(
-    url: str, token: str, bootstrap: str, prefix: str, *, clients: int, pushes: int, procs: int
+    url: str,
+    token: str,
+    bootstrap: str,
+    prefix: str,
+    *,
+    clients: int,
+    pushes: int,
+    procs: int,
+    server: psutil.Process,
 ) -> dict[str, Any]:
     device = str(uuid.uuid4())
     ctx = mp.get_context("spawn")
@@ -379,12 +405,14 @@ def _bench_push(
         if not ready.acquire(timeout=300):
             raise RuntimeError("Socket.IO clients did not connect in time")
     connect_s = time.perf_counter() - t
+    cpu_before = _cpu_seconds(server)
     go.set()
     time.sleep(0.5)
     asyncio.run(_produce(bootstrap, f"{prefix}stats.windows", device, pushes, 0.2))
     lat: list[float] = []
     for _ in workers:
         lat.extend(results.get(timeout=120))
+    cpu = _cpu_seconds(server) - cpu_before
     for w in workers:
         w.join(timeout=30)
     return {
@@ -395,8 +423,21 @@ def _bench_push(
         "deliveries_expected": clients * pushes,
         "deliveries_received": len(lat),
         "connect_and_join_s": round(connect_s, 1),
+        # CPU the API spent during the push phase (including its clients' keep-alive pings).
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_delivery": round(cpu / max(1, len(lat)) * 1e6, 1),
         "latencies_ms": lat,
     }
+
+
+def _cpu_seconds(p: psutil.Process) -> float:
+    procs = [p, *p.children(recursive=True)]
+    total = 0.0
+    for q in procs:
+        with contextlib.suppress(psutil.Error):
+            t = q.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 def _server_push_delay(url: str) -> dict[str, Any]:
@@ -465,7 +506,15 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     store_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{DB_NAME}"
     days = 2 if quick else 8
     reuse = keep and os.environ.get("BENCH_API_REUSE") == "1"
-    if not reuse:
+    parts = os.environ.get("BENCH_API_PARTS", "queries,push").split(",")
+    devices: list[str]
+    load: dict[str, Any]
+    if "queries" not in parts:
+        # Pushes need no stored data: an empty store will do.
+        _psql(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        _psql(f'CREATE DATABASE "{DB_NAME}"')
+        devices, load = [], {"windows": 0}
+    elif not reuse:
         _psql(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
         _psql(f'CREATE DATABASE "{DB_NAME}"')
         load = asyncio.run(_load(store_url, quick))
@@ -481,14 +530,19 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     stubs.start()
     prefix = f"bench{secrets.token_hex(3)}."
     proc, url = _start_api(stubs, store_url, broker.bootstrap, prefix)
-    parts = os.environ.get("BENCH_API_PARTS", "queries,push").split(",")
     queries: dict[str, Any] = {}
     push: dict[str, Any] = {"latencies_ms": []}
     try:
         if "queries" in parts:
             queries = asyncio.run(
                 _bench_queries(
-                    url, store_url, stubs.token, devices, days=days, iterations=50 if quick else 300
+                    url,
+                    store_url,
+                    stubs.token,
+                    devices,
+                    days=days,
+                    iterations=50 if quick else 300,
+                    server=psutil.Process(proc.pid),
                 )
             )
         if "push" in parts:
@@ -500,6 +554,7 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
                 clients=200 if quick else 1000,
                 pushes=20 if quick else 50,
                 procs=2 if quick else 4,
+                server=psutil.Process(proc.pid),
             )
             push["server_side"] = _server_push_delay(url)
     finally:
@@ -518,10 +573,12 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     summary = [
         f"**Monitoring API** — {'quick' if quick else 'full'} run (machine load average at the "
         f"end {load_avg[0]} on {os.cpu_count()} CPUs; every figure is a shared-machine figure)",
-        f"- Store: {load.get('windows') or 'reused'} windows, 100 devices × 5 metrics "
-        "(PostgreSQL backend).",
     ]
     if queries:
+        summary.append(
+            f"- Store: {load.get('windows') or 'reused'} windows, 100 devices × 5 metrics "
+            "(PostgreSQL backend)."
+        )
         summary += _query_summary(queries)
     if push.get("n"):
         side = push.get("server_side", {})
@@ -531,7 +588,9 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
             f"**{push.get('p99_ms')} ms** (target p99 ≤ 250 ms); {push['deliveries_received']:,} "
             f"of {push['deliveries_expected']:,} deliveries arrived. Server side (Kafka "
             f"timestamp → queued to all clients): p50 ≤ {side.get('p50_le_ms')} ms, p99 ≤ "
-            f"{side.get('p99_le_ms')} ms."
+            f"{side.get('p99_le_ms')} ms. API CPU: {push['server_cpu_us_per_delivery']} µs per "
+            f"delivery (≈ {1e6 / max(push['server_cpu_us_per_delivery'], 1):,.0f} deliveries per "
+            "core-second), a figure the machine's load does not distort."
         )
     return {
         "benchmark": "api",
@@ -556,7 +615,9 @@ def _query_summary(queries: dict[str, Any]) -> list[str]:
         f"({main['points_returned']} points, {main['response_bytes'] / 1e3:.0f} kB): p50 "
         f"**{main['p50_ms']} ms**, p99 **{main['p99_ms']} ms** (target p99 ≤ 50 ms); the same "
         f"store query without HTTP: p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms "
-        f"(API/store p50 = {main['p50_ms'] / base['p50_ms']:.2f}×).",
+        f"(API/store p50 = {main['p50_ms'] / base['p50_ms']:.2f}×). The API process's own CPU "
+        f"per request: {main['api_cpu_ms_per_request']} ms (columns: "
+        f"{cols['api_cpu_ms_per_request']} ms), PostgreSQL's not included.",
         f"- Same with `layout=columns` ({cols['response_bytes'] / 1e3:.0f} kB): p50 "
         f"**{cols['p50_ms']} ms**, p99 **{cols['p99_ms']} ms**.",
         f"- Same, one metric's mean ({one['points_returned']} points): p50 {one['p50_ms']} ms, "
