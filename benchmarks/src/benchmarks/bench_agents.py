@@ -272,8 +272,9 @@ def _quix_worker(bootstrap: str, topic: str, n_records: int, out: Any) -> None:
 
     def stats(w: dict[str, Any]) -> dict[str, Any]:
         by: dict[str, list[float]] = {}
-        for row in w["values"]:
-            by.setdefault(row["m"], []).append(row["v"])
+        for rows in w["values"]:  # one list of (metric, value) rows per record
+            for row in rows:
+                by.setdefault(row["m"], []).append(row["v"])
         res = {}
         for m, vals in by.items():
             a = np.asarray(vals)
@@ -376,9 +377,11 @@ def _faust_worker(bootstrap: str, topic: str, n_readings: int, out: Any) -> None
                 seen["n"] += 1
             if seen["n"] >= n_readings:
                 out.put({"seconds": time.perf_counter() - seen["t0"], "readings": seen["n"]})
+                out.close()
+                out.join_thread()  # flush the queue before leaving without Faust's shutdown
                 os._exit(0)
 
-    sys.argv = ["faust-bench", "worker", "-l", "warning", "--without-web"]
+    sys.argv = ["faust-bench", "worker", "-l", "warn", "--without-web"]
     app.main()
 
 
@@ -432,45 +435,44 @@ def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[
             )
         )
         total = data["records"]
-        {
+        scale = data["readings"] / total
+        common = {
             "total_records": total,
             "total_readings": data["readings"],
             "expected_windows": data["expected_windows"],
         }
-        scale = data["readings"] / total
-        ours_off = _run_agents(
-            broker.bootstrap,
-            prefix,
-            workers=1,
-            raw=False,
-            total_records=total,
-            total_readings=data["readings"],
-            expected_windows=data["expected_windows"],
-            label="off",
+
+        def section(name: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            print(f"bench_agents: {name} ...", file=sys.stderr, flush=True)
+            try:
+                res: dict[str, Any] = fn(*args, **kwargs)
+            except Exception as exc:  # keep the other figures of the run
+                res = {"error": repr(exc), "readings_per_s": 0}
+            print(f"bench_agents: {name}: {res}", file=sys.stderr, flush=True)
+            return res
+
+        bs = broker.bootstrap
+        ours_off = section(
+            "agents raw off", _run_agents, bs, prefix, workers=1, raw=False, label="off", **common
         )
-        ours_on = _run_agents(
-            broker.bootstrap,
-            prefix,
-            workers=1,
-            raw=True,
-            total_records=total,
-            total_readings=data["readings"],
-            expected_windows=data["expected_windows"],
-            label="on",
+        ours_on = section(
+            "agents raw on", _run_agents, bs, prefix, workers=1, raw=True, label="on", **common
         )
-        two = _run_agents(
-            broker.bootstrap,
+        two = section(
+            "agents two workers",
+            _run_agents,
+            bs,
             prefix,
             workers=2,
             raw=False,
-            total_records=total,
-            total_readings=data["readings"],
-            expected_windows=data["expected_windows"],
             label="two",
+            **common,
         )
         quix_records = max(1, (20_000 if quick else 60_000) // per_record)
-        quix = _run_quix(broker.bootstrap, topics.telemetry_raw, quix_records, int(scale))
-        faust_res = _run_faust(broker.bootstrap, topics.telemetry_raw, 2_000 if quick else 4_000)
+        quix = section("quix", _run_quix, bs, topics.telemetry_raw, quix_records, int(scale))
+        faust_res = section(
+            "faust idiomatic", _run_faust, bs, topics.telemetry_raw, 2_000 if quick else 4_000
+        )
     finally:
         broker.stop()
     base = ours_off["readings_per_s"]
@@ -481,21 +483,23 @@ def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[
         "agents_two_workers": two,
         "quix": quix,
         "faust_idiomatic": faust_res,
-        "ratio_vs_quix": round(base / quix["readings_per_s"], 1),
-        "ratio_vs_faust": round(base / faust_res["readings_per_s"], 1),
+        "ratio_vs_quix": round(base / max(quix["readings_per_s"], 1), 1),
+        "ratio_vs_faust": round(base / max(faust_res["readings_per_s"], 1), 1),
+        "load_average": os.getloadavg(),
     }
     results["summary"] = [
         f"Preloaded {data['readings']:,} readings ({devices:,} devices × {len(METRICS)} metrics, "
         f"{per_record} reading(s) per record) in {data['preload_seconds']} s.",
         f"- stream-agents, 1 worker, window writes, raw samples off: "
-        f"**{ours_off['readings_per_s']:,} readings/s**, peak RSS {ours_off['peak_rss_mb']} MB",
+        f"**{ours_off['readings_per_s']:,} readings/s**, peak RSS {ours_off.get('peak_rss_mb')} MB",
         f"- stream-agents, 1 worker, raw samples on: {ours_on['readings_per_s']:,} readings/s, "
-        f"peak RSS {ours_on['peak_rss_mb']} MB",
+        f"peak RSS {ours_on.get('peak_rss_mb')} MB",
         f"- stream-agents, 2 workers in one group: {two['readings_per_s']:,} readings/s, "
-        f"peak RSS {two['peak_rss_mb']} MB",
-        f"- Quix Streams (10 s + 60 s tumbling, same aggregations, {quix['records']:,} records): "
+        f"peak RSS {two.get('peak_rss_mb')} MB",
+        f"- Quix Streams (10 s + 60 s tumbling, same aggregations, "
+        f"{quix.get('records', 0):,} records): "
         f"{quix['readings_per_s']:,} readings/s → ours ×{results['ratio_vs_quix']}",
-        f"- idiomatic Faust (per event, 2 windowed tables, {faust_res['readings']:,} readings): "
+        f"- idiomatic Faust (per event, 2 windowed tables, {faust_res.get('readings', 0):,} readings): "
         f"{faust_res['readings_per_s']:,} readings/s → ours ×{results['ratio_vs_faust']}",
     ]
     (results_dir / "bench_agents.json").write_text(json.dumps(results, indent=2))
