@@ -499,7 +499,8 @@ def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[
         f"- Quix Streams (10 s + 60 s tumbling, same aggregations, "
         f"{quix.get('records', 0):,} records): "
         f"{quix['readings_per_s']:,} readings/s → ours ×{results['ratio_vs_quix']}",
-        f"- idiomatic Faust (per event, 2 windowed tables, {faust_res.get('readings', 0):,} readings): "
+        f"- idiomatic Faust (per event, 2 windowed tables, "
+        f"{faust_res.get('readings', 0):,} readings): "
         f"{faust_res['readings_per_s']:,} readings/s → ours ×{results['ratio_vs_faust']}",
     ]
     (results_dir / "bench_agents.json").write_text(json.dumps(results, indent=2))
