@@ -257,7 +257,8 @@ class PrivateRabbitMQ(_Instance):
         )
         (self.directory / "enabled_plugins").write_text("[].\n", encoding="utf-8")
         env = {
-            "HOME": "/var/lib/rabbitmq",
+            # The Erlang cookie lives in HOME: the rabbitmq user's own when run as root.
+            "HOME": "/var/lib/rabbitmq" if os.geteuid() == 0 else str(self.directory),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
