@@ -364,13 +364,19 @@ class MqttSource:
             conn.write(PINGREQ)
 
     async def close(self) -> None:
+        """Stop taking messages, let batches in flight finish (and be acknowledged), leave."""
         self._closing = True
         conn = self._conn
-        if conn is not None and conn.transport is not None:
-            conn.write(DISCONNECT)
-            conn.transport.close()
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.paused = True
+            conn.transport.pause_reading()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
+        if conn is not None and conn.transport is not None:
+            # A normal DISCONNECT keeps the session (session expiry > 0): messages pending
+            # or published meanwhile are delivered when the bridge is back.
+            conn.write(DISCONNECT)
+            conn.transport.close()
 
     # --- the message path ---
 
