@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from iot_common.auth import JWTVerifier
 from iot_common.web import install_common
-from signing.api.routes import jwks, users
+from signing.api.routes import health, jwks, users
 from signing.bootstrap import ensure_bootstrap_admin
 from signing.config import SigningSettings, get_settings
 from signing.db import make_engine, make_sessionmaker, safe_url
@@ -110,6 +110,7 @@ def create_app(settings: SigningSettings | None = None) -> FastAPI:
     install_common(app, service="signing", max_body_bytes=settings.max_body_bytes)
     app.include_router(users.router)
     app.include_router(jwks.router)
+    app.include_router(health.router)
     _document_password_limits(app, settings)
     return app
 
