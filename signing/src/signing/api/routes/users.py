@@ -15,6 +15,7 @@ from iot_common.errors import (
     Conflict,
     Forbidden,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     ValidationFailed,
 )
@@ -103,7 +104,7 @@ async def add_user(
     user = await crud.create_user(
         session, email=body.email, password_hash=password_hash, role=body.role
     )
-    log.info("user created", extra={"user_id": str(user.id), "role": user.role})
+    log.info("user %s created with role %s", user.id, user.role)
     return UserPublic.model_validate(user)
 
 
@@ -118,6 +119,10 @@ async def authenticate(
 ) -> TokenResponse:
     try:
         await state.limiter.check(address=address, email=body.email)
+    except TooManyRequests as exc:
+        LOGINS.labels("rate_limited").inc()
+        log.warning("login refused by rate limit for address %s: %s", address, exc.message)
+        raise
     except RedisError as exc:
         raise ServiceUnavailable("login temporarily unavailable") from exc
     user = await crud.get_user_by_email(session, body.email)
@@ -134,7 +139,7 @@ async def authenticate(
     if state.passwords.needs_rehash(user.password_hash):
         new_hash = await state.passwords.hash(body.password)
         await crud.update_password_hash(session, user.id, new_hash)
-        log.info("password rehashed with current parameters", extra={"user_id": str(user.id)})
+        log.info("password of user %s rehashed with current Argon2 parameters", user.id)
     issued = state.issuer.issue(user_id=str(user.id), email=user.email, role=user.role)
     LOGINS.labels("ok").inc()
     return TokenResponse(access_token=issued.token, expires_in=issued.expires_in)
@@ -217,5 +222,5 @@ async def logout(user: CurrentUser, state: StateDep, session: SessionDep) -> Res
         # Recorded in PostgreSQL, but other services learn of revocations through Redis.
         log.error("could not publish revocation of %s: %s", user.jti, exc)
         raise ServiceUnavailable("token recorded as revoked, but not yet propagated") from exc
-    log.info("token revoked", extra={"user_id": user.user_id, "jti": user.jti})
+    log.info("token %s of user %s revoked", user.jti, user.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
