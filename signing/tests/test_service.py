@@ -155,3 +155,11 @@ def test_settings_from_the_environment(monkeypatch):
     assert "from-the-shared-env" not in repr(settings)
     monkeypatch.setenv("SIGNING_BOOTSTRAP_ADMIN_EMAIL", "own@example.com")
     assert SigningSettings().bootstrap_admin_email == "own@example.com"  # own prefix wins
+
+
+def test_models_match_the_migrations(signing_db):
+    from alembic import command
+
+    from signing.migrations import alembic_config
+
+    command.check(alembic_config(signing_db))  # raises if autogenerate would add anything
