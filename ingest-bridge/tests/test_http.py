@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -99,3 +100,51 @@ async def test_probes_and_metrics(app_client, device_factory):
     assert 'ingest_readings_produced_total{source="http"}' in text
     assert "ingest_in_flight_messages" in text
     assert "ingest_batch_messages_bucket" in text
+
+
+async def test_device_management_fallback_and_its_outage(
+    make_settings, device_factory, fake_dm, bus
+):
+    import hashlib
+
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from ingest_bridge.main import create_app
+
+    dev = await device_factory(cached=False)
+    fake_dm.devices[dev.id] = {
+        "id": dev.id,
+        "active": True,
+        "owner_id": "o",
+        "token_hash": hashlib.sha256(dev.token.encode()).hexdigest(),
+        "config_version": 1,
+        "type": "sensor",
+    }
+    stranger = await device_factory(cached=False)  # in neither cache nor device-management
+    for url, expect in ((fake_dm.url, 202), ("http://127.0.0.1:9", 503)):
+        app = create_app(
+            make_settings(
+                device_management_url=url,
+                mqtt_enabled=False,
+                amqp_enabled=False,
+                device_events_enabled=False,
+            )
+        )
+        async with (
+            LifespanManager(app) as m,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://b") as c,
+        ):
+            deadline = time.monotonic() + 20
+            while (await c.get("/ready")).status_code != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            r = await c.post(f"/ingest/{dev.id}", json=reading(), headers=auth(dev.token))
+            assert r.status_code == expect, r.text
+            if expect == 202:
+                r = await c.post(
+                    f"/ingest/{stranger.id}", json=reading(), headers=auth(stranger.token)
+                )
+                assert r.status_code == 401
+    await bus.until(lambda: len(bus.readings(dev.id)) == 1 and len(bus.dead) == 1, what="outcome")
+    assert bus.dead[0].reason == R.UNKNOWN_DEVICE

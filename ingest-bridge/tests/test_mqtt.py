@@ -150,3 +150,35 @@ async def test_cache_miss_falls_back_to_device_management(
     publisher.flush()
     await bus.until(lambda: len(bus.readings(dev.id)) == 1, what="reading via fallback")
     assert f"/internal/devices/{dev.id}" in fake_dm.requests
+
+
+async def test_two_bridges_in_one_group_split_the_load(
+    make_settings, names, publisher, device_factory, bus, settings
+):
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from ingest_bridge.main import create_app
+
+    dev = await device_factory()
+    apps = [
+        create_app(make_settings(mqtt_client_id=f"{names['mqtt_client_id']}-{k}")) for k in range(2)
+    ]
+    async with LifespanManager(apps[0]) as m0, LifespanManager(apps[1]) as m1:
+        for m in (m0, m1):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=m.app), base_url="http://b"
+            ) as client:
+                deadline = time.monotonic() + 20
+                while (await client.get("/ready")).status_code != 200:
+                    assert time.monotonic() < deadline
+                    await _sleep(0.1)
+        topic = f"{settings.mqtt_topic_prefix}devices/{dev.id}/telemetry"
+        for i in range(100):
+            publisher.publish(topic, reading(seq=i))
+        publisher.flush()
+        await bus.until(lambda: len(bus.readings(dev.id)) >= 100, what="100 readings")
+        assert {r.seq for r in bus.readings(dev.id)} == set(range(100))
+        shares = [app.state.bridge.mqtt.received for app in apps]
+        assert sum(shares) == 100
+        assert all(share > 0 for share in shares), shares

@@ -263,6 +263,8 @@ class MqttSource:
         self.connected = False
         self.in_flight = 0
         self.in_flight_bytes = 0
+        #: Messages received since start (all connections).
+        self.received = 0
         self._pending: list[tuple[bytes, bytes, int, _Connection]] = []
         self._active = 0
         self._conn: _Connection | None = None
@@ -403,6 +405,7 @@ class MqttSource:
         if conn.generation != self._generation:
             return
         self._pending.extend((t, p, pid, conn) for t, p, pid in got)
+        self.received += len(got)
         self.in_flight += len(got)
         self.in_flight_bytes += sum(len(g[1]) for g in got)
         self._gauge.set(self.in_flight)
