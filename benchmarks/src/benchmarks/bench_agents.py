@@ -157,6 +157,15 @@ def _health(port: int) -> dict[str, Any] | None:
         return None
 
 
+def _cpu(procs: list[tuple[subprocess.Popen[bytes], int, psutil.Process]]) -> float:
+    total = 0.0
+    for _, _, ps in procs:
+        with contextlib.suppress(psutil.Error):
+            t = ps.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def _run_agents(
     bootstrap: str,
     prefix: str,
@@ -188,6 +197,7 @@ def _run_agents(
             procs.append((proc, int(env["AGENTS_WEB_PORT"]), psutil.Process(proc.pid)))
         peak = [0] * workers
         first: float | None = None
+        cpu0 = cpu1 = 0.0
         processed_at: float | None = None
         durable_at: float | None = None
         wf = 0
@@ -208,11 +218,13 @@ def _run_agents(
             now = time.perf_counter()
             if total and first is None:
                 first = now
+                cpu0 = _cpu(procs)
             if total >= total_records and processed_at is None:
                 processed_at = now
             raw_done = not raw or samples >= total_readings * len(METRICS)
             if processed_at is not None and wf >= expected_windows and raw_done:
                 durable_at = now
+                cpu1 = _cpu(procs)
         if first is None or processed_at is None or durable_at is None:
             raise RuntimeError(f"agents did not finish ({label})")
         elapsed = max(durable_at - first, 1e-6)
@@ -222,6 +234,9 @@ def _run_agents(
             "seconds_to_process": round(processed_at - first, 2),
             "seconds_to_durable": round(elapsed, 2),
             "readings_per_s": round(total_readings / elapsed),
+            # Load-independent figure: readings per CPU-second of the worker process(es).
+            "cpu_seconds": round(cpu1 - cpu0, 2),
+            "readings_per_cpu_s": round(total_readings / max(cpu1 - cpu0, 1e-6)),
             "windows_final_emitted": wf,
             "peak_rss_mb": [round(p / 2**20) for p in peak],
         }
@@ -257,14 +272,21 @@ def _quix_worker(bootstrap: str, topic: str, n_records: int, out: Any) -> None:
     )
     t = app.topic(topic, value_deserializer="json")
     sdf = app.dataframe(t)
-    seen = {"n": 0, "t0": 0.0}
+    seen = {"n": 0, "t0": 0.0, "c0": 0.0}
 
     def count(_: Any) -> None:
         if seen["n"] == 0:
             seen["t0"] = time.perf_counter()
+            seen["c0"] = time.process_time()
         seen["n"] += 1
         if seen["n"] >= n_records:
-            out.put({"seconds": time.perf_counter() - seen["t0"], "records": seen["n"]})
+            out.put(
+                {
+                    "seconds": time.perf_counter() - seen["t0"],
+                    "cpu": time.process_time() - seen["c0"],
+                    "records": seen["n"],
+                }
+            )
             app.stop()
 
     def explode(env: dict[str, Any]) -> list[dict[str, Any]]:
@@ -325,6 +347,7 @@ def _run_quix(bootstrap: str, topic: str, n_records: int, per_record: int) -> di
         "records": res["records"],
         "seconds": round(res["seconds"], 2),
         "readings_per_s": round(readings / res["seconds"]),
+        "readings_per_cpu_s": round(readings / max(res["cpu"], 1e-6)),
         "peak_rss_mb": round(peak / 2**20),
     }
 
@@ -355,13 +378,14 @@ def _faust_worker(bootstrap: str, topic: str, n_readings: int, out: Any) -> None
 
     w10 = app.Table("w10", default=empty, partitions=PARTITIONS).tumbling(10, expires=600)
     w60 = app.Table("w60", default=empty, partitions=PARTITIONS).tumbling(60, expires=600)
-    seen = {"n": 0, "t0": 0.0}
+    seen = {"n": 0, "t0": 0.0, "c0": 0.0}
 
     @app.agent(src)
     async def process(stream: Any) -> None:
         async for env in stream:
             if seen["n"] == 0:
                 seen["t0"] = time.perf_counter()
+                seen["c0"] = time.process_time()
             for _ts, metrics, _seq in env["readings"]:
                 for m, v in metrics.items():
                     key = f"{env['device_id']}:{m}"
@@ -376,7 +400,13 @@ def _faust_worker(bootstrap: str, topic: str, n_readings: int, out: Any) -> None
                         table[key] = cur
                 seen["n"] += 1
             if seen["n"] >= n_readings:
-                out.put({"seconds": time.perf_counter() - seen["t0"], "readings": seen["n"]})
+                out.put(
+                    {
+                        "seconds": time.perf_counter() - seen["t0"],
+                        "cpu": time.process_time() - seen["c0"],
+                        "readings": seen["n"],
+                    }
+                )
                 out.close()
                 out.join_thread()  # flush the queue before leaving without Faust's shutdown
                 os._exit(0)
@@ -412,6 +442,7 @@ def _run_faust(bootstrap: str, topic: str, n_readings: int) -> dict[str, Any]:
         "readings": res["readings"],
         "seconds": round(res["seconds"], 2),
         "readings_per_s": round(res["readings"] / res["seconds"]),
+        "readings_per_cpu_s": round(res["readings"] / max(res["cpu"], 1e-6)),
         "peak_rss_mb": round(peak / 2**20),
     }
 
@@ -485,23 +516,37 @@ def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[
         "faust_idiomatic": faust_res,
         "ratio_vs_quix": round(base / max(quix["readings_per_s"], 1), 1),
         "ratio_vs_faust": round(base / max(faust_res["readings_per_s"], 1), 1),
+        "cpu_ratio_vs_quix": round(
+            ours_off.get("readings_per_cpu_s", 0) / max(quix.get("readings_per_cpu_s", 1), 1), 1
+        ),
+        "cpu_ratio_vs_faust": round(
+            ours_off.get("readings_per_cpu_s", 0) / max(faust_res.get("readings_per_cpu_s", 1), 1),
+            1,
+        ),
         "load_average": os.getloadavg(),
     }
     results["summary"] = [
         f"Preloaded {data['readings']:,} readings ({devices:,} devices × {len(METRICS)} metrics, "
         f"{per_record} reading(s) per record) in {data['preload_seconds']} s.",
         f"- stream-agents, 1 worker, window writes, raw samples off: "
-        f"**{ours_off['readings_per_s']:,} readings/s**, peak RSS {ours_off.get('peak_rss_mb')} MB",
+        f"**{ours_off['readings_per_s']:,} readings/s** "
+        f"({ours_off.get('readings_per_cpu_s', 0):,} per CPU-second), "
+        f"peak RSS {ours_off.get('peak_rss_mb')} MB",
         f"- stream-agents, 1 worker, raw samples on: {ours_on['readings_per_s']:,} readings/s, "
         f"peak RSS {ours_on.get('peak_rss_mb')} MB",
         f"- stream-agents, 2 workers in one group: {two['readings_per_s']:,} readings/s, "
         f"peak RSS {two.get('peak_rss_mb')} MB",
         f"- Quix Streams (10 s + 60 s tumbling, same aggregations, "
         f"{quix.get('records', 0):,} records): "
-        f"{quix['readings_per_s']:,} readings/s → ours ×{results['ratio_vs_quix']}",
+        f"{quix['readings_per_s']:,} readings/s "
+        f"({quix.get('readings_per_cpu_s', 0):,} per CPU-second) → ours "
+        f"×{results['ratio_vs_quix']} (×{results['cpu_ratio_vs_quix']} per CPU-second)",
         f"- idiomatic Faust (per event, 2 windowed tables, "
         f"{faust_res.get('readings', 0):,} readings): "
-        f"{faust_res['readings_per_s']:,} readings/s → ours ×{results['ratio_vs_faust']}",
+        f"{faust_res['readings_per_s']:,} readings/s "
+        f"({faust_res.get('readings_per_cpu_s', 0):,} per CPU-second) → ours "
+        f"×{results['ratio_vs_faust']} (×{results['cpu_ratio_vs_faust']} per CPU-second)",
+        f"Machine load average during the run: {results['load_average']} (2 cores, shared).",
     ]
     (results_dir / "bench_agents.json").write_text(json.dumps(results, indent=2))
     return results

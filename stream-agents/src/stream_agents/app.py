@@ -17,6 +17,7 @@ and ``alerts`` are low-rate and use ordinary per-event Faust agents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -266,6 +267,11 @@ class Runtime:
                 continue
             async with pipeline.lock:
                 if self.paused:
+                    # A rebalance started while fetching: put the records back so that a
+                    # partition kept by this worker resumes exactly here.
+                    for tp, recs in records.items():
+                        with contextlib.suppress(KafkaError, AssertionError):
+                            aio.seek(tp, recs[0].offset)
                     continue
                 for tp, recs in records.items():
                     if (

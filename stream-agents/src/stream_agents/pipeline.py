@@ -156,10 +156,8 @@ class TelemetryPipeline:
             self._seen(batch)
 
     def _seen(self, batch: DecodedBatch) -> None:
-        latest: dict[str, float] = {}
-        for env, _ in batch.readings:
-            if env.ingest_ts > latest.get(env.device_id, float("-inf")):
-                latest[env.device_id] = env.ingest_ts
+        # Ingest time only grows within a partition: the last envelope per device wins.
+        latest = {env.device_id: env.ingest_ts for env, _ in batch.readings}
         changes = [c for d, t in latest.items() if (c := self.alerts.seen(d, t)) is not None]
         if changes:
             self.pending_alerts.extend(changes)
