@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -561,3 +562,17 @@ async def test_query_windows_several_metrics_and_sizes(store: MonitoringStore) -
         ("c", T0 + 60),
     ]
     assert all(w.window_seconds == 60 for w in got)
+
+
+async def test_recent_samples_fleet_wide_around_now(store: MonitoringStore) -> None:
+    """Live data: the newest page is found whether it spans seconds or hours."""
+    now = time.time()
+    ages = [5, 10, 20, 2000, 2100, 2200, 2300, 2400, 90_000]
+    rows = [("d1" if i % 2 else "d2", "temp", now - age, float(i), i) for i, age in enumerate(ages)]
+    await store.insert_samples(sample_batch(rows))
+    newest = await store.recent_samples(device_ids=None, limit=5)
+    assert [s.value for s in newest] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    page = await store.recent_samples(device_ids=None, limit=3, offset=6)
+    assert [s.value for s in page] == [6.0, 7.0, 8.0]
+    since = await store.recent_samples(device_ids=None, since=now - 1000, limit=10)
+    assert [s.value for s in since] == [0.0, 1.0, 2.0]

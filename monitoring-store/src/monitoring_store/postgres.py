@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from itertools import repeat
 from operator import itemgetter
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: Rows per write statement; bounds the size of one statement's arrays.
 WRITE_CHUNK = 50_000
+#: Look-back spans (seconds) tried in turn for fleet-wide "recent samples".
+RECENT_SPANS = (60.0, 600.0, 3600.0, 86400.0)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS monitoring_windows (
@@ -629,15 +632,27 @@ class PostgresStore:
         if device_ids is not None and not device_ids:
             return []
         if device_ids is None:
-            rows = await self.pool.fetch(
+            # The whole fleet, newest first, has no index to walk (ts has only a BRIN index,
+            # which keeps the write path cheap). Look back over growing spans instead: the BRIN
+            # index confines each try to recent blocks, and once a span holds a full page the
+            # page is exact (every newer sample is inside it). The last try is unbounded.
+            query = (
                 f"{_SAMPLE_ROWS} WHERE ($1::text IS NULL OR u.metric = $1) "
                 "AND ($2::float8 IS NULL OR s.ts >= $2) "
-                "ORDER BY s.ts DESC, s.device_id, s.seq DESC, u.metric LIMIT $3 OFFSET $4",
-                metric,
-                since,
-                limit,
-                offset,
+                "ORDER BY s.ts DESC, s.device_id, s.seq DESC, u.metric LIMIT $3"
             )
+            wanted = limit + offset
+            now = time.time()
+            tries: list[float | None] = [
+                now - span for span in RECENT_SPANS if since is None or now - span > since
+            ]
+            tries.append(since)
+            rows = []
+            for lower in tries:
+                rows = await self.pool.fetch(query, metric, lower, wanted)
+                if len(rows) >= wanted:
+                    break
+            rows = rows[offset:]
         else:
             # Newest (limit + offset) per device from its own primary-key range, then merged.
             rows = await self.pool.fetch(
