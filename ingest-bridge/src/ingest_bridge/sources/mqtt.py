@@ -196,6 +196,10 @@ class _Connection(asyncio.Protocol):
                 else:
                     self._control(kind, buf[i:end])
                 pos = end
+        except IndexError:
+            log.error("MQTT protocol error: truncated packet; reconnecting")
+            self.abort()
+            return
         except MqttError as exc:
             log.error("MQTT protocol error: %s; reconnecting", exc)
             self.abort()
