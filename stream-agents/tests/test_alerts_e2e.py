@@ -62,9 +62,15 @@ class Scenario:
 
         assert await wait_for(stored, timeout=20), "agents did not store the device's rules"
 
-    async def window(self, device: str, k: int, metrics: dict[str, float]) -> None:
-        """One reading in window k (10 s windows from ``base``); it closes window k-1."""
-        t = self.base + 10 * k + 5
+    async def window(
+        self, device: str, k: int, metrics: dict[str, float], *, at: float = 0.0
+    ) -> None:
+        """One reading in window k (10 s windows from ``base + at``); it closes window k-1.
+
+        Each device's scenario starts after the previous one's (``at``), so that ingest time
+        only moves forward in every partition, as it does when the bridge produces.
+        """
+        t = self.base + at + 10 * k + 5
         await self.producer.send_and_wait(
             self.ae.topics.telemetry_raw,
             envelope(device, t + 0.1, [(t, metrics)]),
@@ -191,9 +197,9 @@ async def test_alert_rules_lifecycle(
 
     # -- rate of change between consecutive windows -----------------------------------------
     for k, hum in enumerate([10, 100, 100, 100]):
-        await sc.window(jumpy, k, {"hum": hum})
+        await sc.window(jumpy, k, {"hum": hum}, at=100)
     # (100 - 10) / 10 s = 9/s > 1/s at window 1; window 2 changes 0/s → cleared.
-    [jump] = await sc.wait_alerts(jumpy, [(b + 20, "cleared")])
+    [jump] = await sc.wait_alerts(jumpy, [(b + 120, "cleared")])
     assert jump.rule_type == "rate_of_change" and jump.value == 9.0
 
     # -- device silent for T seconds (wall clock), cleared when it reports again --------------
@@ -220,12 +226,12 @@ async def test_alert_rules_lifecycle(
     assert await wait_for(silent_cleared, timeout=20)
 
     # -- rules changed through device.events apply without a restart -------------------------
-    await sc.window(tuned, 0, {"temp": -5})
-    await sc.window(tuned, 1, {"temp": -5})  # closes 0: below 0 → alert
-    await sc.wait_alerts(tuned, [(b + 10, "active")])
+    await sc.window(tuned, 0, {"temp": -5}, at=200)
+    await sc.window(tuned, 1, {"temp": -5}, at=200)  # closes 0: below 0 → alert
+    await sc.wait_alerts(tuned, [(b + 210, "active")])
     await sc.rules(tuned, [{**below, "value": -10}], version=2)
-    await sc.window(tuned, 2, {"temp": -5})  # closes 1 (-5): not below -10 now → cleared
-    await sc.wait_alerts(tuned, [(b + 10, "cleared")])
+    await sc.window(tuned, 2, {"temp": -5}, at=200)  # closes 1 (-5): not below -10 → cleared
+    await sc.wait_alerts(tuned, [(b + 210, "cleared")])
 
     # -- every state change went to the alerts topic; an acknowledged alert never went back --
     def enough(got: list[bytes]) -> bool:
