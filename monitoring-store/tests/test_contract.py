@@ -34,16 +34,25 @@ assert T0 % 86400 == 0
 BACKENDS = ["postgres", "mongo"]
 
 
+@pytest.fixture(scope="module")
+def pg_store_url(pg_database_factory: Callable[[str], str]) -> str:
+    """One database for the module; every test gets its own schema in it (cheap to drop)."""
+    return pg_database_factory("store")
+
+
 @pytest.fixture(params=BACKENDS)
 async def store(
-    request: pytest.FixtureRequest, pg_database_factory: Callable[[str], str]
+    request: pytest.FixtureRequest, pg_store_url: str
 ) -> AsyncIterator[MonitoringStore]:
     if request.param == "postgres":
-        s = open_store(pg_database_factory("store"), max_pool=4)
+        schema = f"t_{secrets.token_hex(6)}"
+        s = open_store(pg_store_url, max_pool=4, schema=schema)
         await s.start()
         try:
             yield s
         finally:
+            pool = s.pool
+            await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
             await s.close()
         return
     base = os.environ.get("MONGODB_URL")

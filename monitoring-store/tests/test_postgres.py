@@ -54,9 +54,11 @@ async def test_big_batches_are_split_between_readings(
         await store.close()
 
 
-def test_unknown_scheme_is_refused() -> None:
+def test_unknown_scheme_and_bad_schema_are_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         open_store("redis://localhost:6379/0")
+    with pytest.raises(ValueError, match="schema"):
+        open_store("postgresql://localhost/iot", schema='x"; DROP TABLE users; --')
 
 
 async def test_start_upgrades_the_first_layout(pg_database_factory: Callable[[str], str]) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from itertools import repeat
@@ -316,6 +317,7 @@ _DELIVERY_COLS = (
 
 
 _second = itemgetter(1)
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def _dsn(url: str) -> str:
@@ -403,10 +405,17 @@ def _sample_from(row: asyncpg.Record) -> Sample:
 class PostgresStore:
     """The monitoring store on PostgreSQL (see the module docstring for the layout)."""
 
-    def __init__(self, url: str, *, min_pool: int = 1, max_pool: int = 10) -> None:
+    def __init__(
+        self, url: str, *, min_pool: int = 1, max_pool: int = 10, schema: str | None = None
+    ) -> None:
+        """``schema`` keeps the store's tables in their own PostgreSQL schema (created at
+        start), e.g. to share a database with other services or to isolate test runs."""
+        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"invalid schema name {schema!r}")
         self._dsn = _dsn(url)
         self._min_pool = min_pool
         self._max_pool = max_pool
+        self._schema = schema
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -423,10 +432,13 @@ class PostgresStore:
             min_size=self._min_pool,
             max_size=self._max_pool,
             init=self._init_connection,
+            server_settings={"search_path": self._schema} if self._schema else None,
         )
         async with self._pool.acquire() as conn, conn.transaction():
             # Several processes may start at once; CREATE … IF NOT EXISTS is not race-free.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('monitoring_store_schema'))")
+            if self._schema:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
             long_samples = await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
                 "WHERE table_schema = current_schema() AND table_name = 'monitoring_samples' "
