@@ -46,7 +46,7 @@ pytestmark = [
         not all(landed(COMPONENTS[n]) for n in [*SERVICES, "simulator"]),
         reason="needs every service and the simulator",
     ),
-    pytest.mark.timeout(400),
+    pytest.mark.timeout(600),
 ]
 
 
