@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,21 @@ def settings_factory(
         return DeviceManagementSettings(**values)
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_redis_namespace(redis_url: str, redis_namespace: str) -> Iterator[None]:
+    """Remove this run's Redis keys (cache entries, last-seen hash, revocations) at the end."""
+    yield
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{redis_namespace}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+    finally:
+        client.close()
 
 
 @pytest.fixture
