@@ -176,6 +176,22 @@ async def start_service(
         manager, client = stack.pop()
         await client.aclose()
         await manager.__aexit__(None, None, None)
+    await _delete_exchange(settings_factory())
+
+
+async def _delete_exchange(settings: DeviceManagementSettings) -> None:
+    """The relay declares the (durable) test exchange; don't leave it behind in RabbitMQ."""
+    try:
+        connection = await aio_pika.connect(settings.rabbitmq_url.get_secret_value())
+    except Exception:
+        return
+    try:
+        channel = await connection.channel()
+        await channel.exchange_delete(settings.device_events_exchange)
+    except Exception:
+        pass
+    finally:
+        await connection.close()
 
 
 @pytest.fixture
