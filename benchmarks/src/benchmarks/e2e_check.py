@@ -22,6 +22,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy.typing as npt
 
 from iot_common.telemetry import DeadLetter, DeadLetterReason, deadletter_decoder
 from iot_common.topics import Topics
-from simulator.ledger import MALFORMED, Fault, Ledger, hash_pairs, metric_key, read_ledger
+from simulator.ledger import MALFORMED, Fault, Ledger, digest_values, metric_key, read_ledger
 
 R = DeadLetterReason
 #: Dead-letter reasons that account for each injected fault.
@@ -102,23 +103,24 @@ class CheckResult:
 
 
 def _device_digest(
-    metrics: list[list[str]], vals: list[list[float]]
+    metrics: Sequence[Sequence[str]], vals: Sequence[Sequence[float]]
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-    """Digest and point count per stored reading (the ledger's digest, from the store's side)."""
-    counts = np.array([len(m) for m in metrics], dtype=np.int64)
-    if counts.sum() == 0:
-        return np.zeros(len(metrics), dtype=np.uint64), counts
-    cache: dict[str, int] = {}
-    flat_keys = np.array(
-        [cache.setdefault(m, metric_key(m)) for row in metrics for m in row], dtype=np.uint64
-    )
-    flat_vals = np.array([v for row in vals for v in row], dtype=np.float64)
-    hashed = hash_pairs(flat_vals, flat_keys)
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    out = np.zeros(len(metrics), dtype=np.uint64)
-    nz = counts > 0
-    with np.errstate(over="ignore"):
-        out[nz] = np.add.reduceat(hashed, starts[nz], dtype=np.uint64)
+    """Digest and point count per stored reading (the ledger's digest, from the store's side).
+
+    Readings are grouped by their metric names (a fleet has few distinct sets), so each group
+    is one vectorised digest over an ``(n, k)`` value matrix."""
+    n = len(metrics)
+    counts = np.fromiter((len(m) for m in metrics), dtype=np.int64, count=n)
+    out = np.zeros(n, dtype=np.uint64)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, names in enumerate(metrics):
+        groups.setdefault(tuple(names), []).append(i)
+    for names, rows in groups.items():
+        if not names:
+            continue
+        keys = np.array([metric_key(m) for m in names], dtype=np.uint64)
+        matrix = np.array([vals[i] for i in rows], dtype=np.float64).reshape(len(rows), -1)
+        out[rows] = digest_values(matrix, np.ones(matrix.shape, dtype=np.bool_), keys)
     return out, counts
 
 
@@ -151,8 +153,8 @@ async def fetch_stored(
             dev.append(index[r["device_id"]])
             ts.append(r["ts"])
             seq.append(r["seq"])
-            metrics.append(list(r["metrics"]))
-            vals.append(list(r["vals"]))
+            metrics.append(r["metrics"])
+            vals.append(r["vals"])
     else:  # any backend, through the store interface
         from monitoring_store import open_store
 
