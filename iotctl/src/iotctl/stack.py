@@ -297,6 +297,8 @@ class Stack:
             "--duration",
             "0",
             "--no-live",
+            # Publish as the devices an earlier `make run` registered (registers when none).
+            "--reuse-devices",
         ]
         self.supervisor.start(comp.name, cmd, env=self.child_env(), cwd=self.root)
         deadline = time.monotonic() + 3
