@@ -82,7 +82,10 @@ class KafkaPublisher:
             enable_idempotence=False,
         )
         self._parts: dict[str, int] = {}
-        self._pcache: dict[bytes, int] = {}
+        #: key → partition per partition count (topics may differ: ``telemetry.raw`` with 8
+        #: partitions, an auto-created ``alerts`` with 1). Keyed by count, not topic: topics
+        #: with the same count share the murmur2 results.
+        self._pcache: dict[int, dict[bytes, int]] = {}
 
     async def start(self) -> None:
         await self.producer.start()
@@ -103,7 +106,7 @@ class KafkaPublisher:
             return
         n = await self._partitions(topic)
         by_part: dict[int, list[tuple[bytes, bytes]]] = {}
-        cache = self._pcache
+        cache = self._pcache.setdefault(n, {})
         for key, value in items:
             p = cache.get(key)
             if p is None:
