@@ -88,11 +88,49 @@ def fake_dm() -> Iterator[FakeDeviceManagement]:
     dm.close()
 
 
+_CREATED: list[dict[str, str]] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_infra(redis_url: str, redis_namespace: str, rabbitmq_url: str) -> Iterator[None]:
+    """At the end: drop this run's RabbitMQ queues/exchanges and Redis keys."""
+    yield
+
+    async def cleanup() -> None:
+        import aio_pika
+
+        conn = await aio_pika.connect(rabbitmq_url)
+        for n in _CREATED:
+            for kind, name in (
+                ("queue", n["amqp_queue"]),
+                ("queue", n["device_events_queue"]),
+                ("exchange", n["telemetry_exchange"]),
+                ("exchange", n["device_events_exchange"]),
+            ):
+                channel = await conn.channel()
+                try:
+                    if kind == "queue":
+                        await channel.queue_delete(name)
+                    else:
+                        await channel.exchange_delete(name)
+                    await channel.close()
+                except Exception:
+                    pass
+        await conn.close()
+        client = Redis.from_url(redis_url)
+        keys = [k async for k in client.scan_iter(f"{redis_namespace}:*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.delete(*keys[i : i + 1000])
+        await client.aclose()
+
+    asyncio.run(cleanup())
+
+
 @pytest.fixture
 def names(run_id: str) -> dict[str, str]:
     """Names unique to this test (MQTT client/session, queues, exchanges, topic prefixes)."""
     tag = f"{run_id}{secrets.token_hex(3)}"
-    return {
+    created = {
         "tag": tag,
         "topic_prefix": f"t{tag}.",
         "mqtt_topic_prefix": f"test/{tag}/",
@@ -103,6 +141,8 @@ def names(run_id: str) -> dict[str, str]:
         "amqp_queue": f"ib.telemetry.{tag}",
         "device_events_queue": f"ib.device-events.{tag}",
     }
+    _CREATED.append(created)
+    return created
 
 
 @pytest.fixture
