@@ -72,6 +72,14 @@ def run_cmd(
     mqtt_topic_prefix: Annotated[str | None, typer.Option(help="Prefix of MQTT topics.")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: random).")] = None,
     live: Annotated[bool, typer.Option(help="Live progress display.")] = True,
+    give_up_after: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds an unconfirmed message is kept and re-sent (across reconnects) "
+            "before it counts as failed.",
+        ),
+    ] = 60.0,
     summary_json: Annotated[
         Path | None, typer.Option(help="Also write the summary as JSON here.")
     ] = None,
@@ -135,6 +143,7 @@ def run_cmd(
         rabbitmq_url=settings.rabbitmq_url.get_secret_value(),
         telemetry_exchange=settings.telemetry_exchange,
         ingest_url=settings.ingest_url,
+        give_up_after=give_up_after,
     )
     opts = RunOptions(
         fleet=fleet,

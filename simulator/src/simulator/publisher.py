@@ -93,6 +93,11 @@ class Progress:
         return [float(getattr(self, f)) for f in self.FIELDS]
 
 
+def flush_limit(flush_timeout: float, transport: TransportConfig) -> float:
+    """How long the end of a run waits for confirms: long enough for every retry to end."""
+    return max(flush_timeout, transport.give_up_after + 5.0)
+
+
 def marker(run_id: str, shard: int, msg: int, fault: int) -> str:
     """Tag put into fault messages so a checker can find them in the dead letters."""
     return f"sim:{run_id}:{shard}:{msg}:{fault}"
@@ -335,7 +340,8 @@ class Publisher:
             for slot, (body, _) in list(self._held.items()):
                 await self._send(slot, body, reject=False)
             self._held.clear()
-            await self.transport.flush(spec.flush_timeout)
+            # Unconfirmed messages are retried until given up: wait for that, at least.
+            await self.transport.flush(flush_limit(spec.flush_timeout, spec.transport))
         finally:
             tr = self.transport
             self._unconfirmed = max(0, tr.sent - (tr.acked + tr.failed + tr.rejected))

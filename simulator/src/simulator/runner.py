@@ -27,7 +27,7 @@ from rich.table import Table
 
 from simulator.fleet import Fleet
 from simulator.ledger import write_manifest
-from simulator.publisher import Device, Progress, Publisher, WorkerSpec
+from simulator.publisher import Device, Progress, Publisher, WorkerSpec, flush_limit
 from simulator.transports import TransportConfig
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,9 @@ def run(
                     break
                 interrupted = True
                 control[1] = 1.0
-                stop_deadline = time.monotonic() + opts.flush_timeout + 10
+                stop_deadline = (
+                    time.monotonic() + flush_limit(opts.flush_timeout, opts.transport) + 10
+                )
     finally:
         for p in procs:
             p.join(timeout=1)

@@ -1,8 +1,13 @@
 """Publishing over MQTT (QoS 1), AMQP (publisher confirms) and HTTP (device token).
 
-Every transport counts what it sent, what the far side confirmed (PUBACK, broker confirm,
-HTTP 202) and what failed, and bounds the number of unconfirmed messages so a slow broker
-slows the publisher (and the pacer shows it) instead of filling memory.
+Every transport behaves as an at-least-once client: a message counts as confirmed once the far
+side confirmed it (PUBACK, broker confirm, HTTP 202). Until then it is kept and sent again
+after a reconnect (MQTT: paho re-sends its in-flight messages on a persistent session; AMQP:
+unconfirmed publications are re-published once the robust connection is back; HTTP: connection
+errors and 5xx are retried with backoff). A message only counts as failed once it was given up
+after ``give_up_after`` seconds of trying. The number of unconfirmed messages is bounded (the
+window), so a broker that is slow or away slows the publisher (the pacer shows it) instead of
+filling memory or dropping messages.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -29,9 +35,14 @@ class TransportConfig:
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     telemetry_exchange: str = "telemetry"
     ingest_url: str = "http://127.0.0.1:8004"
-    #: Unconfirmed messages allowed in flight per process.
+    #: Unconfirmed messages allowed in flight (or queued while disconnected) per process.
     window: int = 2000
     client_id: str = "simulator"
+    #: Seconds a message is retried (kept across reconnects) before it counts as failed.
+    give_up_after: float = 60.0
+    #: Backoff between retries / reconnects: starts at ``retry_min``, doubles up to ``retry_max``.
+    retry_min: float = 0.1
+    retry_max: float = 2.0
 
 
 class Transport(Protocol):
@@ -48,9 +59,14 @@ class Transport(Protocol):
     ) -> None: ...
 
     async def flush(self, limit: float) -> None:
-        """Wait until everything sent is confirmed (or failed), at most ``limit`` seconds."""
+        """Wait until everything sent is confirmed (or given up), at most ``limit`` seconds."""
 
     async def close(self) -> None: ...
+
+
+def backoff(attempt: int, low: float, high: float) -> float:
+    """Delay before retry ``attempt`` (1, 2, …): exponential with jitter, at most ``high``."""
+    return float(min(high, low * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
 class _Counts:
@@ -65,14 +81,19 @@ class _Counts:
     def in_flight(self) -> int:
         return self.sent - self.acked - self.failed - self.rejected
 
+    def _expire(self) -> None:
+        """Give up messages that were retried for too long (transports that track them)."""
+
     async def _wait_window(self) -> None:
-        while self.in_flight >= self.window:  # noqa: ASYNC110 - freed by other threads
+        while self.in_flight >= self.window:
+            self._expire()
             await asyncio.sleep(0.0005)
 
     async def flush(self, limit: float) -> None:
         deadline = time.monotonic() + limit
         # Confirms arrive on paho's thread or as task callbacks: poll, briefly.
-        while self.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            self._expire()
             await asyncio.sleep(0.01)
 
 
@@ -93,27 +114,52 @@ class NullTransport(_Counts):
 
 
 class MqttTransport(_Counts):
-    """paho-mqtt, QoS 1; paho's network thread handles PUBACKs."""
+    """paho-mqtt, QoS 1, persistent session with a fixed client id; paho's network thread
+    handles PUBACKs and reconnects, and re-sends unacknowledged messages after a reconnect.
+
+    Messages published while disconnected stay in paho's queue (bounded by the window) and go
+    out once the broker is back. Each unacknowledged message is tracked by its mid with the
+    time it was first published; one unacknowledged for ``give_up_after`` seconds is dropped
+    from paho's queue and counted as failed.
+    """
 
     def __init__(self, cfg: TransportConfig) -> None:
         super().__init__(cfg.window)
         self.cfg = cfg
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        #: mid → monotonic time of the first publish, oldest first.
+        self._pending: dict[int, float] = {}
+        #: PUBACKs that arrived before ``publish`` returned the mid (paho's thread is quick).
+        self._early: set[int] = set()
+        self._given_up: set[int] = set()
+        self.reconnects = 0
+        self._was_connected = False
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv311,
-            clean_session=True,
+            clean_session=False,
         )
         self.client.max_inflight_messages_set(cfg.window)
-        self.client.max_queued_messages_set(0)
+        self.client.max_queued_messages_set(0)  # the window bounds it
+        self.client.reconnect_delay_set(
+            min_delay=max(1, round(cfg.retry_min)), max_delay=max(1, round(cfg.retry_max))
+        )
         self.client.on_publish = self._on_publish
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if not rc.is_failure:
+            if self._was_connected:
+                self.reconnects += 1
+                log.warning(
+                    "MQTT reconnected (session present: %s); re-sending %d unacknowledged",
+                    flags.session_present,
+                    len(self._pending),
+                )
+            self._was_connected = True
             self._connected.set()
         else:
             log.error("MQTT connect refused: %s", rc)
@@ -121,18 +167,60 @@ class MqttTransport(_Counts):
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._connected.clear()
         if rc.is_failure:
-            log.warning("MQTT disconnected: %s", rc)
+            log.warning(
+                "MQTT disconnected (%s); %d unacknowledged kept for re-sending",
+                rc,
+                len(self._pending),
+            )
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         with self._lock:
-            self.acked += 1
+            if self._pending.pop(mid, None) is not None:
+                self.acked += 1
+            elif mid in self._given_up:  # confirmed after all: it did arrive
+                self._given_up.discard(mid)
+                self.failed -= 1
+                self.acked += 1
+            else:
+                self._early.add(mid)
+
+    def _expire(self) -> None:
+        if not self._pending:
+            return
+        limit = time.monotonic() - self.cfg.give_up_after
+        expired: list[int] = []
+        with self._lock:
+            for mid, first in self._pending.items():
+                if first > limit:
+                    break
+                expired.append(mid)
+            for mid in expired:
+                del self._pending[mid]
+                self._given_up.add(mid)
+            self.failed += len(expired)
+        if not expired:
+            return
+        log.error(
+            "MQTT: gave up %d message(s) unacknowledged for %.0f s",
+            len(expired),
+            self.cfg.give_up_after,
+        )
+        # Drop them from paho's queue too so they do not pile up (paho has no public API).
+        c: Any = self.client
+        with contextlib.suppress(Exception), c._out_message_mutex:
+            for mid in expired:
+                msg = c._out_messages.pop(mid, None)
+                if msg is not None and msg.state == mqtt.mqtt_ms_wait_for_puback:
+                    c._inflight_messages = max(0, c._inflight_messages - 1)
 
     async def start(self) -> None:
+        """Connect, waiting for the broker up to ``give_up_after`` seconds."""
         self.client.connect_async(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=30)
         self.client.loop_start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + max(self.cfg.give_up_after, 1.0)
         while not self._connected.is_set():
             if time.monotonic() > deadline:
+                self.client.loop_stop()
                 raise ConnectionError(
                     f"cannot connect to MQTT at {self.cfg.mqtt_host}:{self.cfg.mqtt_port}"
                 )
@@ -141,14 +229,26 @@ class MqttTransport(_Counts):
     async def publish(
         self, device_id: str, payload: bytes, *, token: str | None, expect_reject: bool
     ) -> None:
+        if self._pending:
+            self._expire()
         if self.in_flight >= self.window:
             await self._wait_window()
         topic = f"{self.cfg.mqtt_topic_prefix}devices/{device_id}/telemetry"
         self.sent += 1
         info = self.client.publish(topic, payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN: paho keeps the message and sends it once reconnected.
+            with self._lock:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    self.acked += 1
+                else:
+                    self._given_up.discard(info.mid)
+                    self._pending[info.mid] = time.monotonic()
+        else:
             with self._lock:
                 self.failed += 1
+            log.error("MQTT publish refused by the client: %s", mqtt.error_string(info.rc))
 
     async def close(self) -> None:
         self.client.disconnect()
@@ -156,25 +256,43 @@ class MqttTransport(_Counts):
 
 
 class AmqpTransport(_Counts):
-    """aio-pika with publisher confirms; confirms are awaited concurrently (bounded)."""
+    """aio-pika with publisher confirms; confirms are awaited concurrently (bounded).
+
+    A publication that fails (connection or channel lost, confirm lost, nack) is published
+    again, with backoff, once the robust connection is back, until ``give_up_after`` seconds.
+    """
 
     def __init__(self, cfg: TransportConfig) -> None:
         super().__init__(cfg.window)
         self.cfg = cfg
         self._tasks: set[asyncio.Task[None]] = set()
         self._conn: Any = None
+        self._channel: Any = None
         self._exchange: Any = None
+        self.retries = 0
 
     async def start(self) -> None:
+        """Connect, waiting for the broker up to ``give_up_after`` seconds."""
         import aio_pika
 
-        self._conn = await aio_pika.connect_robust(self.cfg.rabbitmq_url)
-        channel = await self._conn.channel(publisher_confirms=True)
-        self._exchange = await channel.declare_exchange(
+        deadline = time.monotonic() + max(self.cfg.give_up_after, 1.0)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._conn = await aio_pika.connect_robust(self.cfg.rabbitmq_url)
+                break
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"cannot connect to RabbitMQ: {exc}") from exc
+                log.warning("RabbitMQ not reachable (%s), retrying", exc)
+                await asyncio.sleep(backoff(attempt, self.cfg.retry_min * 5, self.cfg.retry_max))
+        self._channel = await self._conn.channel(publisher_confirms=True)
+        self._exchange = await self._channel.declare_exchange(
             self.cfg.telemetry_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
 
-    async def _send(self, device_id: str, payload: bytes) -> None:
+    async def _publish_once(self, device_id: str, payload: bytes) -> None:
         import aio_pika
 
         msg = aio_pika.Message(
@@ -182,13 +300,36 @@ class AmqpTransport(_Counts):
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        try:
-            await self._exchange.publish(msg, routing_key=f"device.{device_id}")
-        except Exception as exc:
-            self.failed += 1
-            log.warning("AMQP publish failed for %s: %s", device_id, exc)
-        else:
-            self.acked += 1
+        await self._exchange.publish(msg, routing_key=f"device.{device_id}", timeout=30)
+
+    async def _send(self, device_id: str, payload: bytes) -> None:
+        first = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._publish_once(device_id, payload)
+            except Exception as exc:
+                if time.monotonic() - first >= self.cfg.give_up_after:
+                    self.failed += 1
+                    log.error("AMQP publish for %s given up: %s", device_id, exc)
+                    return
+                self.retries += 1
+                if attempt == 1:
+                    log.warning("AMQP publish for %s unconfirmed (%s); retrying", device_id, exc)
+                await asyncio.sleep(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max))
+                await self._wait_ready(first)
+            else:
+                self.acked += 1
+                return
+
+    async def _wait_ready(self, first: float) -> None:
+        """Until the robust channel is usable again (or the message's time is up)."""
+        left = self.cfg.give_up_after - (time.monotonic() - first)
+        if self._channel is None or left <= 0:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._channel.ready(), timeout=left)
 
     async def publish(
         self, device_id: str, payload: bytes, *, token: str | None, expect_reject: bool
@@ -201,6 +342,8 @@ class AmqpTransport(_Counts):
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._conn is not None:
@@ -208,13 +351,18 @@ class AmqpTransport(_Counts):
 
 
 class HttpTransport(_Counts):
-    """``POST /ingest/{device_id}`` with the device's bearer token; 202 is a confirm."""
+    """``POST /ingest/{device_id}`` with the device's bearer token; 202 is a confirm.
+
+    Connection errors, timeouts, 5xx and 429 are retried with backoff until ``give_up_after``
+    seconds; any other 4xx is final (rejected if the simulator meant it, failed otherwise).
+    """
 
     def __init__(self, cfg: TransportConfig) -> None:
         super().__init__(min(cfg.window, 256))
         self.cfg = cfg
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
+        self.retries = 0
 
     async def start(self) -> None:
         import httpx
@@ -225,22 +373,43 @@ class HttpTransport(_Counts):
         )
 
     async def _send(self, device_id: str, payload: bytes, token: str | None, reject: bool) -> None:
+        import httpx
+
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        try:
-            resp = await self._client.post(f"/ingest/{device_id}", content=payload, headers=headers)
-        except Exception as exc:
-            self.failed += 1
-            log.warning("HTTP ingest failed for %s: %s", device_id, exc)
-            return
-        if resp.status_code in (200, 202):
-            self.acked += 1
-        elif reject and 400 <= resp.status_code < 500:
-            self.rejected += 1
-        else:
-            self.failed += 1
-            log.warning("HTTP ingest for %s answered %s", device_id, resp.status_code)
+        first = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            problem: str
+            try:
+                resp = await self._client.post(
+                    f"/ingest/{device_id}", content=payload, headers=headers
+                )
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                status = resp.status_code
+                if status in (200, 202):
+                    self.acked += 1
+                    return
+                if 400 <= status < 500 and status != 429:
+                    if reject:
+                        self.rejected += 1
+                    else:
+                        self.failed += 1
+                        log.warning("HTTP ingest for %s answered %s", device_id, status)
+                    return
+                problem = f"HTTP {status}"
+            if time.monotonic() - first >= self.cfg.give_up_after:
+                self.failed += 1
+                log.error("HTTP ingest for %s given up: %s", device_id, problem)
+                return
+            self.retries += 1
+            if attempt == 1:
+                log.warning("HTTP ingest for %s failed (%s); retrying", device_id, problem)
+            await asyncio.sleep(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max))
 
     async def publish(
         self, device_id: str, payload: bytes, *, token: str | None, expect_reject: bool
@@ -253,6 +422,8 @@ class HttpTransport(_Counts):
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._client is not None:

@@ -1,0 +1,286 @@
+"""At-least-once publishing: nothing is lost or failed across a broker restart.
+
+A private Mosquitto (its own port and persistence directory, never the shared one) is stopped
+and started again while the simulator publishes at QoS 1; every reading must reach a
+subscriber and none may count as failed. HTTP and AMQP retries are checked against fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import paho.mqtt.client as mqtt
+import pytest
+
+from simulator.fleet import Fleet
+from simulator.ledger import read_ledger
+from simulator.registry import local_devices
+from simulator.runner import RunOptions, run
+from simulator.transports import AmqpTransport, HttpTransport, MqttTransport, TransportConfig
+
+_decode = msgspec.json.Decoder()
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class PrivateMosquitto:
+    """``mosquitto`` as a child process on a free port, persisting sessions to ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "user root\n"
+            "persistence true\n"
+            f"persistence_location {directory}/\n"
+            "max_queued_messages 100000\n",
+            encoding="utf-8",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        log = open(self.directory / "mosquitto.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        wait_until(self.listening, 10, "mosquitto to listen")
+
+    def stop(self) -> None:
+        """A graceful stop (SIGTERM): Mosquitto saves its sessions, as a restart would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    broker = PrivateMosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+class PersistentSink:
+    """A QoS 1 subscriber with a persistent session that reconnects by itself."""
+
+    def __init__(self, port: int, topic_prefix: str, client_id: str) -> None:
+        self.lock = threading.Lock()
+        self.readings: set[tuple[str, int]] = set()
+        self.received = 0
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+        )
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(f"{topic_prefix}devices/+/telemetry", 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        device_id = msg.topic.split("/")[-2]
+        body = _decode.decode(msg.payload)
+        items = body if isinstance(body, list) else [body]
+        with self.lock:
+            self.received += len(items)
+            for r in items:
+                self.readings.add((device_id, int(r["seq"])))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_no_reading_fails_or_is_lost_across_a_broker_restart(
+    mosquitto: PrivateMosquitto, make_fleet: Any, tmp_path: Path, run_id: str
+) -> None:
+    prefix = f"sim{run_id}/"
+    fleet = Fleet.model_validate(make_fleet())
+    sink = PersistentSink(mosquitto.port, prefix, f"sink-{run_id}")
+    summary: dict[str, Any] = {}
+    opts = RunOptions(
+        fleet=fleet,
+        rate=200,
+        duration=8,
+        processes=1,
+        transport=TransportConfig(
+            kind="mqtt",
+            mqtt_port=mosquitto.port,
+            mqtt_topic_prefix=prefix,
+            give_up_after=30,
+        ),
+        devices=local_devices(fleet, 5),
+        ledger_dir=tmp_path / "ledger",
+        run_id=run_id,
+        live=False,
+    )
+    publisher = threading.Thread(target=lambda: summary.update(run(opts)))
+    try:
+        publisher.start()
+        wait_until(lambda: sink.received >= 300, 30, "the first readings")
+        down_at = time.time()
+        mosquitto.stop()
+        time.sleep(2.0)  # the simulator keeps publishing while the broker is away
+        up_at = time.time()
+        mosquitto.start()
+        publisher.join(90)
+        assert not publisher.is_alive()
+        wait_until(lambda: len(sink.readings) >= 1600, 30, "every reading at the subscriber")
+    finally:
+        sink.close()
+        publisher.join(60)
+
+    ledger = read_ledger(tmp_path / "ledger")
+    sent = {(ledger.devices[int(r["device"])], int(r["seq"])) for r in ledger.records}
+    assert len(sent) == len(ledger.records) == summary["readings"] == 1600
+    assert summary["failed"] == 0
+    assert summary["confirmed"] == summary["messages"] == 1600
+    assert sent == sink.readings
+    # Readings published while the broker was away (queued, then sent after the reconnect).
+    while_down = [r for r in ledger.records if down_at + 0.1 < r["ts"] < up_at - 0.1]
+    assert len(while_down) > 100
+
+
+async def test_mqtt_gives_up_only_after_the_retry_period(mosquitto: PrivateMosquitto) -> None:
+    transport = MqttTransport(
+        TransportConfig(kind="mqtt", mqtt_port=mosquitto.port, give_up_after=1.5)
+    )
+    await transport.start()
+    try:
+        await transport.publish("dev", b"{}", token=None, expect_reject=False)
+        await transport.flush(10)
+        assert transport.acked == 1
+        mosquitto.stop()  # and it does not come back
+        for _ in range(5):
+            await transport.publish("dev", b"{}", token=None, expect_reject=False)
+        await asyncio.sleep(0.5)
+        assert transport.failed == 0  # still kept for re-sending
+        await transport.flush(10)
+        assert transport.failed == 5
+        assert transport.in_flight == 0
+    finally:
+        await transport.close()
+
+
+def http_transport(handler: Any, give_up_after: float = 10.0) -> HttpTransport:
+    cfg = TransportConfig(kind="http", give_up_after=give_up_after, retry_min=0.01, retry_max=0.05)
+    transport = HttpTransport(cfg)
+    transport._client = httpx.AsyncClient(
+        base_url="http://ingest", transport=httpx.MockTransport(handler)
+    )
+    return transport
+
+
+async def test_http_retries_connection_errors_and_5xx_but_not_4xx() -> None:
+    calls: dict[str, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        device = request.url.path.rsplit("/", 1)[-1]
+        n = calls[device] = calls.get(device, 0) + 1
+        if device == "flaky":
+            if n == 1:
+                raise httpx.ConnectError("connection refused")
+            if n == 2:
+                return httpx.Response(503)
+            return httpx.Response(202)
+        if device == "bad":
+            return httpx.Response(400)
+        return httpx.Response(422)  # "malformed": a rejection the simulator meant
+
+    transport = http_transport(handler)
+    try:
+        await transport.publish("flaky", b"{}", token="t", expect_reject=False)
+        await transport.publish("bad", b"{}", token="t", expect_reject=False)
+        await transport.publish("malformed", b"{", token="t", expect_reject=True)
+        await transport.flush(10)
+    finally:
+        await transport.close()
+    assert calls == {"flaky": 3, "bad": 1, "malformed": 1}
+    assert (transport.acked, transport.failed, transport.rejected) == (1, 1, 1)
+
+
+async def test_http_gives_up_after_the_retry_period() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    transport = http_transport(handler, give_up_after=0.5)
+    try:
+        await transport.publish("dev", b"{}", token="t", expect_reject=False)
+        await transport.flush(10)
+    finally:
+        await transport.close()
+    assert transport.failed == 1
+    assert transport.retries >= 2
+
+
+async def test_amqp_republishes_what_was_not_confirmed() -> None:
+    published: list[bytes] = []
+
+    class FlakyExchange:
+        attempts = 0
+
+        async def publish(self, message: Any, routing_key: str, timeout: float) -> None:
+            self.attempts += 1
+            if self.attempts <= 2:
+                raise ConnectionError("connection lost before the confirm")
+            published.append(message.body)
+
+    transport = AmqpTransport(
+        TransportConfig(kind="amqp", give_up_after=10, retry_min=0.01, retry_max=0.05)
+    )
+    transport._exchange = FlakyExchange()
+    try:
+        await transport.publish("dev", b'{"seq": 1}', token=None, expect_reject=False)
+        await transport.flush(10)
+    finally:
+        transport._conn = None
+        await transport.close()
+    assert published == [b'{"seq": 1}']
+    assert (transport.acked, transport.failed, transport.retries) == (1, 0, 2)
