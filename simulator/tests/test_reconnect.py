@@ -284,3 +284,37 @@ async def test_amqp_republishes_what_was_not_confirmed() -> None:
         await transport.close()
     assert published == [b'{"seq": 1}']
     assert (transport.acked, transport.failed, transport.retries) == (1, 0, 2)
+
+
+def session_present(port: int, client_id: str) -> bool:
+    """Whether the broker still holds a session for ``client_id`` (connecting leaves it)."""
+    flags: list[bool] = []
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=False,
+    )
+    client.on_connect = lambda c, u, f, *a: flags.append(f.session_present)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    wait_until(lambda: flags, 10, "CONNACK")
+    client.disconnect()
+    client.loop_stop()
+    return flags[0]
+
+
+async def test_mqtt_session_is_kept_while_running_and_ended_on_close(
+    mosquitto: PrivateMosquitto, run_id: str
+) -> None:
+    cfg = TransportConfig(kind="mqtt", mqtt_port=mosquitto.port, client_id=f"sim-{run_id}")
+    transport = MqttTransport(cfg)
+    await transport.start()
+    await transport.publish("dev", b"{}", token=None, expect_reject=False)
+    await transport.flush(10)
+    # The session the simulator relies on across reconnects exists on the broker.
+    transport.client.disconnect()
+    transport.client.loop_stop()
+    assert await asyncio.to_thread(session_present, mosquitto.port, cfg.client_id)
+    await transport.close()  # nothing unconfirmed: the broker may forget the session
+    assert not await asyncio.to_thread(session_present, mosquitto.port, cfg.client_id)

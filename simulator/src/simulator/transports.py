@@ -253,6 +253,26 @@ class MqttTransport(_Counts):
     async def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        if self.in_flight == 0 and self._was_connected:
+            # Nothing left to re-send: end the persistent session so the broker forgets it.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._end_session)
+
+    def _end_session(self) -> None:
+        """Connect once with a clean session under the same client id, then disconnect."""
+        done = threading.Event()
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
+            client_id=self.cfg.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.on_connect = lambda c, *a: c.disconnect()
+        client.on_disconnect = lambda *a: done.set()
+        client.connect(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=5)
+        client.loop_start()
+        done.wait(2)
+        client.loop_stop()
 
 
 class AmqpTransport(_Counts):
