@@ -97,10 +97,20 @@ async def create_topics(bootstrap: str, topics: Topics) -> None:
         await admin.close()
 
 
-def envelope(device: str, ingest: float, readings: list[tuple[float, dict[str, float]]]) -> bytes:
+def envelope(
+    device: str,
+    ingest: float,
+    readings: list[tuple[float, dict[str, float]]],
+    seqs: list[int | None] | None = None,
+) -> bytes:
+    """One TelemetryEnvelope; each reading's seq is its index unless ``seqs`` is given."""
+    seq = seqs if seqs is not None else list(range(len(readings)))
     return msgspec.json.encode(
         TelemetryEnvelope(
-            device, "http", ingest, [Reading(t, m, i) for i, (t, m) in enumerate(readings)]
+            device,
+            "http",
+            ingest,
+            [Reading(t, m, q) for (t, m), q in zip(readings, seq, strict=True)],
         )
     )
 

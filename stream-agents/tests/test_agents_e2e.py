@@ -1,7 +1,8 @@
 """The agents as a user runs them: worker processes, Tansu, PostgreSQL store.
 
 Every stored window is compared with a numpy reference computed from the readings produced,
-after out-of-order and late readings, a SIGKILL + restart, and a rebalance between workers.
+after out-of-order, late and re-sent (duplicate) readings, a SIGKILL + restart, and a
+rebalance between workers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import msgspec
 import numpy as np
 import pytest
 from agents_testkit import AgentEnv, envelope, read_topic, wait_for
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from iot_common.events import WindowStats, window_decoder
@@ -25,15 +26,21 @@ from iot_common.telemetry import deadletter_decoder
 LATENESS = 5.0
 SIZES = (10, 60)
 
-Readings = list[tuple[str, float, float, dict[str, float]]]  # device, ingest, ts, metrics
+# device, ingest, ts, metrics, seq (None: the device sent none)
+Readings = list[tuple[str, float, float, dict[str, float], int | None]]
 
 
 def reference(readings: Readings) -> dict[tuple[str, str, int, float], tuple[Any, ...]]:
+    """In-time readings, each (device, metric, ts, seq) once: the first produced counts."""
     rows: dict[tuple[str, str, int, float], list[tuple[float, float]]] = {}
-    for dev, ingest, t, metrics in readings:
+    seen: set[tuple[str, str, float, int | None]] = set()
+    for dev, ingest, t, metrics, seq in sorted(readings, key=lambda r: r[1]):
         if ingest > (math.floor(t / SIZES[0]) + 1) * SIZES[0] + LATENESS:
             continue
         for m, v in metrics.items():
+            if (dev, m, t, seq) in seen:
+                continue  # a re-sent reading
+            seen.add((dev, m, t, seq))
             for size in SIZES:
                 rows.setdefault((dev, m, size, math.floor(t / size) * size), []).append((t, v))
     out = {}
@@ -98,20 +105,26 @@ def diff(got: dict, want: dict) -> str:
 async def produce(producer: Any, topic: str, readings: Readings) -> None:
     """One record per reading, in ingest order (as the bridge would)."""
     futs = []
-    for dev, ingest, t, metrics in sorted(readings, key=lambda r: r[1]):
+    for dev, ingest, t, metrics, seq in sorted(readings, key=lambda r: r[1]):
         futs.append(
-            await producer.send(topic, envelope(dev, ingest, [(t, metrics)]), key=dev.encode())
+            await producer.send(
+                topic, envelope(dev, ingest, [(t, metrics)], [seq]), key=dev.encode()
+            )
         )
     await asyncio.gather(*futs)
 
 
 def synth(devices: list[str], n: int, start: float, rng: np.random.Generator) -> Readings:
     """Readings spread over devices; ingest advances ~0.05 s per reading; some out of order,
-    some late."""
+    some late, some re-sent (an earlier reading again, up to ~10 s of ingest time later)."""
     out: Readings = []
     ingest = start
     for i in range(n):
         ingest += float(rng.uniform(0, 0.1))
+        if out and rng.random() < 0.05:
+            dev, _, t, metrics, seq = out[-int(rng.integers(1, min(len(out), 200) + 1))]
+            out.append((dev, round(ingest, 3), t, metrics, seq))
+            continue
         r = rng.random()
         age = (
             rng.uniform(0, 2)
@@ -125,7 +138,8 @@ def synth(devices: list[str], n: int, start: float, rng: np.random.Generator) ->
             "temp": round(float(rng.normal(20, 5)), 2),
             "hum": round(float(rng.uniform(0, 100)), 1),
         }
-        out.append((dev, round(ingest, 3), round(ingest - float(age), 3), metrics))
+        seq = None if rng.random() < 0.1 else int(start * 1000) + i
+        out.append((dev, round(ingest, 3), round(ingest - float(age), 3), metrics, seq))
     return out
 
 
@@ -170,23 +184,40 @@ _last_ingest = [0.0]
             st.one_of(st.floats(0, 2), st.floats(2, 12), st.floats(15, 40)),  # age
             st.floats(-100, 100).map(lambda v: round(v, 2)),
             st.booleans(),
+            # re-send the reading this many readings back (a duplicate), if there is one
+            st.one_of(st.none(), st.none(), st.integers(1, 30)),
+            st.sampled_from(["seq", "seq", "no-seq"]),
         ),
         min_size=1,
         max_size=80,
     )
 )
+@example(  # re-sends with and without seq, a record or two later
+    data=[
+        (0, 0.1, 0.5, 1.0, True, None, "seq"),
+        (1, 0.2, 0.3, 2.0, False, None, "no-seq"),
+        (0, 0.3, 1.0, 3.0, True, 2, "seq"),
+        (1, 0.3, 1.0, 4.0, False, 2, "seq"),
+        (2, 0.1, 0.2, 5.0, False, None, "seq"),
+    ]
+)
 def test_property_every_stored_window_matches_numpy(one_worker: AgentEnv, data: list) -> None:
-    """Out-of-order and late readings through Kafka → agents → PostgreSQL."""
+    """Out-of-order, late and re-sent readings through Kafka → agents → PostgreSQL."""
     ae = one_worker
     run = secrets.token_hex(3)
     # In the past, so that the idle partition's wall clock closes every window; after the
     # previous example's readings, so each partition's ingest clock only moves forward.
     ingest = max(time.time() - 150, _last_ingest[0] + 1)
     readings: Readings = []
-    for dev, step, age, value, two in data:
+    for i, (dev, step, age, value, two, back, seq_kind) in enumerate(data):
         ingest += step
+        if back is not None and back <= len(readings):
+            d, _, t, metrics, seq = readings[-back]
+            readings.append((d, round(ingest, 3), t, metrics, seq))
+            continue
         metrics = {"temp": value, "hum": value * 2} if two else {"temp": value}
-        readings.append((f"p-{run}-{dev}", round(ingest, 3), round(ingest - age, 3), metrics))
+        seq = i if seq_kind == "seq" else None
+        readings.append((f"p-{run}-{dev}", round(ingest, 3), round(ingest - age, 3), metrics, seq))
     _last_ingest[0] = ingest
 
     async def go() -> None:

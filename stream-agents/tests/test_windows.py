@@ -34,16 +34,30 @@ class Rec:
     series: list[int]
     ts: list[float]
     value: list[float]
+    #: Reading seq per row (-1: none); defaults to a distinct seq per row.
+    seq: list[int] | None = None
+
+    def seqs(self) -> list[int]:
+        return (
+            self.seq
+            if self.seq is not None
+            else [self.offset * 100 + i for i in range(len(self.ts))]
+        )
 
 
 def reference(records: list[Rec], cfg: WindowConfig) -> dict[tuple[int, int, float], tuple]:
-    """Expected final windows: every in-time reading, numpy statistics."""
+    """Expected final windows: every in-time reading counted once (a re-sent reading, same
+    series, ts and seq, is a duplicate: the first arrival counts), numpy statistics."""
     rows: dict[tuple[int, int, float], list[tuple[float, float]]] = {}
     s0 = cfg.sizes[0]
+    seen: set[tuple[int, float, int]] = set()
     for r in records:
-        for s, t, v in zip(r.series, r.ts, r.value, strict=True):
+        for s, t, v, q in zip(r.series, r.ts, r.value, r.seqs(), strict=True):
             if r.ingest > (math.floor(t / s0) + 1) * s0 + cfg.allowed_lateness:
                 continue  # late
+            if (s, t, q) in seen:
+                continue  # duplicate
+            seen.add((s, t, q))
             for size in cfg.sizes:
                 rows.setdefault((s, size, math.floor(t / size) * size), []).append((t, v))
     out = {}
@@ -88,6 +102,7 @@ def run_stream(
             ts[ok],
             np.array(r.value)[ok],
             np.full(int(ok.sum()), r.offset, np.int64),
+            np.array(r.seqs(), np.int64)[ok],
         )
         state.add(rows, max_ingest_ts=r.ingest, last_offset=r.offset, wall=0.0)
         i += 1
@@ -138,17 +153,33 @@ def streams(draw: st.DrawFn) -> list[Rec]:
     n = draw(st.integers(1, 60))
     clock = T0
     recs = []
+    sent: list[tuple[int, float, float, int]] = []
     for off in range(n):
         clock += draw(st.floats(0.0, 4.0))
         k = draw(st.integers(1, 4))
-        series, ts, vals = [], [], []
-        for _ in range(k):
-            series.append(draw(st.integers(0, 2)))
-            # Mostly recent, sometimes out of order, sometimes far too late.
-            age = draw(st.one_of(st.floats(0, 3), st.floats(0, 20), st.floats(20, 120)))
-            ts.append(round(clock - age, 3))
-            vals.append(draw(st.floats(-1e3, 1e3, allow_nan=False).map(lambda v: round(v, 2))))
-        recs.append(Rec(off, clock, series, ts, vals))
+        series, ts, vals, seqs = [], [], [], []
+        for i in range(k):
+            kind = draw(st.sampled_from(["new", "new", "new", "no-seq", "resend", "conflict"]))
+            if kind in ("resend", "conflict") and sent:
+                # A device re-sending an earlier reading (same series, ts, seq), in a later
+                # record, possibly much later; "conflict" re-uses the key with another value
+                # (the first arrival must win).
+                s_, t_, v_, q_ = draw(st.sampled_from(sent))
+                if kind == "conflict":
+                    v_ = round(v_ + 1.5, 2)
+            else:
+                s_ = draw(st.integers(0, 2))
+                # Mostly recent, sometimes out of order, sometimes far too late.
+                age = draw(st.one_of(st.floats(0, 3), st.floats(0, 20), st.floats(20, 120)))
+                t_ = round(clock - age, 3)
+                v_ = draw(st.floats(-1e3, 1e3, allow_nan=False).map(lambda v: round(v, 2)))
+                q_ = -1 if kind == "no-seq" else off * 100 + i
+                sent.append((s_, t_, v_, q_))
+            series.append(s_)
+            ts.append(t_)
+            vals.append(v_)
+            seqs.append(q_)
+        recs.append(Rec(off, clock, series, ts, vals, seqs))
     return recs
 
 
@@ -173,7 +204,13 @@ def test_late_reading_updates_a_closed_window_and_too_late_is_refused() -> None:
 
     def feed(off: int, ingest: float, t: float, v: float) -> bool:
         ok = state.accept_mask(np.array([t]), np.array([ingest]))
-        rows = Rows(np.array([0])[ok], np.array([t])[ok], np.array([v])[ok], np.array([off])[ok])
+        rows = Rows(
+            np.array([0])[ok],
+            np.array([t])[ok],
+            np.array([v])[ok],
+            np.array([off])[ok],
+            np.array([off])[ok],
+        )
         state.add(rows, max_ingest_ts=ingest, last_offset=off, wall=0.0)
         return bool(ok[0])
 
@@ -192,7 +229,7 @@ def test_commit_offset_waits_for_the_oldest_open_window() -> None:
     cfg = WindowConfig(sizes=(10, 60), allowed_lateness=0.0, reorder_slack=0.0)
     state = PartitionWindows(cfg)
     state.add(
-        Rows(np.array([0]), np.array([T0 + 1]), np.array([1.0]), np.array([7])),
+        Rows(np.array([0]), np.array([T0 + 1]), np.array([1.0]), np.array([7]), np.array([0])),
         max_ingest_ts=T0 + 1,
         last_offset=7,
         wall=0.0,
@@ -214,6 +251,45 @@ def test_compute_stats_single_window() -> None:
     assert wb.window_start[0] == math.floor(T0 / 10) * 10
 
 
+def test_compute_stats_counts_a_resent_reading_once() -> None:
+    # rows: (ts, seq, value); the 3rd re-sends the 1st, the 5th re-uses the 2nd's key with
+    # another value (first arrival wins), the 4th has the 1st's seq at another ts (distinct).
+    ts = np.array([T0 + 1, T0 + 2, T0 + 1, T0 + 3, T0 + 2, T0 + 5, T0 + 5])
+    seq = np.array([1, 2, 1, 1, 2, -1, -1])
+    vals = np.array([1.0, 2.0, 1.0, 4.0, 99.0, 7.0, 7.0])
+    series = np.zeros(len(ts), np.int64)
+    keys = window_keys(series, ts, 10)
+    wb = compute_stats(keys, ts, vals, size=10, final=True, seq=seq)
+    want = np.array([1.0, 2.0, 4.0, 7.0])
+    assert wb.count[0] == 4 and wb.max[0] == 7.0
+    assert wb.mean[0] == want.mean() and wb.p95[0] == np.percentile(want, 95)
+    # Different series or windows never dedupe each other.
+    keys2 = window_keys(np.array([0, 1], np.int64), ts[:2] * 0 + T0, 10)
+    assert compute_stats(
+        keys2, ts[:2] * 0 + T0, vals[:2], size=10, final=True, seq=seq[:2] * 0
+    ).count.tolist() == [1, 1]
+
+
+def test_duplicate_mask_survives_fingerprint_collisions() -> None:
+    import stream_agents.windows as windows
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    keys = rng.integers(0, 50, n).astype(np.int64)
+    ts = np.round(rng.uniform(0, 30, n), 1)
+    seq = rng.integers(-1, 3, n).astype(np.int64)
+    dup = windows.duplicate_mask(keys, ts, seq)
+    assert dup is not None
+    seen: set[tuple[int, float, int]] = set()
+    want = []
+    for k, t, q in zip(keys.tolist(), ts.tolist(), seq.tolist(), strict=True):
+        want.append((k, t, q) in seen)
+        seen.add((k, t, q))
+    assert dup.tolist() == want
+    distinct = np.arange(n, dtype=np.int64)
+    assert windows.duplicate_mask(distinct, ts, seq) is None
+
+
 def test_large_closes_are_computed_in_bands(monkeypatch: object) -> None:
     import stream_agents.windows as windows
 
@@ -233,6 +309,12 @@ def test_large_closes_are_computed_in_bands(monkeypatch: object) -> None:
                 [round(float(rng.normal()), 3) for _ in range(k)],
             )
         )
+        recs[-1].seq = recs[-1].seqs()
+        if off % 7 == 3:  # an earlier record re-sent (duplicates of all its readings)
+            old = recs[int(rng.integers(0, len(recs)))]
+            recs.append(Rec(-1, clock, old.series, old.ts, old.value, old.seq))
+    for i, r in enumerate(recs):
+        r.offset = i
     cfg = WindowConfig(sizes=SIZES, allowed_lateness=LATENESS, reorder_slack=2.0)
     store: dict = {}
     run_stream(recs, cfg, crash_after=120, tick_every=9, store=store)

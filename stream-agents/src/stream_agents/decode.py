@@ -195,16 +195,18 @@ def decode_records(records: Sequence[Any], table: SeriesTable) -> DecodedBatch:
     off_r = np.repeat(np.array(offs, dtype=np.int64), per_env_a)
     ing_e = np.fromiter((e.ingest_ts for e in envs), np.float64, len(envs))
     ing_r = np.repeat(ing_e, per_env_a)
+    seq = np.repeat(seq_r, n_metrics)
     rows = Rows(
         ser,
         np.repeat(ts_r, n_metrics),
         val,
         np.repeat(off_r, n_metrics),
+        seq,
     )
     out = DecodedBatch(
         rows=rows,
         ingest_ts=np.repeat(ing_r, n_metrics),
-        seq=np.repeat(seq_r, n_metrics),
+        seq=seq,
         reading=np.repeat(np.arange(len(readings), dtype=np.int64), n_metrics),
         readings=readings,
         bad=bad,

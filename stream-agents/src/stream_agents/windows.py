@@ -21,6 +21,10 @@ Design, so that a crash and a replay from the committed offset give the same win
   ingest clock is past its end + lateness + ``reorder_slack``: no record can then still be
   accepted into it unless the bridge produced records more than ``reorder_slack`` out of
   order (those are dead-lettered as late too).
+* **Duplicates** (a device re-sending a reading: same series, ts and seq) are counted once,
+  the first arrival winning, when a window's statistics are computed from all its retained
+  rows (:func:`duplicate_mask`). Original and copy fall in the same unit, so a replay (which
+  rebuilds whole units, below) sees both again in the same offset order and keeps the same one.
 * **Commit point.** The committed offset ``C`` must be such that every unit with a row at an
   offset ≥ ``C`` has *all* its rows at offsets ≥ ``C``: replaying from ``C`` then rebuilds
   each such unit completely (and re-upserts identical values), and never touches the others.
@@ -48,12 +52,14 @@ _WIDX_MASK = (1 << _WIDX_BITS) - 1
 
 @dataclass(slots=True)
 class Rows:
-    """Columnar rows: series id, event time, value, Kafka offset of the carrying record."""
+    """Columnar rows: series id, event time, value, Kafka offset of the carrying record and
+    the reading's ``seq`` (-1 when the device sent none)."""
 
     series: I64
     ts: F64
     value: F64
     offset: I64
+    seq: I64
 
     @classmethod
     def empty(cls) -> Rows:
@@ -62,13 +68,16 @@ class Rows:
             np.empty(0, np.float64),
             np.empty(0, np.float64),
             np.empty(0, np.int64),
+            np.empty(0, np.int64),
         )
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def take(self, idx: npt.NDArray[np.intp] | Bool) -> Rows:
-        return Rows(self.series[idx], self.ts[idx], self.value[idx], self.offset[idx])
+        return Rows(
+            self.series[idx], self.ts[idx], self.value[idx], self.offset[idx], self.seq[idx]
+        )
 
     @classmethod
     def concat(cls, parts: Sequence[Rows]) -> Rows:
@@ -82,6 +91,7 @@ class Rows:
             np.concatenate([p.ts for p in parts]),
             np.concatenate([p.value for p in parts]),
             np.concatenate([p.offset for p in parts]),
+            np.concatenate([p.seq for p in parts]),
         )
 
 
@@ -129,13 +139,61 @@ def window_keys(series: I64, ts: F64, size: int) -> I64:
     return (series << _WIDX_BITS) | (widx & _WIDX_MASK)
 
 
-def compute_stats(keys: I64, ts: F64, values: F64, *, size: int, final: bool) -> WindowBatch:
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
+_S31 = np.uint64(31)
+
+
+def duplicate_mask(keys: I64, ts: F64, seq: I64) -> Bool | None:
+    """Rows repeating an earlier row's (window key, ts, seq): ``None`` when there are none.
+
+    Rows are in arrival order; the first arrival of a reading is kept, later copies are
+    marked. The common case (no duplicate) costs a 64-bit fingerprint and one numpy sort
+    (a few ms per million rows); only rows whose fingerprints collide are compared exactly,
+    so a fingerprint collision never merges two different readings.
+    """
+    n = len(keys)
+    if n < 2:
+        return None
+    with np.errstate(over="ignore"):
+        h = keys.view(np.uint64) * _M1
+        h ^= ts.view(np.uint64) * _M2
+        h ^= seq.view(np.uint64) * _M3
+        h ^= h >> _S31
+    s = np.sort(h)
+    eq = s[1:] == s[:-1]
+    if not eq.any():
+        return None
+    cand = np.flatnonzero(np.isin(h, s[1:][eq]))
+    ck, ct, cs = keys[cand], ts[cand], seq[cand]
+    # lexsort is stable: within equal (key, ts, seq) the earliest arrival comes first.
+    order = np.lexsort((cs, ct, ck))
+    ck, ct, cs = ck[order], ct[order], cs[order]
+    dup_sorted = np.r_[False, (ck[1:] == ck[:-1]) & (ct[1:] == ct[:-1]) & (cs[1:] == cs[:-1])]
+    if not dup_sorted.any():
+        return None
+    out = np.zeros(n, np.bool_)
+    out[cand[order[dup_sorted]]] = True
+    return out
+
+
+def compute_stats(
+    keys: I64, ts: F64, values: F64, *, size: int, final: bool, seq: I64 | None = None
+) -> WindowBatch:
     """Exact statistics of every window named in ``keys`` (rows in arrival order).
 
-    Percentiles use linear interpolation between closest ranks (numpy's default method);
-    stddev is the population standard deviation; ``last`` is the value with the latest event
-    time, the later arrival winning ties.
+    With ``seq``, a row repeating an earlier row's (key, ts, seq) is a re-sent reading and
+    counted once (the first arrival's value is used). Percentiles use linear interpolation
+    between closest ranks (numpy's default method); stddev is the population standard
+    deviation; ``last`` is the value with the latest event time, the later arrival winning
+    ties.
     """
+    if seq is not None:
+        dup = duplicate_mask(keys, ts, seq)
+        if dup is not None:
+            keep = ~dup
+            keys, ts, values = keys[keep], ts[keep], values[keep]
     n = len(keys)
     if n == 0:
         return empty_windows()
@@ -255,7 +313,8 @@ def _stats_of(parts: list[tuple[_Chunk, Bool]], size: int, *, final: bool) -> Wi
             continue
         ts = np.concatenate([ch.rows.ts[m] for ch, m in sel])
         values = np.concatenate([ch.rows.value[m] for ch, m in sel])
-        out.append(compute_stats(keys, ts, values, size=size, final=final))
+        seq = np.concatenate([ch.rows.seq[m] for ch, m in sel])
+        out.append(compute_stats(keys, ts, values, size=size, final=final, seq=seq))
     return WindowBatch.concat(out)
 
 
