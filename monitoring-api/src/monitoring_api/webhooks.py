@@ -168,6 +168,9 @@ class WebhookDispatcher:
         if self._own_http:
             await self._http.aclose()
 
+    #: How long a claimed delivery stays invisible to other workers (beyond one HTTP timeout).
+    LEASE_SECONDS = 60.0
+
     async def _run(self) -> None:
         while True:
             try:
@@ -184,15 +187,14 @@ class WebhookDispatcher:
 
     async def run_once(self) -> int:
         """Attempt every due delivery once; returns how many were attempted."""
-        due = await self.store.due_deliveries(now=time.time(), limit=self.batch)
+        # Claimed atomically by the store: another instance polling at the same time skips
+        # these; a crashed instance's claims fall due again after the lease.
+        due = await self.store.due_deliveries(
+            now=time.time(), limit=self.batch, lease_seconds=self.LEASE_SECONDS
+        )
         if not due:
             return 0
         subs = {s.id: s for s in await self.store.list_subscriptions(owner_id=None)}
-        # Lease: push next_attempt_at out before sending, so another instance polling at the
-        # same time skips these (the receiver still dedups on the idempotency key).
-        lease = time.time() + 60
-        for d in due:
-            await self.store.update_delivery(replace(d, next_attempt_at=lease))
         await asyncio.gather(*(self._attempt(d, subs.get(d.subscription_id)) for d in due))
         return len(due)
 

@@ -284,7 +284,11 @@ class MonitoringStore(Protocol):
     async def enqueue_deliveries(self, deliveries: Sequence[Delivery]) -> None:
         """Insert deliveries; a delivery id already present is left as it is (idempotent)."""
 
-    async def due_deliveries(self, *, now: float, limit: int) -> list[Delivery]: ...
+    async def due_deliveries(
+        self, *, now: float, limit: int, lease_seconds: float = 0.0
+    ) -> list[Delivery]:
+        """Pending deliveries due at ``now``; with ``lease_seconds`` > 0 they are also claimed
+        atomically (pushed ``lease_seconds`` out), so concurrent workers never share one."""
 
     async def update_delivery(self, delivery: Delivery) -> None: ...
 
