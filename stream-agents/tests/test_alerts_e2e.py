@@ -245,3 +245,71 @@ async def test_alert_rules_lifecycle(
     assert states[:2] == ["active", "acknowledged"] and states[-1] == "cleared"
     assert "active" not in states[2:]
     assert w.health()["status"] == "ok"
+
+
+async def test_consecutive_windows_count_across_a_sigkill(
+    agent_env_factory: Any, producer: Any, store_factory: Any
+) -> None:
+    """Hot windows 4 and 5 are closed, stored and committed; the worker is SIGKILLed; after
+    the restart the hot window 6 is the third consecutive one and fires (the restarted worker
+    rebuilds the rule's history from the stored windows instead of starting from zero)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    ae = agent_env_factory()
+    w = ae.start_worker()
+    ae.wait_ready(w)
+    store = await store_factory(ae.store_url)
+    sc = Scenario(ae, producer, store)
+    dev = f"streak-{secrets.token_hex(3)}"
+    rule = {
+        "type": "threshold",
+        "id": "streak",
+        "metric": "temp",
+        "op": "above",
+        "value": 50,
+        "consecutive_windows": 3,
+        "window_seconds": 10,
+    }
+    await sc.rules(dev, [rule])
+    b = sc.base  # a multiple of 60: windows 0-5 form the first 60 s unit
+    topic = ae.topics.telemetry_raw
+
+    async def send(t: float, ingest: float, metrics: dict[str, float]) -> Any:
+        return await producer.send_and_wait(
+            topic, envelope(dev, ingest, [(t, metrics)]), key=dev.encode()
+        )
+
+    await send(b + 45, b + 45.1, {"temp": 60})  # window 4
+    last_unit1 = await send(b + 55, b + 55.1, {"temp": 70})  # window 5
+    # Another metric moves the partition's ingest clock past window 5's unit end + lateness +
+    # slack (5 + 5 s): windows 4 and 5 close, the first unit is dropped and committed.
+    await send(b + 71, b + 71.1, {"other": 1})
+
+    async def stored_final() -> bool:
+        ws = await store.query_windows(
+            dev, metrics=["temp"], window_seconds=10, start=b, end=b + 60
+        )
+        return len([x for x in ws if x.final]) == 2
+
+    assert await wait_for(stored_final, timeout=25)
+    c = AIOKafkaConsumer(bootstrap_servers=ae.bootstrap, group_id=ae.app_id)
+    await c.start()
+    try:
+        tp = TopicPartition(topic, last_unit1.partition)
+
+        async def committed_past_unit1() -> bool:
+            off = await c.committed(tp)
+            return off is not None and off > last_unit1.offset
+
+        assert await wait_for(committed_past_unit1, timeout=25)
+    finally:
+        await c.stop()
+    assert await sc.alerts(dev) == []  # 2 hot windows of 3
+    w.kill()
+    w2 = ae.start_worker()
+    ae.wait_ready(w2)
+    # Window 6 (ends b + 70), 1.2 s after its end: inside the allowed lateness (5 s).
+    await send(b + 65, b + 71.2, {"temp": 80})
+    await send(b + 85, b + 85.1, {"other": 1})  # moves the clock on: window 6 final
+    got = await sc.wait_alerts(dev, [(b + 70, "active")])
+    assert got[0].rule_id == "streak" and got[0].value == 80

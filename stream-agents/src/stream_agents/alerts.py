@@ -11,6 +11,13 @@ by a user). An acknowledged alert stays acknowledged while its condition holds; 
 alert whose condition still holds opens a new alert with a new ``started_at``. ``alert_id`` is
 ``uuid5(NAMESPACE_URL, f"{device_id}/{rule_id}/{started_at}")`` with ``started_at`` taken from
 event time (window end), so replaying windows after a crash finds the same alert again.
+
+Rule evaluation state survives a crash or a rebalance: it is kept as a short history per
+(device, rule) of which closed windows hit (threshold) or their means (rate of change), keyed by
+window start, rather than as running counters. Recording a window twice (a replay) changes
+nothing, and a worker that starts or takes partitions over rebuilds the history from the last
+stored windows (:meth:`AlertEngine.history_queries`, :meth:`AlertEngine.seed`), so "N
+consecutive windows" counts windows closed before the crash too.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from iot_common.events import Alert, AlertStatus
 from monitoring_store.base import DeviceRules
 
 log = logging.getLogger(__name__)
+
+#: Closed windows remembered per (device, rule) for evaluation (at least N + 1 for a
+#: threshold over N consecutive windows).
+HISTORY = 16
 
 _rule_adapter: TypeAdapter[AlertRule] = TypeAdapter(AlertRule)
 OPEN = (AlertStatus.ACTIVE, AlertStatus.ACKNOWLEDGED)
@@ -80,9 +91,11 @@ class AlertEngine:
     default_rules: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     devices: dict[str, _DeviceState] = field(default_factory=dict)
     open: dict[tuple[str, str], Alert] = field(default_factory=dict)
-    consecutive: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (device, rule) -> {window_start: threshold hit}
+    hits: dict[tuple[str, str], dict[float, bool]] = field(default_factory=dict)
     last_evaluated: dict[tuple[str, str], float] = field(default_factory=dict)
-    prev_mean: dict[tuple[str, str, int], tuple[float, float]] = field(default_factory=dict)
+    #: (device, metric, window_seconds) -> {window_start: mean}
+    means: dict[tuple[str, str, int], dict[float, float]] = field(default_factory=dict)
     last_seen: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -195,18 +208,66 @@ class AlertEngine:
                     changes.append(change)
         return changes
 
+    # -- evaluation history -----------------------------------------------------------------
+    def _record(self, rule: ThresholdRule | RateOfChangeRule, w: ClosedWindow) -> None:
+        """Remember what ``rule`` needs of window ``w`` (idempotent)."""
+        if isinstance(rule, ThresholdRule):
+            value = w.stats[rule.aggregate]
+            hit = value > rule.value if rule.op == "above" else value < rule.value
+            _put(
+                self.hits.setdefault((w.device_id, rule.id), {}),
+                w.window_start,
+                hit,
+                max(HISTORY, rule.consecutive_windows + 1),
+            )
+        else:
+            _put(
+                self.means.setdefault((w.device_id, w.metric, w.window_seconds), {}),
+                w.window_start,
+                w.stats["mean"],
+                HISTORY,
+            )
+
+    def history_queries(self, owned: Any = None) -> list[tuple[str, str, int, int]]:
+        """(device, metric, window_seconds, windows wanted) whose stored windows rebuild the
+        evaluation history of window rules; ``owned(device_id)`` filters devices."""
+        out: dict[tuple[str, str, int], int] = {}
+        for dev, st in self.devices.items():
+            if not st.by_window or (owned is not None and not owned(dev)):
+                continue
+            for (metric, size), rules in st.by_window.items():
+                need = max(
+                    r.consecutive_windows if isinstance(r, ThresholdRule) else 1 for r in rules
+                )
+                k = (dev, metric, size)
+                out[k] = max(out.get(k, 0), need)
+        return [(d, m, s, n) for (d, m, s), n in out.items()]
+
+    def seed(self, windows: Iterable[ClosedWindow]) -> None:
+        """Rebuild the evaluation history from stored closed windows (no alert changes)."""
+        for w in windows:
+            st = self.devices.get(w.device_id)
+            if st is None:
+                continue
+            for rule in st.by_window.get((w.metric, w.window_seconds), ()):
+                self._record(rule, w)
+
     def _evaluate(
         self, rule: ThresholdRule | RateOfChangeRule, w: ClosedWindow, end: float
     ) -> Alert | None:
-        key = (w.device_id, rule.id)
+        self._record(rule, w)
         if isinstance(rule, ThresholdRule):
             value = w.stats[rule.aggregate]
             hit = value > rule.value if rule.op == "above" else value < rule.value
             if not hit:
-                self.consecutive[key] = 0
                 return self._clear(w.device_id, rule.id, at=end)
-            n = self.consecutive.get(key, 0) + 1
-            self.consecutive[key] = n
+            # this window and the consecutive hits among the remembered ones before it
+            hits = self.hits[(w.device_id, rule.id)]
+            n = 1
+            for start in sorted((s for s in hits if s < w.window_start), reverse=True):
+                if not hits[start]:
+                    break
+                n += 1
             if n < rule.consecutive_windows:
                 return None
             return self._fire(
@@ -221,14 +282,13 @@ class AlertEngine:
                 value=value,
                 threshold=rule.value,
             )
-        pkey = (w.device_id, w.metric, w.window_seconds)
+        means = self.means[(w.device_id, w.metric, w.window_seconds)]
         mean = w.stats["mean"]
-        prev = self.prev_mean.get(pkey)
-        if prev is None or prev[0] < w.window_start:
-            self.prev_mean[pkey] = (w.window_start, mean)
-        if prev is None or prev[0] >= w.window_start:
+        earlier = [s for s in means if s < w.window_start]
+        if not earlier:
             return None
-        rate = abs(mean - prev[1]) / (w.window_start - prev[0])
+        prev = max(earlier)
+        rate = abs(mean - means[prev]) / (w.window_start - prev)
         if rate <= rule.max_change_per_second:
             return self._clear(w.device_id, rule.id, at=end)
         return self._fire(
@@ -297,6 +357,12 @@ class AlertEngine:
         for a in alerts:
             if a.status in OPEN:
                 self.open[(a.device_id, a.rule_id)] = a
+
+
+def _put(hist: dict[float, Any], start: float, value: Any, limit: int) -> None:
+    hist[start] = value
+    while len(hist) > limit:
+        del hist[min(hist)]
 
 
 def _replace(a: Alert, **changes: Any) -> Alert:

@@ -38,7 +38,7 @@ from prometheus_client import REGISTRY, Counter, generate_latest
 
 from iot_common.events import AlertStatus, alert_decoder, device_event_decoder
 from monitoring_store.base import DeviceRules, MonitoringStore
-from stream_agents.alerts import AlertEngine
+from stream_agents.alerts import AlertEngine, ClosedWindow
 from stream_agents.config import AgentSettings, get_settings
 from stream_agents.pipeline import TelemetryPipeline
 from stream_agents.windows import WindowConfig
@@ -197,6 +197,8 @@ class Runtime:
             alerts=engine,
         )
         self.pipeline.assign(self.owned_partitions)
+        if self.owned_partitions:
+            await self.seed_alert_history()
         self.ready.set()
         log.info(
             "stream agents ready: %d device rule sets, windows %s",
@@ -226,8 +228,63 @@ class Runtime:
         if self.pipeline is not None:
             async with self.pipeline.lock:
                 self.pipeline.assign(self.owned_partitions)
+            await self.seed_alert_history()
         self.paused = False
         log.info("telemetry partitions assigned: %s", sorted(self.owned_partitions))
+
+    async def seed_alert_history(self) -> None:
+        """Rebuild window-rule evaluation history (consecutive hits, previous means) of the
+        devices this worker owns from their last stored closed windows, so a restart or a
+        rebalance does not reset "N consecutive windows"."""
+        if self.pipeline is None or self.store is None:
+            return
+        engine = self.pipeline.alerts
+        store = self.store
+        queries = engine.history_queries(self.owns_device)
+        if not queries:
+            return
+        now = time.time()
+        sem = asyncio.Semaphore(8)
+
+        async def fetch(dev: str, metric: str, size: int, n: int) -> list[ClosedWindow]:
+            async with sem:
+                ws = await store.query_windows(
+                    dev,
+                    metrics=[metric],
+                    window_seconds=size,
+                    start=now - max(3600.0, size * (n + 1) * 20.0),
+                    end=4e9,
+                )
+            return [
+                ClosedWindow(
+                    w.device_id,
+                    w.metric,
+                    w.window_seconds,
+                    w.window_start,
+                    {
+                        "mean": w.mean,
+                        "min": w.min,
+                        "max": w.max,
+                        "p50": w.p50,
+                        "p95": w.p95,
+                        "last": w.last,
+                    },
+                )
+                for w in [w for w in ws if w.final][-(n + 1) :]
+            ]
+
+        try:
+            found = await asyncio.gather(*(fetch(*q) for q in queries))
+        except Exception:
+            log.exception("could not rebuild alert rule history from the store")
+            return
+        windows = [w for ws in found for w in ws]
+        engine.seed(windows)
+        log.info(
+            "alert rule history rebuilt from %d stored windows (%d series)",
+            len(windows),
+            len(queries),
+        )
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         self.paused = True
