@@ -135,7 +135,10 @@ async def test_sign_in_live_chart_and_acknowledge(
         assert int(await chart.get_attribute("data-points") or 0) >= 5
         assert await chart.get_attribute("data-metrics") == "hum,temp"
         await expect(chart.locator("canvas")).to_have_count(1)
-        before = int(await chart.get_attribute("data-points") or 0)
+        # Windows still in flight when the loop stopped land first: the chart settles on one
+        # point per window start sent, then the next window adds exactly one.
+        await expect(chart).to_have_attribute("data-points", str(i))
+        before = i
         await producer.send_and_wait(
             f"{topic_prefix}stats.windows",
             json_encoder.encode(window(dev, "temp", t0 + 10 * (i + 5), 99.0)),
