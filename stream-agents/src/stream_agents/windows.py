@@ -45,6 +45,7 @@ import numpy.typing as npt
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
+SInt = npt.NDArray[np.signedinteger[Any]]
 
 _WIDX_BITS = 32
 _WIDX_MASK = (1 << _WIDX_BITS) - 1
@@ -53,13 +54,14 @@ _WIDX_MASK = (1 << _WIDX_BITS) - 1
 @dataclass(slots=True)
 class Rows:
     """Columnar rows: series id, event time, value, Kafka offset of the carrying record and
-    the reading's ``seq`` (-1 when the device sent none)."""
+    the reading's ``seq`` (-1 when the device sent none; int32 in retained chunks when it
+    fits, see :func:`_compact_seq`)."""
 
     series: I64
     ts: F64
     value: F64
     offset: I64
-    seq: I64
+    seq: SInt
 
     @classmethod
     def empty(cls) -> Rows:
@@ -145,7 +147,7 @@ _M3 = np.uint64(0x94D049BB133111EB)
 _S31 = np.uint64(31)
 
 
-def duplicate_mask(keys: I64, ts: F64, seq: I64) -> Bool | None:
+def duplicate_mask(keys: I64, ts: F64, seq: SInt) -> Bool | None:
     """Rows repeating an earlier row's (window key, ts, seq): ``None`` when there are none.
 
     Rows are in arrival order; the first arrival of a reading is kept, later copies are
@@ -156,6 +158,7 @@ def duplicate_mask(keys: I64, ts: F64, seq: I64) -> Bool | None:
     n = len(keys)
     if n < 2:
         return None
+    seq = seq.astype(np.int64, copy=False)
     with np.errstate(over="ignore"):
         h = keys.view(np.uint64) * _M1
         h ^= ts.view(np.uint64) * _M2
@@ -179,7 +182,7 @@ def duplicate_mask(keys: I64, ts: F64, seq: I64) -> Bool | None:
 
 
 def compute_stats(
-    keys: I64, ts: F64, values: F64, *, size: int, final: bool, seq: I64 | None = None
+    keys: I64, ts: F64, values: F64, *, size: int, final: bool, seq: SInt | None = None
 ) -> WindowBatch:
     """Exact statistics of every window named in ``keys`` (rows in arrival order).
 
@@ -287,6 +290,13 @@ def _widx_dtype(size: int) -> type[np.signedinteger[Any]]:
     return np.int32 if size >= 2 else np.int64
 
 
+def _compact_seq(seq: SInt) -> SInt:
+    """int32 when every seq fits (the usual case: halves the column of retained rows)."""
+    if seq.dtype == np.int64 and len(seq) and seq.min() >= -(2**31) and seq.max() < 2**31:
+        return seq.astype(np.int32)
+    return seq
+
+
 def _keys(series: I64, widx: npt.NDArray[np.signedinteger[Any]]) -> I64:
     return (series << _WIDX_BITS) | (widx.astype(np.int64) & _WIDX_MASK)
 
@@ -381,6 +391,7 @@ class PartitionWindows:
         new = Rows.concat(self.pending)
         self.pending = []
         if len(new):
+            new = Rows(new.series, new.ts, new.value, new.offset, _compact_seq(new.seq))
             self.chunks.append(
                 _Chunk(
                     new,
