@@ -470,6 +470,8 @@ def run_up(
         restart=restart,
     )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # A shell that starts us in the background leaves SIGINT ignored; Ctrl-C must still work.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         try:
             stack.bring_up(names)
@@ -487,7 +489,12 @@ def run_up(
             time.sleep(0.25)
     except KeyboardInterrupt:
         console.print("stopping…")
+        # Ctrl-C reaches us more than once (the terminal signals the whole foreground group,
+        # and `make`/`uv run` pass it on): a second one must not abandon the stop half-way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         return 1 if stack.failed else 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
