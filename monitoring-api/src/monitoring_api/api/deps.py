@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Request
 
 from iot_common.auth import JWTVerifier, Principal, bearer_token
-from iot_common.errors import Forbidden, NotFound
+from iot_common.errors import Forbidden, NotFound, ValidationFailed
 from monitoring_api.config import MonitoringApiSettings
 from monitoring_api.devices import DeviceDirectory, DeviceInfo
 from monitoring_api.publisher import AlertPublisher
@@ -91,6 +91,26 @@ async def visible_device_ids(directory: DeviceDirectory, caller: Caller) -> list
         return None
     devices = await directory.list_devices(caller.token)
     return [str(d["id"]) for d in devices if "id" in d]
+
+
+async def scoped_device_ids(
+    directory: DeviceDirectory, caller: Caller, device_id: str | None
+) -> list[str] | None:
+    """The devices a list query covers: the one asked for (404 if not visible), else all the
+    caller may see (None = every device, for admins)."""
+    if device_id is not None:
+        await visible_device(directory, caller, device_id)
+        return [device_id]
+    return await visible_device_ids(directory, caller)
+
+
+def check_page_size(limit: int, settings: MonitoringApiSettings) -> None:
+    """422 in the common shape when ``limit`` exceeds the configured page size cap."""
+    if limit > settings.max_page_size:
+        raise ValidationFailed(
+            f"limit exceeds the page size cap of {settings.max_page_size}",
+            details=[{"field": "limit", "message": f"must be at most {settings.max_page_size}"}],
+        )
 
 
 def declared_metrics(device: dict[str, Any]) -> set[str] | None:

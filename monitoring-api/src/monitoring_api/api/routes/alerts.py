@@ -10,7 +10,7 @@ from typing import Annotated
 import msgspec
 from fastapi import APIRouter, Path, Query
 
-from iot_common.errors import Conflict, NotFound, ValidationFailed
+from iot_common.errors import Conflict, NotFound
 from iot_common.events import Alert, AlertStatus
 from monitoring_api.api.deps import (
     Caller,
@@ -20,8 +20,8 @@ from monitoring_api.api.deps import (
     SettingsDep,
     StoreDep,
     WriterUser,
-    visible_device,
-    visible_device_ids,
+    check_page_size,
+    scoped_device_ids,
 )
 from monitoring_api.devices import DeviceDirectory
 from monitoring_api.schemas import AlertList, AlertPublic, AlertStatusName, SeverityName
@@ -53,20 +53,11 @@ async def list_alerts(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> AlertList:
     """Alerts, newest first, filtered by status, minimum severity, device and time."""
-    if limit > settings.max_page_size:
-        raise ValidationFailed(
-            f"limit exceeds the page size cap of {settings.max_page_size}",
-            details=[{"field": "limit", "message": f"must be at most {settings.max_page_size}"}],
-        )
+    check_page_size(limit, settings)
     start_ts = end_ts = None
     if start is not None or end is not None:
         start_ts, end_ts = resolve_range(start, end, default_span=time.time(), max_span=None)
-    ids: list[str] | None
-    if device_id is not None:
-        await visible_device(directory, caller, str(device_id))
-        ids = [str(device_id)]
-    else:
-        ids = await visible_device_ids(directory, caller)
+    ids = await scoped_device_ids(directory, caller, None if device_id is None else str(device_id))
     if ids == []:
         return AlertList(items=[], limit=limit, offset=offset, next_offset=None)
     alerts = await store.query_alerts(

@@ -19,9 +19,10 @@ from monitoring_api.api.deps import (
     DirectoryDep,
     SettingsDep,
     StoreDep,
+    check_page_size,
     declared_metrics,
+    scoped_device_ids,
     visible_device,
-    visible_device_ids,
 )
 from monitoring_api.schemas import (
     ALL_AGGREGATES,
@@ -76,22 +77,13 @@ async def recent_data(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> RecentData:
     """Most recent readings across the caller's devices, newest first."""
-    if limit > settings.max_page_size:
-        raise ValidationFailed(
-            f"limit exceeds the page size cap of {settings.max_page_size}",
-            details=[{"field": "limit", "message": f"must be at most {settings.max_page_size}"}],
-        )
+    check_page_size(limit, settings)
     if metric is not None:
         _metrics([metric])
     since_ts = None
     if since is not None:
         since_ts, _ = resolve_range(since, None, default_span=0, max_span=None)
-    ids: list[str] | None
-    if device_id is not None:
-        await visible_device(directory, caller, str(device_id))
-        ids = [str(device_id)]
-    else:
-        ids = await visible_device_ids(directory, caller)
+    ids = await scoped_device_ids(directory, caller, None if device_id is None else str(device_id))
     if ids == []:
         return RecentData(items=[], limit=limit, offset=offset, next_offset=None)
     samples = await store.recent_samples(
