@@ -329,6 +329,64 @@ async def test_aggregate_windows_matches_numpy(
     assert {g.metric for g in only} == {"hum"}
 
 
+@pytest.mark.parametrize(("bucket", "source"), [(60, 60), (300, 60)])
+async def test_window_series_carry_the_bucket_rows(
+    store: MonitoringStore, bucket: int, source: int
+) -> None:
+    rng = np.random.default_rng(3)
+    stored: list[WindowStats] = []
+    for m in ("temp", "hum", "co2"):
+        ts, v = readings(rng, n=2000, span=3600)
+        stored += windows_of("d1", m, ts, v, source)
+    await store.upsert_windows(stored)
+    kw: dict[str, Any] = {"bucket_seconds": bucket, "source_window_seconds": source}
+    rows = await store.aggregate_windows("d1", metrics=None, start=T0, end=T0 + 3600, **kw)
+    series = await store.aggregate_window_series("d1", metrics=None, start=T0, end=T0 + 3600, **kw)
+    assert [s.metric for s in series] == ["co2", "hum", "temp"]
+    assert sum(len(s) for s in series) == len(rows) > 0
+    flat = [
+        (s.metric, t, n, lo, hi, mean, sd, p50, p95, last, x)
+        for s in series
+        for t, n, lo, hi, mean, sd, p50, p95, last, x in zip(
+            s.bucket_start.tolist(),
+            s.count.tolist(),
+            s.min.tolist(),
+            s.max.tolist(),
+            s.mean.tolist(),
+            s.stddev.tolist(),
+            s.p50.tolist(),
+            s.p95.tolist(),
+            s.last.tolist(),
+            s.exact_percentiles.tolist(),
+            strict=True,
+        )
+    ]
+    assert flat == [
+        (
+            b.metric,
+            b.bucket_start,
+            b.count,
+            b.min,
+            b.max,
+            b.mean,
+            b.stddev,
+            b.p50,
+            b.p95,
+            b.last,
+            b.exact_percentiles,
+        )
+        for b in rows
+    ]
+    assert all(s.count.dtype == np.int64 and s.bucket_seconds == bucket for s in series)
+    one = await store.aggregate_window_series("d1", metrics=["hum"], start=T0, end=T0 + 3600, **kw)
+    assert [s.metric for s in one] == ["hum"]
+    assert one[0].mean.tolist() == series[1].mean.tolist()
+    none = await store.aggregate_window_series(
+        "d1", metrics=None, start=T0 - 7200, end=T0 - 3600, **kw
+    )
+    assert none == []
+
+
 async def test_aggregate_windows_rejects_bucket_finer_than_source(store: MonitoringStore) -> None:
     with pytest.raises(ValueError, match="multiple"):
         await store.aggregate_windows(

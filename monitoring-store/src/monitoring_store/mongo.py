@@ -43,6 +43,7 @@ from monitoring_store.base import (
     STATUS_RANK,
     AlertTransitionError,
     Bucket,
+    BucketSeries,
     Delivery,
     DeviceRules,
     FleetSummary,
@@ -51,6 +52,7 @@ from monitoring_store.base import (
     SampleBatch,
     Subscription,
     dedupe_windows,
+    series_from_buckets,
     severities_at_least,
 )
 
@@ -482,6 +484,26 @@ class MongoStore:
             .to_list()
         )
         return [_window_from(d) for d in docs]
+
+    async def aggregate_window_series(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        start: float,
+        end: float,
+        bucket_seconds: int,
+        source_window_seconds: int,
+    ) -> list[BucketSeries]:
+        buckets = await self.aggregate_windows(
+            device_id,
+            metrics=metrics,
+            start=start,
+            end=end,
+            bucket_seconds=bucket_seconds,
+            source_window_seconds=source_window_seconds,
+        )
+        return series_from_buckets(buckets, bucket_seconds)
 
     async def aggregate_windows(
         self,
