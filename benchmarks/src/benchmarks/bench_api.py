@@ -8,7 +8,7 @@
    API, ownership answered by a device-management stand-in and cached). Reported: p50/p99 for
    all 5 metrics with every aggregate (the issue's figure, target p99 ≤ 50 ms) and for one
    metric's mean (a chart's request); baseline in the same run: the same queries straight
-   against the store (``aggregate_windows``), so the API's own cost is visible.
+   against the store (``aggregate_window_series``), so the API's own cost is visible.
 2. Push latency. 1,000 Socket.IO clients (WebSocket, spread over 4 client processes) connect
    to the API with a token and join one device's room. The benchmark produces window records
    to ``stats.windows`` on a Tansu broker; each carries its production time, and every client
@@ -281,7 +281,7 @@ async def _bench_queries(
             for i in range(iterations + 10):
                 d, start = pick()
                 t = time.perf_counter()
-                await store.aggregate_windows(
+                await store.aggregate_window_series(
                     d,
                     metrics=metrics,
                     start=start,

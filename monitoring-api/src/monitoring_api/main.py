@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -154,6 +155,9 @@ def create_app(
                 settings.instance_id,
                 re.sub(r"//[^@/]*@", "//***@", settings.store_url),
             )
+            # What start-up built lives as long as the process: keep it out of the collector's
+            # full passes, which would otherwise walk it while a large answer is being built.
+            gc.freeze()
             yield
 
     app = FastAPI(
