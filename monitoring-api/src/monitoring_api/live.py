@@ -414,7 +414,9 @@ class LiveConsumer:
             auto_offset_reset="latest",
             enable_auto_commit=False,
             max_poll_records=5000,
-            fetch_max_wait_ms=100,
+            # Tansu holds an empty fetch for the whole wait even when records arrive
+            # meanwhile: the wait is added to a push's latency (about half of it on average).
+            fetch_max_wait_ms=20,
         )
         await self._consumer.start()
         await self._assign_new_partitions()

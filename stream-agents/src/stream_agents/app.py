@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as _AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport as _AIOKafkaTransport
 from faust.types import TP
@@ -49,8 +50,28 @@ EVENTS = Counter("agents_device_events_total", "device.events records", ["outcom
 EXTERNAL_ALERTS = Counter("agents_alert_records_total", "alerts records consumed")
 
 
+class BatchConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread with a short broker-side fetch wait.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500``. Tansu answers a fetch that found no data only
+    when that wait runs out, not when data arrives, so a record produced just after a fetch
+    went out waits for it: measured here, 1.5 s gave a median of 0.37 s from produce to
+    consume (max 0.75 s), 50 ms gave 11 ms (max 30 ms).
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = int(wait_ms)
+        return consumer
+
+
 class BatchConsumer(_AIOKafkaConsumer):
     """Faust's consumer, minus the partitions the batch loop reads itself."""
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _batch_topics(self) -> frozenset[str]:
         return getattr(self.app, "batch_topics", frozenset())
@@ -131,6 +152,7 @@ class AgentsApp(faust.App):
     """faust.App whose consumer leaves ``batch_topics`` to the batch loop."""
 
     batch_topics: frozenset[str] = frozenset()
+    fetch_max_wait_ms: int | None = None
     runtime: Runtime
 
     def _new_transport(self) -> Any:
@@ -483,6 +505,7 @@ def create_app(
         autodiscover=False,
     )
     app.batch_topics = frozenset({topics.telemetry_raw})
+    app.fetch_max_wait_ms = s.fetch_max_wait_ms
     runtime = Runtime(app, s, store)
     app.runtime = runtime
 

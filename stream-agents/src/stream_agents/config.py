@@ -46,6 +46,9 @@ class AgentSettings(ServiceSettings):
     #: Records per fetch from the consumer.
     batch_max_records: int = 20_000
     batch_timeout: float = 0.2
+    #: How long the broker may hold a fetch that found nothing. Tansu holds it this long even
+    #: when records arrive meanwhile, so it bounds how long a new record can wait.
+    fetch_max_wait_ms: int = 20
     #: Default alert rules per device type ("*" = every type), as device-config rule dicts.
     default_rules: dict[str, list[dict[str, Any]]] = Field(
         default_factory=lambda: dict(DEFAULT_RULES)
