@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -238,6 +239,56 @@ def test_commit_offset_waits_for_the_oldest_open_window() -> None:
     state.tick(wall=0.0)
     # The 60 s window holding offset 7 is still open: replay must start there.
     assert state.commit_offset() == 7
+
+
+def test_rows_added_while_a_taken_tick_computes_wait_for_the_next_tick() -> None:
+    """The agents compute a tick in a worker thread while the hot path goes on adding rows:
+    those rows must neither leak into that tick nor be lost, its commit point must not pass
+    them, and rows for units that tick drops are refused as soon as it has started."""
+    cfg = WindowConfig(sizes=(10,), allowed_lateness=5.0, reorder_slack=5.0)
+    state = PartitionWindows(cfg)
+
+    def feed(off: int, ingest: float, t: float, v: float) -> bool:
+        ok = state.accept_mask(np.array([t]), np.array([ingest]))
+        rows = Rows(
+            np.array([0])[ok],
+            np.array([t])[ok],
+            np.array([v])[ok],
+            np.array([off])[ok],
+            np.array([off])[ok],
+        )
+        state.add(rows, max_ingest_ts=ingest, last_offset=off, wall=0.0)
+        return bool(ok[0])
+
+    def finals(wb: Any) -> dict[float, tuple[int, float]]:
+        return {
+            float(w): (int(c), float(m))
+            for w, c, m, f in zip(wb.window_start, wb.count, wb.mean, wb.final, strict=True)
+            if f
+        }
+
+    assert feed(0, T0 + 1, T0 + 1, 1.0)
+    assert feed(1, T0 + 16, T0 + 16, 2.0)  # the ingest clock passes T0+10+5: T0 closes
+    taken = state.take()
+    assert feed(2, T0 + 14, T0 + 3, 50.0)  # meanwhile, in time for T0 (ingest ≤ T0+15)
+    assert feed(3, T0 + 25, T0 + 25, 4.0)
+    first = state.tick(wall=0.0, taken=taken).windows
+    assert finals(first) == {T0: (1, 1.0)}  # as taken: without the row added meanwhile
+    assert state.commit_offset(taken) == 0  # T0 is still retained (correctable)
+    second = state.tick(wall=0.0).windows
+    # The row added during the first tick corrects T0; T0+10 closes on the newer clock.
+    assert finals(second) == {T0: (2, 25.5), T0 + 10: (1, 2.0)}
+    # T0's unit is dropped now, but it spans offsets 0..2 and T0+10's (offset 1) is still
+    # retained: replaying from 1 would rebuild T0 from offset 2 alone, so the point stays 0.
+    assert state.commit_offset() == 0
+    assert feed(4, T0 + 31, T0 + 31, 7.0)  # the clock passes T0+20 + 5 + 5
+
+    def in_time_for_t0_10() -> bool:  # in time by lateness alone (ingest ≤ T0+20+5)
+        return bool(state.accept_mask(np.array([T0 + 12]), np.array([T0 + 24]))[0])
+
+    assert in_time_for_t0_10()
+    state.take()  # a tick starts that will drop T0+10's unit...
+    assert not in_time_for_t0_10()  # ...so rows for it are refused already
 
 
 def test_compute_stats_single_window() -> None:

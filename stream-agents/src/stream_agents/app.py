@@ -406,8 +406,7 @@ class Runtime:
         if self.pipeline is None or self.paused:
             return
         async with self.tick_lock:
-            async with self.pipeline.lock:
-                prepared = self.pipeline.prepare_tick()
+            prepared = await self.pipeline.prepare_tick_async()
             await self.pipeline.finish_tick(prepared, self.commit)
         self.last_tick = time.time()
 

@@ -328,6 +328,19 @@ def _stats_of(parts: list[tuple[_Chunk, Bool]], size: int, *, final: bool) -> Wi
     return WindowBatch.concat(out)
 
 
+@dataclass(frozen=True, slots=True)
+class TickInput:
+    """What the hot path handed a partition since the last tick, taken in one step (on the
+    event loop) so that the tick's computation can run in another thread while the hot path
+    goes on appending to a fresh ``pending`` list and advancing the clocks."""
+
+    rows: list[Rows]
+    data_clock: float
+    next_offset: int | None
+    caught_up: bool
+    last_record_wall: float
+
+
 @dataclass(slots=True)
 class TickResult:
     windows: WindowBatch
@@ -381,15 +394,29 @@ class PartitionWindows:
         self.next_offset = last_offset + 1
         self.last_record_wall = wall
 
-    def tick(self, *, wall: float, live: bool = True) -> TickResult:
+    def take(self) -> TickInput:
+        """Hand over the rows added since the last tick and the clocks as they are now."""
+        rows, self.pending = self.pending, []
+        if (self.chunks or any(len(r) for r in rows)) and math.isfinite(self.data_clock):
+            # The tick about to run drops the units behind this clock: from now on
+            # accept_mask refuses rows for them, even while that tick is still computing.
+            self.dropped_clock = max(self.dropped_clock, self.data_clock)
+        return TickInput(
+            rows, self.data_clock, self.next_offset, self.caught_up, self.last_record_wall
+        )
+
+    def tick(self, *, wall: float, live: bool = True, taken: TickInput | None = None) -> TickResult:
         """Emit closed, corrected and (when live) open windows; drop what is final.
 
         Rows are kept in chunks (one per tick) so that a tick never copies everything
-        retained: only the rows of the windows it emits are gathered.
+        retained: only the rows of the windows it emits are gathered. With ``taken`` (from
+        :meth:`take`), the tick works from that alone and may run in a worker thread while
+        :meth:`add` goes on (it touches only ``pending`` and the clocks; the tick touches
+        neither). Ticks themselves must not overlap.
         """
         cfg = self.config
-        new = Rows.concat(self.pending)
-        self.pending = []
+        t = taken if taken is not None else self.take()
+        new = Rows.concat(t.rows)
         if len(new):
             new = Rows(new.series, new.ts, new.value, new.offset, _compact_seq(new.seq))
             self.chunks.append(
@@ -400,8 +427,9 @@ class PartitionWindows:
                 )
             )
         new_chunk = self.chunks[-1] if len(new) else None
-        clock = self.data_clock
-        if self.caught_up and wall - self.last_record_wall >= cfg.idle_close_after:
+        data_clock = t.data_clock
+        clock = data_clock
+        if t.caught_up and wall - t.last_record_wall >= cfg.idle_close_after:
             clock = max(clock, wall)
         self.emit_clock = max(self.emit_clock, clock)
         emit_clock = self.emit_clock
@@ -447,9 +475,9 @@ class PartitionWindows:
                     if oparts:
                         out.append(_stats_of(oparts, size, final=False))
         dropped = 0
-        if self.chunks and math.isfinite(self.data_clock):
+        if self.chunks and math.isfinite(data_clock):
             big = cfg.sizes[-1]
-            horizon = self.data_clock - cfg.allowed_lateness - cfg.reorder_slack
+            horizon = data_clock - cfg.allowed_lateness - cfg.reorder_slack
             closed_big = self.closed_through.get(big, -math.inf)
             gone_keys: list[I64] = []
             gone_offs: list[I64] = []
@@ -488,20 +516,22 @@ class PartitionWindows:
                     [self.dropped_last, np.maximum.reduceat(offs, starts)]
                 )
             self.chunks = kept
-            self.dropped_clock = max(self.dropped_clock, self.data_clock)
         retained = sum(len(ch.rows) for ch in self.chunks)
         return TickResult(WindowBatch.concat(out), dropped, retained)
 
-    def commit_offset(self) -> int | None:
-        """The offset it is safe to commit once the last tick's output is durable."""
-        if self.next_offset is None:
+    def commit_offset(self, taken: TickInput | None = None) -> int | None:
+        """The offset it is safe to commit once the last tick's output is durable (with
+        ``taken``: no further than the records that tick covered)."""
+        next_offset = taken.next_offset if taken is not None else self.next_offset
+        if next_offset is None:
             return None
-        c = self.next_offset
+        c = next_offset
         for ch in self.chunks:
             c = min(c, ch.min_offset)
-        for p in self.pending:
-            if len(p):
-                c = min(c, int(p.offset.min()))
+        if taken is None:
+            for p in self.pending:
+                if len(p):
+                    c = min(c, int(p.offset.min()))
         f, last = self.dropped_first, self.dropped_last
         while len(f):
             m = (last >= c) & (f < c)
