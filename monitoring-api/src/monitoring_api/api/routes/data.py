@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
+from itertools import repeat
 from typing import Annotated, Any
 
+import msgspec
 import orjson
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
+from msgspec import UNSET, UnsetType
 
 from iot_common.errors import ValidationFailed
 from monitoring_api.api.deps import (
@@ -34,6 +38,26 @@ from monitoring_api.schemas import (
     SamplePublic,
 )
 from monitoring_api.timeutil import resolve_range
+
+
+class _Point(msgspec.Struct, omit_defaults=True):
+    """One bucket of the points layout (an unrequested aggregate is UNSET, left out)."""
+
+    t: float
+    count: int | UnsetType = UNSET
+    min: float | UnsetType = UNSET
+    max: float | UnsetType = UNSET
+    mean: float | UnsetType = UNSET
+    p50: float | UnsetType = UNSET
+    p95: float | UnsetType = UNSET
+    last: float | UnsetType = UNSET
+
+
+_POINT_AGGS: tuple[str, ...] = _Point.__struct_fields__[1:]
+assert set(_POINT_AGGS) == set(ALL_AGGREGATES)
+#: msgspec writes a non-finite float (which no stored window should hold) as null.
+_encode_points = msgspec.json.Encoder().encode
+
 
 router = APIRouter(prefix="/monitoring/data", tags=["data"])
 
@@ -170,20 +194,21 @@ async def device_data(
         bucket_seconds=bucket,
         source_window_seconds=10 if bucket == 10 else 60,
     )
-    # Up to tens of thousands of points, straight from the store's numpy columns to orjson
-    # (the response model documents the shape; validating it again would double the cost).
-    # A non-finite value, which no stored window should hold, is encoded as null.
+    # Up to tens of thousands of points, straight from the store's numpy columns to the JSON
+    # encoder (the response model documents the shape; validating it again would double the
+    # cost). A non-finite value, which no stored window should hold, is encoded as null.
     keys = ("t", *aggs)
     out: list[dict[str, Any]] = []
     for s in series:
-        cols = [s.bucket_start, *(getattr(s, a) for a in aggs)]
         if layout == "columns":
+            cols = [s.bucket_start, *(getattr(s, a) for a in aggs)]
             out.append({"metric": s.metric, "columns": dict(zip(keys, cols, strict=True))})
         else:
-            rows = zip(*(c.tolist() for c in cols), strict=True)
-            out.append(
-                {"metric": s.metric, "points": [dict(zip(keys, r, strict=True)) for r in rows]}
-            )
+            # One msgspec struct per point, unrequested aggregates left out: half the cost
+            # of building and encoding a dict per point.
+            fields: list[Iterable[Any]] = [s.bucket_start.tolist()]
+            fields += [getattr(s, a).tolist() if a in aggs else repeat(UNSET) for a in _POINT_AGGS]
+            out.append({"metric": s.metric, "points": list(map(_Point, *fields))})
     body = {
         "device_id": did,
         "start": aligned_start,
@@ -195,6 +220,9 @@ async def device_data(
         "samples": None,
         "truncated": False,
     }
-    return Response(  # type: ignore[return-value]
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    raw = (
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        if layout == "columns"
+        else _encode_points(body)
     )
+    return Response(raw, media_type="application/json")  # type: ignore[return-value]
