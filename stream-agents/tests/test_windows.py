@@ -291,6 +291,58 @@ def test_rows_added_while_a_taken_tick_computes_wait_for_the_next_tick() -> None
     assert not in_time_for_t0_10()  # ...so rows for it are refused already
 
 
+def test_group_value_order_sorts_like_lexsort() -> None:
+    from stream_agents.windows import _group_value_order
+
+    rng = np.random.default_rng(11)
+    for n_series, span in ((50, 300.0), (70_000, 30.0)):  # dense groups; > 16 bits of groups
+        n = 20_000
+        series = rng.integers(0, n_series, n)
+        ts = T0 + rng.uniform(0, span, n)
+        keys = window_keys(series, ts, 10)
+        values = rng.integers(-5, 5, n).astype(np.float64)  # many ties
+        got = _group_value_order(keys, values)
+        want = np.lexsort((values, keys))
+        assert np.array_equal(keys[got], keys[want])
+        assert np.array_equal(values[got], values[want])
+        assert np.array_equal(np.sort(got), np.arange(n))
+
+
+def test_open_minute_windows_are_republished_every_ten_seconds_with_all_touched_series() -> None:
+    cfg = WindowConfig(sizes=(10, 60))
+    state = PartitionWindows(cfg)
+    now = T0 + 1.0  # wall clock = ingest clock: live
+    opened: list[tuple[float, int, set[int]]] = []
+    off = 0
+    while now < T0 + 30:
+        series = off % 3  # a different series touched each tick
+        state.add(
+            Rows(
+                np.array([series]),
+                np.array([now]),
+                np.array([1.0]),
+                np.array([off]),
+                np.array([off]),
+            ),
+            max_ingest_ts=now,
+            last_offset=off,
+            wall=now,
+        )
+        wb = state.tick(wall=now).windows
+        for size in (10, 60):
+            sel = (~wb.final) & (wb.window_seconds == size)
+            if sel.any():
+                opened.append((now, size, set(wb.series[sel].tolist())))
+        now += 2.0
+        off += 1
+    ten = [t for t, size, _ in opened if size == 10]
+    minute = [(t, got) for t, size, got in opened if size == 60]
+    assert len(ten) == 15  # every tick
+    assert [t - T0 for t, _ in minute] == [1.0, 11.0, 21.0]
+    # Each update covers every series touched since the previous one, not just the last.
+    assert [got for _, got in minute] == [{0}, {0, 1, 2}, {0, 1, 2}]
+
+
 def test_compute_stats_single_window() -> None:
     vals = np.array([3.0, 1.0, 2.0, 10.0])
     ts = np.array([T0 + 3, T0 + 1, T0 + 4, T0 + 4])

@@ -92,8 +92,8 @@ class Probes:
     sim_pid: int | None = None
     query_lat: list[tuple[float, float, bool]] = field(default_factory=list)  # (seen, lat, last)
     query_time: list[float] = field(default_factory=list)  # API answer times
-    push_open: list[float] = field(default_factory=list)
-    push_final: list[float] = field(default_factory=list)
+    push_open: list[tuple[int, float]] = field(default_factory=list)  # (window size, latency)
+    push_final: list[tuple[int, float]] = field(default_factory=list)
     series: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -181,9 +181,10 @@ class Probes:
         async def on_window(data: dict[str, Any]) -> None:
             now = time.time()
             if data.get("final"):
-                self.push_final.append(now - (data["window_start"] + data["window_seconds"]))
+                end = data["window_start"] + data["window_seconds"]
+                self.push_final.append((data["window_seconds"], now - end))
             else:
-                self.push_open.append(now - data["last_ts"])
+                self.push_open.append((data["window_seconds"], now - data["last_ts"]))
 
         try:
             await sio.connect(
@@ -253,6 +254,14 @@ def _pcts(values: list[float]) -> dict[str, float]:
         "p99": round(float(np.percentile(a, 99)), 3),
         "max": round(float(a.max()), 3),
     }
+
+
+def _by_size(pushes: list[tuple[int, float]]) -> dict[str, Any]:
+    """Percentiles over all pushes, and per window size (``"10s"``, ``"60s"``)."""
+    out: dict[str, Any] = _pcts([lat for _, lat in pushes])
+    for size in sorted({s for s, _ in pushes}):
+        out[f"{size}s"] = _pcts([lat for s, lat in pushes if s == size])
+    return out
 
 
 def _rates(series: list[dict[str, Any]], key: str, t0: float, t1: float) -> float:
@@ -402,8 +411,8 @@ def run_pipeline(
         "latency_query_from_device_ts_s": _pcts(lat_all),
         "latency_query_from_publish_s": _pcts(lat_pub),
         "api_query_seconds": _pcts(probes.query_time),
-        "latency_push_open_window_s": _pcts(probes.push_open),
-        "latency_push_closed_window_s": _pcts(probes.push_final),
+        "latency_push_open_window_s": _by_size(probes.push_open),
+        "latency_push_closed_window_s": _by_size(probes.push_final),
         "cpu_percent_of_one_core": _cpu(probes.series, t0, t1),
         "loss_check": asdict(result),
         "loss_check_ok": result.ok,
@@ -514,10 +523,17 @@ def _summary(res: dict[str, Any], quick: bool) -> list[str]:
             "a sample counts as queryable when the answer holding it arrived)"
         )
     if po or pf:
+
+        def sizes(d: dict[str, Any]) -> str:
+            return ", ".join(
+                f"{k} windows p50 {v.get('p50')} s / p99 {v.get('p99')} s"
+                for k, v in d.items()
+                if isinstance(v, dict)
+            )
+
         lines.append(
-            f"- Socket.IO window pushes: open-window update p50 {po.get('p50')} s / p99 "
-            f"{po.get('p99')} s behind the newest reading; closed window p50 {pf.get('p50')} s / "
-            f"p99 {pf.get('p99')} s after the window end"
+            f"- Socket.IO window pushes: open-window update behind the newest reading "
+            f"({sizes(po)}); closed window after the window end ({sizes(pf)})"
         )
     if cpu:
         parts = ", ".join(f"{k} {v:g}%" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))

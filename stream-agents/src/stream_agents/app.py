@@ -214,6 +214,7 @@ class Runtime:
                 allowed_lateness=s.allowed_lateness,
                 reorder_slack=s.reorder_slack,
                 idle_close_after=s.idle_close_seconds,
+                open_update_fraction=s.open_update_fraction,
             ),
             raw_samples=s.raw_samples,
             alerts=engine,

@@ -181,6 +181,28 @@ def duplicate_mask(keys: I64, ts: F64, seq: SInt) -> Bool | None:
     return out
 
 
+def _group_value_order(keys: I64, values: F64) -> npt.NDArray[np.intp]:
+    """Row order by (key, value): ``np.lexsort((values, keys))``, faster.
+
+    The keys of one tick's rows span few series and few windows, so they map to dense group
+    numbers that fit 16 bits, and numpy's stable sort of 16-bit integers is a radix sort: one
+    quicksort of the values, then a linear pass by group (3 million rows: 0.35 s against
+    0.9 s for lexsort). Rows with equal key and value may come out in another order than
+    lexsort's; nothing computed from the order depends on that.
+    """
+    if not len(keys):
+        return np.empty(0, np.intp)
+    series = keys >> _WIDX_BITS
+    widx = keys & _WIDX_MASK
+    s0, w0 = int(series.min()), int(widx.min())
+    ns, nw = int(series.max()) - s0 + 1, int(widx.max()) - w0 + 1
+    if ns * nw > 1 << 16:
+        return np.lexsort((values, keys))
+    group = ((series - s0) * nw + (widx - w0)).astype(np.uint16)
+    by_value = np.argsort(values)
+    return by_value[np.argsort(group[by_value], kind="stable")]
+
+
 def compute_stats(
     keys: I64, ts: F64, values: F64, *, size: int, final: bool, seq: SInt | None = None
 ) -> WindowBatch:
@@ -200,7 +222,7 @@ def compute_stats(
     n = len(keys)
     if n == 0:
         return empty_windows()
-    by_value = np.lexsort((values, keys))
+    by_value = _group_value_order(keys, values)
     sk = keys[by_value]
     sv = values[by_value]
     starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
@@ -264,6 +286,10 @@ class WindowConfig:
     #: Open-window updates are only published while the partition is this close to real
     #: time (a backlog being replayed has no live viewers).
     live_lag: float = 30.0
+    #: An open window is re-published at most every ``size × open_update_fraction`` seconds
+    #: (1-minute windows: every 10 s; 10-second windows: every tick). Each update recomputes
+    #: the window from all its rows, and a minute window at 50,000 readings/s holds millions.
+    open_update_fraction: float = 1 / 6
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -371,6 +397,10 @@ class PartitionWindows:
     #: Set by the consumer: this partition has nothing more to fetch right now. Only then
     #: may the wall clock close its windows (a lagging partition is not idle).
     caught_up: bool = False
+    #: Per window size: keys of open windows touched since their last update, and when
+    #: that update was made (wall clock).
+    open_touched: dict[int, list[I64]] = field(default_factory=dict)
+    open_updated_at: dict[int, float] = field(default_factory=dict)
 
     def accept_mask(self, ts: F64, ingest_ts: F64) -> Bool:
         """Which readings are in time (see module docstring); the rest are late."""
@@ -461,19 +491,31 @@ class PartitionWindows:
                     parts.append((ch, sel))
             if parts:
                 out.append(_stats_of(parts, size, final=True))
-            if is_live and new_chunk is not None:
+            if not is_live:
+                self.open_touched.pop(size, None)
+                continue
+            if new_chunk is not None:
                 w_new = new_chunk.widx[size]
                 open_new = w_new >= hi
                 if open_new.any():
-                    touched = np.unique(_keys(new_chunk.rows.series[open_new], w_new[open_new]))
-                    oparts = []
-                    for ch in self.chunks:
-                        w = ch.widx[size]
-                        osel = (w >= hi) & np.isin(_keys(ch.rows.series, w), touched)
-                        if osel.any():
-                            oparts.append((ch, osel))
-                    if oparts:
-                        out.append(_stats_of(oparts, size, final=False))
+                    self.open_touched.setdefault(size, []).append(
+                        np.unique(_keys(new_chunk.rows.series[open_new], w_new[open_new]))
+                    )
+            # (10 % early is close enough: ticks come every emit interval, with jitter.)
+            due = wall - self.open_updated_at.get(size, -math.inf) >= (
+                0.9 * size * cfg.open_update_fraction
+            )
+            if due and self.open_touched.get(size):
+                touched = np.unique(np.concatenate(self.open_touched.pop(size)))
+                self.open_updated_at[size] = wall
+                oparts = []
+                for ch in self.chunks:
+                    w = ch.widx[size]
+                    osel = (w >= hi) & np.isin(_keys(ch.rows.series, w), touched)
+                    if osel.any():
+                        oparts.append((ch, osel))
+                if oparts:
+                    out.append(_stats_of(oparts, size, final=False))
         dropped = 0
         if self.chunks and math.isfinite(data_clock):
             big = cfg.sizes[-1]
