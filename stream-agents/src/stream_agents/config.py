@@ -37,9 +37,9 @@ class AgentSettings(ServiceSettings):
     #: How far out of ingest order the bridge may produce records before they count as late.
     reorder_slack: float = 10.0
     #: Seconds between window emissions (open-window updates, closing, commits).
-    emit_interval: float = 2.0
-    #: An open window is re-published at most every window size × this (10 s for 1-minute
-    #: windows); each update recomputes it from all its rows.
+    emit_interval: float = 1.0
+    #: Open windows larger than the smallest size are re-published at most every window size
+    #: × this (10 s for 1-minute windows); each update recomputes one from all its rows.
     open_update_fraction: float = Field(default=1 / 6, gt=0)
     #: A partition without records for this long closes its windows on the wall clock.
     idle_close_seconds: float = 2.0

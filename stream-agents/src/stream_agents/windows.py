@@ -286,9 +286,10 @@ class WindowConfig:
     #: Open-window updates are only published while the partition is this close to real
     #: time (a backlog being replayed has no live viewers).
     live_lag: float = 30.0
-    #: An open window is re-published at most every ``size × open_update_fraction`` seconds
-    #: (1-minute windows: every 10 s; 10-second windows: every tick). Each update recomputes
-    #: the window from all its rows, and a minute window at 50,000 readings/s holds millions.
+    #: Open windows of the smallest size are re-published every tick; larger ones at most
+    #: every ``size × open_update_fraction`` seconds (1-minute windows: every 10 s). Each
+    #: update recomputes the window from all its rows; a minute window at 50,000 readings/s
+    #: holds millions.
     open_update_fraction: float = 1 / 6
 
     def __post_init__(self) -> None:
@@ -501,10 +502,10 @@ class PartitionWindows:
                     self.open_touched.setdefault(size, []).append(
                         np.unique(_keys(new_chunk.rows.series[open_new], w_new[open_new]))
                     )
-            # (10 % early is close enough: ticks come every emit interval, with jitter.)
-            due = wall - self.open_updated_at.get(size, -math.inf) >= (
-                0.9 * size * cfg.open_update_fraction
-            )
+            # The smallest size every tick; the others every size × fraction (10 % early is
+            # close enough: ticks come every emit interval, with jitter).
+            every = 0.0 if size == cfg.sizes[0] else 0.9 * size * cfg.open_update_fraction
+            due = wall - self.open_updated_at.get(size, -math.inf) >= every
             if due and self.open_touched.get(size):
                 touched = np.unique(np.concatenate(self.open_touched.pop(size)))
                 self.open_updated_at[size] = wall
