@@ -10,7 +10,7 @@ rate of every fault kind. Meanwhile probes measure:
 * throughput: the agents' counters (readings processed, raw samples written) sampled each
   second; *sustained* = over the publishing period, after a short warm-up;
 * latency to queryable: a client polls ``GET /monitoring/data/{id}?interval=raw`` for a few
-  probe devices every 0.2 s; per new sample, ``seen − device ts``. Reported both from the
+  probe devices, each again 0.1 s after its answer; per new sample, ``seen − device ts``. Reported both from the
   device timestamp (includes waiting in the device's batch) and from publishing (the last
   reading of each batch, whose timestamp is when its message was sent);
 * latency of live pushes: a Socket.IO client joined to the probe devices; for open-window
@@ -557,7 +557,9 @@ def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         Scenario(rate=float(os.environ.get("E2E_RATE", 2000)), duration=30)
         if quick
         else Scenario(
-            rate=float(os.environ.get("E2E_RATE", 5000)),
+            # 10 % over the issue's 50,000 data points/s, so that "sustained" clears it with
+            # the measurement's edges and the simulator's pacing slack.
+            rate=float(os.environ.get("E2E_RATE", 5500)),
             duration=float(os.environ.get("E2E_DURATION", 300)),
         )
     )
