@@ -500,7 +500,7 @@ async def _run(results_dir: pathlib.Path, quick: bool, *, loop: str) -> dict[str
         f"({main['buckets_returned']} buckets): p50 **{main['p50_ms']} ms**, p99 "
         f"**{main['p99_ms']} ms** (target p99 ≤ 50 ms) over {main['n']} queries; of that, "
         f"PostgreSQL execution p50 {main['server_execution_p50_ms']} ms (index-only scan) and "
-        f"client CPU p50 {main['client_cpu_p50_ms']} ms (decoding rows, building Buckets); "
+        f"client CPU p50 {main['client_cpu_p50_ms']} ms (binary column arrays into numpy); "
         f"the rest is waiting for a CPU on the shared machine ({loop} event loop).",
     ]
     for name, q in queries.items():
