@@ -11,8 +11,8 @@ rate of every fault kind. Meanwhile probes measure:
   second; *sustained* = over the publishing period, after a short warm-up;
 * latency to queryable: a client polls ``GET /monitoring/data/{id}?interval=raw`` for a few
   probe devices, each again 0.1 s after its answer; per new sample, ``seen − device ts``.
-  Reported both from the device timestamp (includes waiting in the device's batch) and from publishing (the last
-  reading of each batch, whose timestamp is when its message was sent);
+  Reported both from the device timestamp (includes waiting in the device's batch) and from
+  publishing (the last reading of each batch, whose timestamp is when its message was sent);
 * latency of live pushes: a Socket.IO client joined to the probe devices; for open-window
   updates ``received − newest reading ts`` in the window, for closed windows
   ``received − window end``;
