@@ -439,6 +439,70 @@ async def test_fleet_summary(store: MonitoringStore) -> None:
     assert empty.devices_reporting == 0 and empty.readings == 0 and empty.metrics == []
 
 
+async def test_fleet_summary_over_a_day_follows_corrected_windows(store: MonitoringStore) -> None:
+    """Long ranges read whole hours from rollups on PostgreSQL: the figures must stay those of
+    the windows, edges and late corrections included."""
+    rng = np.random.default_rng(8)
+    span = 30 * 3600
+    data: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    stored: list[WindowStats] = []
+    for d in ("d1", "d2", "d3"):
+        ts, _ = readings(rng, n=1500, span=span)
+        for m in ("temp", "hum"):
+            v = rng.normal(20.0, 5.0, size=len(ts))
+            data[(d, m)] = (ts, v)
+            stored += windows_of(d, m, ts, v, 60)
+    stored += windows_of("d1", "temp", np.array([T0 + 5.0]), np.array([1.0]), 10)  # a 2nd size
+    await store.upsert_windows(stored)
+    start, end = T0 + 1234.5, T0 + 27 * 3600 + 77.0  # edges inside hours
+
+    def expected(ids: list[str]) -> tuple[int, int, dict[str, tuple[int, float, float, float]]]:
+        devices, total = 0, 0
+        per_metric: dict[str, list[np.ndarray]] = {}
+        for d in ids:
+            ts = data[(d, "temp")][0]
+            w0 = np.floor(ts / 60) * 60
+            keep = (w0 >= start) & (w0 < end)
+            devices += bool(keep.any())
+            total += int(keep.sum())
+            for m in ("hum", "temp"):
+                per_metric.setdefault(m, []).append(data[(d, m)][1][keep])
+        out = {}
+        for m, parts in per_metric.items():
+            v = np.concatenate(parts)
+            out[m] = (len(v), float(v.min()), float(v.max()), float(v.mean()))
+        return devices, total, out
+
+    async def check(ids: list[str] | None) -> None:
+        s = await store.fleet_summary(device_ids=ids, start=start, end=end)
+        devices, total, per_metric = expected(ids or ["d1", "d2", "d3"])
+        assert (s.devices_reporting, s.readings) == (devices, total)
+        got = {ms.metric: (ms.count, ms.min, ms.max, ms.mean) for ms in s.metrics}
+        assert got.keys() == per_metric.keys()
+        for m, (n, lo, hi, mean) in per_metric.items():
+            assert got[m][:3] == (n, lo, hi)
+            assert got[m][3] == pytest.approx(mean, rel=1e-9)
+
+    await check(None)
+    await check(["d2"])
+    # A late correction rewrites a window in the middle of the range (the agents re-upsert a
+    # closed window with the late reading in it): the long-range figures follow.
+    ts, v = data[("d2", "temp")]
+    mid = T0 + 12 * 3600 + 60 * 7
+    extra_t, extra_v = np.array([mid + 1.5]), np.array([99.0])
+    for m in ("temp", "hum"):
+        ts, v = data[("d2", m)]
+        order = np.argsort(np.r_[ts, extra_t], kind="stable")
+        data[("d2", m)] = (np.r_[ts, extra_t][order], np.r_[v, extra_v][order])
+        nt, nv = data[("d2", m)]
+        inw = (nt >= mid) & (nt < mid + 60)
+        await store.upsert_windows(
+            [w for w in windows_of("d2", m, nt[inw], nv[inw], 60, updated=2.0)]
+        )
+    await check(None)
+    await check(["d2", "d3"])
+
+
 # -- alerts ----------------------------------------------------------------------------------
 async def test_alert_lifecycle(store: MonitoringStore) -> None:
     a = alert(1)

@@ -34,8 +34,10 @@ them, so nothing is lost or shifted in conversions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import re
 import struct
 import time
@@ -176,6 +178,29 @@ CREATE INDEX IF NOT EXISTS monitoring_deliveries_due
     ON monitoring_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS monitoring_deliveries_sub
     ON monitoring_deliveries (subscription_id, created_at DESC);
+-- Hourly rollups of the coarse windows (sizes of 60 s or more that divide an hour), for fleet
+-- figures over long ranges: per device × metric, and per device the readings (per window the
+-- largest count among the device's metrics, summed). Rebuilt from the windows of an hour
+-- whenever one of them is upserted.
+CREATE TABLE IF NOT EXISTS monitoring_hourly (
+    window_seconds integer NOT NULL,
+    hour_start double precision NOT NULL,
+    device_id text NOT NULL,
+    metric text NOT NULL,
+    count bigint NOT NULL,
+    min double precision NOT NULL,
+    max double precision NOT NULL,
+    sum double precision NOT NULL,
+    PRIMARY KEY (window_seconds, hour_start, device_id, metric)
+);
+CREATE TABLE IF NOT EXISTS monitoring_hourly_devices (
+    window_seconds integer NOT NULL,
+    hour_start double precision NOT NULL,
+    device_id text NOT NULL,
+    readings bigint NOT NULL,
+    PRIMARY KEY (window_seconds, hour_start, device_id)
+);
+CREATE TABLE IF NOT EXISTS monitoring_store_meta (key text PRIMARY KEY, value text NOT NULL);
 """
 
 _WINDOW_COLS = (
@@ -338,6 +363,57 @@ def _binary_array(raw: bytes | None, elements: np.dtype[Any], dtype: type) -> np
     return np.frombuffer(raw, elements, offset=20)["v"].astype(dtype)
 
 
+#: Window sizes rolled up hourly: at least a minute (finer ones serve short ranges, which
+#: read few windows anyway) and dividing an hour.
+ROLLUP_MIN_WINDOW = 60
+
+# Recompute the given (device, size, hour) rollups from all their windows: delete, then insert
+# (a metric whose windows all vanished leaves no row behind).
+_ROLLUP_DELETE = """
+DELETE FROM {table} AS r
+USING unnest($1::text[], $2::integer[], $3::float8[]) AS k(d, ws, h)
+WHERE r.window_seconds = k.ws AND r.hour_start = k.h AND r.device_id = k.d
+"""
+_ROLLUP_WINDOWS = """
+SELECT w.window_seconds, k.h, w.device_id, w.metric, w.window_start, w.count, w.min, w.max,
+       w.mean
+FROM unnest($1::text[], $2::integer[], $3::float8[]) AS k(d, ws, h)
+JOIN monitoring_windows AS w
+  ON w.device_id = k.d AND w.window_seconds = k.ws
+ AND w.window_start >= k.h AND w.window_start < k.h + 3600 AND w.count > 0
+"""
+_ROLLUP_INSERT = f"""
+INSERT INTO monitoring_hourly (window_seconds, hour_start, device_id, metric, count, min, max,
+                               sum)
+SELECT window_seconds, h, device_id, metric, sum(count), min(min), max(max), sum(count * mean)
+FROM ({_ROLLUP_WINDOWS}) AS w GROUP BY window_seconds, h, device_id, metric
+"""
+_ROLLUP_INSERT_DEVICES = f"""
+INSERT INTO monitoring_hourly_devices (window_seconds, hour_start, device_id, readings)
+SELECT window_seconds, h, device_id, sum(n)
+FROM (SELECT window_seconds, h, device_id, window_start, max(count) AS n
+      FROM ({_ROLLUP_WINDOWS}) AS w GROUP BY window_seconds, h, device_id, window_start) AS x
+GROUP BY window_seconds, h, device_id
+"""
+_ROLLUP_REBUILD = """
+TRUNCATE monitoring_hourly, monitoring_hourly_devices;
+INSERT INTO monitoring_hourly (window_seconds, hour_start, device_id, metric, count, min, max, sum)
+SELECT window_seconds, floor(window_start / 3600) * 3600, device_id, metric, sum(count),
+       min(min), max(max), sum(count * mean)
+FROM monitoring_windows
+WHERE window_seconds >= 60 AND 3600 % window_seconds = 0 AND count > 0
+GROUP BY 1, 2, 3, 4;
+INSERT INTO monitoring_hourly_devices (window_seconds, hour_start, device_id, readings)
+SELECT window_seconds, floor(window_start / 3600) * 3600, device_id, sum(n)
+FROM (SELECT window_seconds, window_start, device_id, max(count) AS n
+      FROM monitoring_windows
+      WHERE window_seconds >= 60 AND 3600 % window_seconds = 0 AND count > 0
+      GROUP BY 1, 2, 3) AS per_window
+GROUP BY 1, 2, 3;
+INSERT INTO monitoring_store_meta (key, value) VALUES ('hourly_rollup', '1')
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+"""
+
 _DELIVERY_COLS = (
     "id, subscription_id, payload, status, attempts, next_attempt_at, last_error, "
     "created_at, updated_at"
@@ -352,6 +428,31 @@ def _dsn(url: str) -> str:
     """asyncpg wants ``postgresql://``; accept SQLAlchemy-style ``postgresql+asyncpg://`` too."""
     scheme, sep, rest = url.partition("://")
     return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+async def rebuild_rollups(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
+    """Rebuild the hourly rollups from all windows, in one transaction."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL work_mem = '256MB'")
+        await conn.execute(_ROLLUP_REBUILD)
+
+
+def _device_lock(device_id: str) -> int:
+    """A 63-bit advisory-lock key for a device (stable across processes)."""
+    digest = hashlib.blake2b(device_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+async def _refresh_rollups(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    hours: Sequence[tuple[str, int, float]],
+) -> None:
+    """Recompute the hourly rollups of (device, window size, hour start) from their windows."""
+    args = ([d for d, _, _ in hours], [ws for _, ws, _ in hours], [h for _, _, h in hours])
+    await conn.execute(_ROLLUP_DELETE.format(table="monitoring_hourly"), *args)
+    await conn.execute(_ROLLUP_DELETE.format(table="monitoring_hourly_devices"), *args)
+    await conn.execute(_ROLLUP_INSERT, *args)
+    await conn.execute(_ROLLUP_INSERT_DEVICES, *args)
 
 
 def _chunks(n: int, size: int | None = None) -> list[slice]:
@@ -501,6 +602,17 @@ class PostgresStore:
                     "(count, min, max, mean, stddev, p50, p95, last, last_ts, final, updated_at);"
                 )
                 log.info("monitoring_windows primary key rebuilt as a covering index")
+            built = await conn.fetchval(
+                "SELECT value FROM monitoring_store_meta WHERE key = 'hourly_rollup'"
+            )
+            if built is None:  # a new store, or one from before the rollups: build them
+                await conn.execute(_ROLLUP_REBUILD)
+
+    async def rebuild_rollups(self) -> None:
+        """Rebuild the hourly rollups from all windows (after loading windows in bulk by other
+        means than :meth:`upsert_windows`, e.g. COPY)."""
+        async with self.pool.acquire() as conn:
+            await rebuild_rollups(conn)
 
     @staticmethod
     async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -521,7 +633,21 @@ class PostgresStore:
         rows = dedupe_windows(windows)
         if not rows:
             return
-        async with self.pool.acquire() as conn:
+        hours = sorted(
+            {
+                (w.device_id, w.window_seconds, math.floor(w.window_start / 3600) * 3600.0)
+                for w in rows
+                if w.window_seconds >= ROLLUP_MIN_WINDOW and 3600 % w.window_seconds == 0
+            }
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            if hours:
+                # One writer per device at a time from here to commit, so that the rollup of an
+                # hour is recomputed after every other writer's windows of it are visible.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+                    sorted({_device_lock(d) for d, _, _ in hours}),
+                )
             for part in _chunks(len(rows)):
                 chunk = rows[part]
                 await conn.execute(
@@ -542,6 +668,8 @@ class PostgresStore:
                     [w.final for w in chunk],
                     [w.updated_at for w in chunk],
                 )
+            if hours:
+                await _refresh_rollups(conn, hours)
 
     async def insert_samples(self, batch: SampleBatch) -> None:
         n = len(batch)
@@ -840,6 +968,7 @@ class PostgresStore:
         start: float,
         end: float,
         window_seconds: int | None = None,
+        use_rollups: bool = True,
     ) -> FleetSummary:
         """Fleet figures over windows starting in [start, end).
 
@@ -847,7 +976,9 @@ class PostgresStore:
         or, when not given, the finest stored size for ranges up to 6 hours and the coarsest
         for longer ones (fewer rows; edge windows matter little there). ``readings`` counts a
         reading once even when it carries several metrics: per device and window it is the
-        largest count among that device's metrics.
+        largest count among that device's metrics. Whole hours inside the range come from
+        the hourly rollups of windows of a minute or more (``use_rollups=False`` reads every
+        window instead; same figures).
         """
         if device_ids is not None and not device_ids:
             return FleetSummary(
@@ -867,18 +998,32 @@ class PostgresStore:
             devices = 0
             readings = 0
             if ws is not None:
-                where = (
-                    "window_seconds = $1 AND window_start >= $2 AND window_start < $3 "
-                    "AND ($4::text[] IS NULL OR device_id = ANY($4::text[])) AND count > 0"
+                h1, h2 = math.ceil(start / 3600) * 3600.0, math.floor(end / 3600) * 3600.0
+                if not (use_rollups and ws >= ROLLUP_MIN_WINDOW and 3600 % ws == 0 and h2 > h1):
+                    h1 = h2 = end  # no whole hour inside: every window from the table
+                # Windows starting in [start, h1) and [h2, end); whole hours [h1, h2) from the
+                # hourly rollups (the same sums over the same windows, a 60th of the rows).
+                edge = (
+                    "window_seconds = $1 AND ($4::text[] IS NULL OR device_id = ANY($4::text[])) "
+                    "AND count > 0 AND window_start >= {lo} AND window_start < {hi}"
+                )
+                edges = [edge.format(lo="$2", hi="$5"), edge.format(lo="$6", hi="$3")]
+                hourly = (
+                    "window_seconds = $1 AND hour_start >= $5 AND hour_start < $6 "
+                    "AND ($4::text[] IS NULL OR device_id = ANY($4::text[]))"
+                )
+                args = (ws, start, end, ids, h1, h2)
+                parts = " UNION ALL ".join(
+                    f"SELECT metric, count AS n, min AS lo, max AS hi, count * mean AS s "
+                    f"FROM monitoring_windows WHERE {e}"
+                    for e in edges
                 )
                 mrows = await conn.fetch(
-                    f"SELECT metric, sum(count) AS n, min(min) AS lo, max(max) AS hi, "
-                    f"sum(count * mean) / sum(count) AS m FROM monitoring_windows "
-                    f"WHERE {where} GROUP BY metric ORDER BY metric",
-                    ws,
-                    start,
-                    end,
-                    ids,
+                    "SELECT metric, sum(n) AS n, min(lo) AS lo, max(hi) AS hi, "
+                    f"sum(s) / sum(n) AS m FROM ({parts} UNION ALL "
+                    "SELECT metric, count, min, max, sum FROM monitoring_hourly "
+                    f"WHERE {hourly}) AS x GROUP BY metric ORDER BY metric",
+                    *args,
                 )
                 metrics = [
                     MetricSummary(
@@ -886,17 +1031,19 @@ class PostgresStore:
                     )
                     for r in mrows
                 ]
+                per_window = " UNION ALL ".join(
+                    "SELECT device_id, max(count) AS n FROM monitoring_windows "
+                    f"WHERE {e} GROUP BY device_id, window_start"
+                    for e in edges
+                )
                 drow = await conn.fetchrow(
                     "SELECT count(*) AS devices, coalesce(sum(n), 0) AS readings FROM ("
                     "  SELECT device_id, sum(n) AS n FROM ("
-                    "    SELECT device_id, max(count) AS n FROM monitoring_windows "
-                    f"   WHERE {where} GROUP BY device_id, window_start"
-                    "  ) AS per_window GROUP BY device_id"
+                    f"    {per_window} UNION ALL SELECT device_id, readings "
+                    f"    FROM monitoring_hourly_devices WHERE {hourly}"
+                    "  ) AS per_part GROUP BY device_id"
                     ") AS per_device",
-                    ws,
-                    start,
-                    end,
-                    ids,
+                    *args,
                 )
                 assert drow is not None
                 devices = int(drow["devices"])
