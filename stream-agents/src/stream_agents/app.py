@@ -407,8 +407,7 @@ class Runtime:
         if self.pipeline is None or self.paused:
             return
         async with self.tick_lock:
-            prepared = await self.pipeline.prepare_tick_async()
-            await self.pipeline.finish_tick(prepared, self.commit)
+            await self.pipeline.tick_async(self.commit)
         self.last_tick = time.time()
 
     async def check_silent(self) -> None:

@@ -33,6 +33,7 @@ from stream_agents.decode import (
 )
 from stream_agents.windows import (
     PartitionWindows,
+    TickContext,
     TickInput,
     WindowBatch,
     WindowConfig,
@@ -261,26 +262,55 @@ class TelemetryPipeline:
 
     def prepare_tick(self, *, live: bool = True) -> PreparedTick:
         """The CPU part of a tick, all at once (call with the hot path paused: under
-        ``lock``). :meth:`prepare_tick_async` does the same without pausing the hot path.
+        ``lock``). :meth:`tick_async` does a whole tick without pausing the hot path.
 
         Computes the windows to emit, the alert changes, the offsets that become committable
         once all this is durable, and takes over the raw-sample writes issued so far.
         """
-        return self._alerts_of(self._compute_tick(self._take_tick(), live=live))
+        taken = self._take_tick()
+        sizes = self.window_config.sizes
+        t0 = time.perf_counter()
+        ctxs, small = self._tick_small(taken, time.time(), live, sizes[:-1])
+        self._tick_large(taken, ctxs, sizes[-1])
+        taken.windows = WindowBatch.concat([small, taken.windows])
+        taken.cpu_seconds = time.perf_counter() - t0
+        return self._alerts_of(taken)
 
-    async def prepare_tick_async(self, *, live: bool = True) -> PreparedTick:
-        """:meth:`prepare_tick` with the window computation in a worker thread.
+    async def tick_async(self, commit: Committer | None = None, *, live: bool = True) -> None:
+        """:meth:`tick` with the window computation in worker threads, in two steps.
 
-        Only taking the partitions' new rows holds ``lock``; numpy does the sorting and
-        reducing with the GIL released, so the hot path keeps fetching, decoding and writing
-        raw samples meanwhile instead of stalling for the whole computation (up to a second
-        when a minute window of 50,000 readings/s closes). Callers must not run two ticks
-        at once.
+        Only taking the partitions' new rows holds ``lock``; numpy sorts and reduces with the
+        GIL released, so the hot path keeps fetching, decoding and writing raw samples
+        meanwhile instead of stalling for the computation. The smaller window sizes are
+        computed first and published while the largest is being computed: a tick that closes
+        a 1-minute window (millions of values to sort at 50,000 readings/s) does not hold
+        back the 10-second windows closing with it. Callers must not run two ticks at once.
         """
         async with self.lock:
             taken = self._take_tick()
-        computed = await asyncio.to_thread(self._compute_tick, taken, live=live)
-        return self._alerts_of(computed)
+        sizes = self.window_config.sizes
+        t0 = time.perf_counter()
+        ctxs, small = await asyncio.to_thread(
+            self._tick_small, taken, time.time(), live, sizes[:-1]
+        )
+        cpu = time.perf_counter() - t0
+        early_alerts, taken.alerts = taken.alerts, []
+        if self.alerts.has_rules() and len(small):
+            early_alerts.extend(self.alerts.on_windows(self._closed(small)))
+        early = asyncio.create_task(self._publish(small, early_alerts))
+        try:
+            t1 = time.perf_counter()
+            await asyncio.to_thread(self._tick_large, taken, ctxs, sizes[-1])
+            taken.cpu_seconds = cpu + time.perf_counter() - t1
+        finally:
+            await early
+        await self.finish_tick(self._alerts_of(taken), commit)
+
+    async def _publish(self, windows: WindowBatch, alerts: list[Alert]) -> None:
+        if len(windows):
+            await self._emit(windows)
+        if alerts:
+            await self.publish_alerts(alerts)
 
     def _take_tick(self) -> _TakenTick:
         writes, self._writes = self._writes, []
@@ -289,23 +319,35 @@ class TelemetryPipeline:
         parts = [(p, state, state.take()) for p, state in self.partitions.items()]
         return _TakenTick(parts, writes, changes)
 
-    def _compute_tick(self, taken: _TakenTick, *, live: bool) -> _TakenTick:
-        t0 = time.perf_counter()
-        wall = time.time()
+    @staticmethod
+    def _tick_small(
+        taken: _TakenTick, wall: float, live: bool, sizes: Sequence[int]
+    ) -> tuple[list[TickContext], WindowBatch]:
+        """Begin every partition's tick and compute the windows of ``sizes``."""
+        ctxs = []
+        results: list[WindowBatch] = []
+        for _, state, inp in taken.parts:
+            ctx = state.begin_tick(wall=wall, live=live, taken=inp)
+            ctxs.append(ctx)
+            results += [wb for size in sizes if len(wb := state.tick_size(ctx, size))]
+        return ctxs, WindowBatch.concat(results)
+
+    @staticmethod
+    def _tick_large(taken: _TakenTick, ctxs: list[TickContext], size: int) -> None:
+        """The windows of the largest size, the drops and the commit points of every
+        partition (into ``taken``)."""
         results: list[WindowBatch] = []
         retained = 0
-        for p, state, inp in taken.parts:
-            r = state.tick(wall=wall, live=live, taken=inp)
-            retained += r.retained_rows
-            if len(r.windows):
-                results.append(r.windows)
+        for (p, state, inp), ctx in zip(taken.parts, ctxs, strict=True):
+            wb = state.tick_size(ctx, size)
+            if len(wb):
+                results.append(wb)
+            retained += state.end_tick(ctx)[1]
             c = state.commit_offset(inp)
             if c is not None and c != state.committed:
                 taken.offsets[p] = (state, c)
         RETAINED.set(retained)
         taken.windows = WindowBatch.concat(results)
-        taken.cpu_seconds = time.perf_counter() - t0
-        return taken
 
     def _alerts_of(self, taken: _TakenTick) -> PreparedTick:
         wb = taken.windows

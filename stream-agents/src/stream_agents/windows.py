@@ -368,6 +368,17 @@ class TickInput:
     last_record_wall: float
 
 
+@dataclass(frozen=True, slots=True)
+class TickContext:
+    """One tick's clocks and its new chunk, shared by its steps."""
+
+    wall: float
+    data_clock: float
+    emit_clock: float
+    is_live: bool
+    new: _Chunk | None
+
+
 @dataclass(slots=True)
 class TickResult:
     windows: WindowBatch
@@ -444,7 +455,20 @@ class PartitionWindows:
         :meth:`take`), the tick works from that alone and may run in a worker thread while
         :meth:`add` goes on (it touches only ``pending`` and the clocks; the tick touches
         neither). Ticks themselves must not overlap.
+
+        The same in steps (so that a caller can publish the small windows before computing
+        the large ones): :meth:`begin_tick`, :meth:`tick_size` for every size in order,
+        :meth:`end_tick`.
         """
+        ctx = self.begin_tick(wall=wall, live=live, taken=taken)
+        out = [self.tick_size(ctx, size) for size in self.config.sizes]
+        dropped, retained = self.end_tick(ctx)
+        return TickResult(WindowBatch.concat(out), dropped, retained)
+
+    def begin_tick(
+        self, *, wall: float, live: bool = True, taken: TickInput | None = None
+    ) -> TickContext:
+        """Append the taken rows as a chunk and advance the emit clock."""
         cfg = self.config
         t = taken if taken is not None else self.take()
         new = Rows.concat(t.rows)
@@ -458,65 +482,74 @@ class PartitionWindows:
                 )
             )
         new_chunk = self.chunks[-1] if len(new) else None
-        data_clock = t.data_clock
-        clock = data_clock
+        clock = t.data_clock
         if t.caught_up and wall - t.last_record_wall >= cfg.idle_close_after:
             clock = max(clock, wall)
         self.emit_clock = max(self.emit_clock, clock)
-        emit_clock = self.emit_clock
-        is_live = live and emit_clock >= wall - cfg.live_lag
+        is_live = live and self.emit_clock >= wall - cfg.live_lag
+        return TickContext(wall, t.data_clock, self.emit_clock, is_live, new_chunk)
+
+    def tick_size(self, ctx: TickContext, size: int) -> WindowBatch:
+        """The closed, corrected and open windows of one size (sizes in increasing order)."""
+        cfg = self.config
+        wall, emit_clock, is_live, new_chunk = ctx.wall, ctx.emit_clock, ctx.is_live, ctx.new
         out: list[WindowBatch] = []
-        for size in cfg.sizes:
-            before = self.closed_through.get(size, -math.inf)
-            after = math.floor(emit_clock / size) * size if math.isfinite(emit_clock) else before
-            after = max(before, after)
-            self.closed_through[size] = after
-            if not self.chunks or not math.isfinite(after):
-                continue
-            # Window w is [w*size, (w+1)*size): closed once its end <= after.
-            lo = math.floor(before / size) if math.isfinite(before) else None
-            hi = math.floor(after / size)
-            corrected: I64 | None = None
-            if new_chunk is not None and lo is not None:
-                w_new = new_chunk.widx[size]
-                late_new = w_new < lo
-                if late_new.any():
-                    corrected = np.unique(_keys(new_chunk.rows.series[late_new], w_new[late_new]))
-            parts = []
+        before = self.closed_through.get(size, -math.inf)
+        after = math.floor(emit_clock / size) * size if math.isfinite(emit_clock) else before
+        after = max(before, after)
+        self.closed_through[size] = after
+        if not self.chunks or not math.isfinite(after):
+            return WindowBatch.concat(out)
+        # Window w is [w*size, (w+1)*size): closed once its end <= after.
+        lo = math.floor(before / size) if math.isfinite(before) else None
+        hi = math.floor(after / size)
+        corrected: I64 | None = None
+        if new_chunk is not None and lo is not None:
+            w_new = new_chunk.widx[size]
+            late_new = w_new < lo
+            if late_new.any():
+                corrected = np.unique(_keys(new_chunk.rows.series[late_new], w_new[late_new]))
+        parts = []
+        for ch in self.chunks:
+            w = ch.widx[size]
+            sel = (w < hi) if lo is None else ((w >= lo) & (w < hi))
+            if corrected is not None:
+                sel |= np.isin(_keys(ch.rows.series, w), corrected)
+            if sel.any():
+                parts.append((ch, sel))
+        if parts:
+            out.append(_stats_of(parts, size, final=True))
+        if not is_live:
+            self.open_touched.pop(size, None)
+            return WindowBatch.concat(out)
+        if new_chunk is not None:
+            w_new = new_chunk.widx[size]
+            open_new = w_new >= hi
+            if open_new.any():
+                self.open_touched.setdefault(size, []).append(
+                    np.unique(_keys(new_chunk.rows.series[open_new], w_new[open_new]))
+                )
+        # The smallest size every tick; the others every size × fraction (10 % early is
+        # close enough: ticks come every emit interval, with jitter).
+        every = 0.0 if size == cfg.sizes[0] else 0.9 * size * cfg.open_update_fraction
+        due = wall - self.open_updated_at.get(size, -math.inf) >= every
+        if due and self.open_touched.get(size):
+            touched = np.unique(np.concatenate(self.open_touched.pop(size)))
+            self.open_updated_at[size] = wall
+            oparts = []
             for ch in self.chunks:
                 w = ch.widx[size]
-                sel = (w < hi) if lo is None else ((w >= lo) & (w < hi))
-                if corrected is not None:
-                    sel |= np.isin(_keys(ch.rows.series, w), corrected)
-                if sel.any():
-                    parts.append((ch, sel))
-            if parts:
-                out.append(_stats_of(parts, size, final=True))
-            if not is_live:
-                self.open_touched.pop(size, None)
-                continue
-            if new_chunk is not None:
-                w_new = new_chunk.widx[size]
-                open_new = w_new >= hi
-                if open_new.any():
-                    self.open_touched.setdefault(size, []).append(
-                        np.unique(_keys(new_chunk.rows.series[open_new], w_new[open_new]))
-                    )
-            # The smallest size every tick; the others every size × fraction (10 % early is
-            # close enough: ticks come every emit interval, with jitter).
-            every = 0.0 if size == cfg.sizes[0] else 0.9 * size * cfg.open_update_fraction
-            due = wall - self.open_updated_at.get(size, -math.inf) >= every
-            if due and self.open_touched.get(size):
-                touched = np.unique(np.concatenate(self.open_touched.pop(size)))
-                self.open_updated_at[size] = wall
-                oparts = []
-                for ch in self.chunks:
-                    w = ch.widx[size]
-                    osel = (w >= hi) & np.isin(_keys(ch.rows.series, w), touched)
-                    if osel.any():
-                        oparts.append((ch, osel))
-                if oparts:
-                    out.append(_stats_of(oparts, size, final=False))
+                osel = (w >= hi) & np.isin(_keys(ch.rows.series, w), touched)
+                if osel.any():
+                    oparts.append((ch, osel))
+            if oparts:
+                out.append(_stats_of(oparts, size, final=False))
+        return WindowBatch.concat(out)
+
+    def end_tick(self, ctx: TickContext) -> tuple[int, int]:
+        """Drop the units no record can change any more; (rows dropped, rows retained)."""
+        cfg = self.config
+        data_clock = ctx.data_clock
         dropped = 0
         if self.chunks and math.isfinite(data_clock):
             big = cfg.sizes[-1]
@@ -560,7 +593,7 @@ class PartitionWindows:
                 )
             self.chunks = kept
         retained = sum(len(ch.rows) for ch in self.chunks)
-        return TickResult(WindowBatch.concat(out), dropped, retained)
+        return dropped, retained
 
     def commit_offset(self, taken: TickInput | None = None) -> int | None:
         """The offset it is safe to commit once the last tick's output is durable (with
