@@ -135,6 +135,14 @@ class BucketSeries:
         return len(self.bucket_start)
 
 
+def check_bucket_sizes(bucket_seconds: int, source_window_seconds: int) -> None:
+    """ValueError unless both are positive and buckets are whole multiples of the windows."""
+    if bucket_seconds <= 0 or source_window_seconds <= 0:
+        raise ValueError("bucket and window sizes must be positive")
+    if bucket_seconds % source_window_seconds:
+        raise ValueError("bucket_seconds must be a multiple of source_window_seconds")
+
+
 #: Bucket's numeric columns, in field order.
 BUCKET_COLUMNS = ("bucket_start", "count", "min", "max", "mean", "stddev", "p50", "p95", "last")
 

@@ -51,6 +51,7 @@ from monitoring_store.base import (
     Sample,
     SampleBatch,
     Subscription,
+    check_bucket_sizes,
     dedupe_windows,
     series_from_buckets,
     severities_at_least,
@@ -515,10 +516,7 @@ class MongoStore:
         bucket_seconds: int,
         source_window_seconds: int,
     ) -> list[Bucket]:
-        if bucket_seconds <= 0 or source_window_seconds <= 0:
-            raise ValueError("bucket and window sizes must be positive")
-        if bucket_seconds % source_window_seconds:
-            raise ValueError("bucket_seconds must be a multiple of source_window_seconds")
+        check_bucket_sizes(bucket_seconds, source_window_seconds)
         match: Doc = {
             "device_id": device_id,
             "window_seconds": source_window_seconds,

@@ -65,6 +65,7 @@ from monitoring_store.base import (
     SampleBatch,
     Subscription,
     buckets_from_series,
+    check_bucket_sizes,
     dedupe_windows,
     series_from_buckets,
     severities_at_least,
@@ -367,52 +368,62 @@ def _binary_array(raw: bytes | None, elements: np.dtype[Any], dtype: type) -> np
 #: read few windows anyway) and dividing an hour.
 ROLLUP_MIN_WINDOW = 60
 
+
+def _rolled_up(window_seconds: int) -> bool:
+    return window_seconds >= ROLLUP_MIN_WINDOW and 3600 % window_seconds == 0
+
+
+# The rollups aggregate a source of windows with their hour: (window_seconds, h, device_id,
+# metric, window_start, count, min, max, mean). Refreshing takes the windows of the given
+# (device, size, hour) keys; rebuilding takes every window of a rolled-up size.
+_ROLLUP_INSERTS = (
+    """
+INSERT INTO monitoring_hourly (window_seconds, hour_start, device_id, metric, count, min, max,
+                               sum)
+SELECT window_seconds, h, device_id, metric, sum(count), min(min), max(max), sum(count * mean)
+FROM ({source}) AS w GROUP BY window_seconds, h, device_id, metric
+""",
+    """
+INSERT INTO monitoring_hourly_devices (window_seconds, hour_start, device_id, readings)
+SELECT window_seconds, h, device_id, sum(n)
+FROM (SELECT window_seconds, h, device_id, window_start, max(count) AS n
+      FROM ({source}) AS w GROUP BY window_seconds, h, device_id, window_start) AS x
+GROUP BY window_seconds, h, device_id
+""",
+)
+_KEYS = "unnest($1::text[], $2::integer[], $3::float8[]) AS k(d, ws, h)"
 # Recompute the given (device, size, hour) rollups from all their windows: delete, then insert
 # (a metric whose windows all vanished leaves no row behind).
-_ROLLUP_DELETE = """
-DELETE FROM {table} AS r
-USING unnest($1::text[], $2::integer[], $3::float8[]) AS k(d, ws, h)
+_ROLLUP_DELETE = f"""
+DELETE FROM {{table}} AS r USING {_KEYS}
 WHERE r.window_seconds = k.ws AND r.hour_start = k.h AND r.device_id = k.d
 """
-_ROLLUP_WINDOWS = """
+_ROLLUP_REFRESH_SOURCE = f"""
 SELECT w.window_seconds, k.h, w.device_id, w.metric, w.window_start, w.count, w.min, w.max,
        w.mean
-FROM unnest($1::text[], $2::integer[], $3::float8[]) AS k(d, ws, h)
+FROM {_KEYS}
 JOIN monitoring_windows AS w
   ON w.device_id = k.d AND w.window_seconds = k.ws
  AND w.window_start >= k.h AND w.window_start < k.h + 3600 AND w.count > 0
 """
-_ROLLUP_INSERT = f"""
-INSERT INTO monitoring_hourly (window_seconds, hour_start, device_id, metric, count, min, max,
-                               sum)
-SELECT window_seconds, h, device_id, metric, sum(count), min(min), max(max), sum(count * mean)
-FROM ({_ROLLUP_WINDOWS}) AS w GROUP BY window_seconds, h, device_id, metric
-"""
-_ROLLUP_INSERT_DEVICES = f"""
-INSERT INTO monitoring_hourly_devices (window_seconds, hour_start, device_id, readings)
-SELECT window_seconds, h, device_id, sum(n)
-FROM (SELECT window_seconds, h, device_id, window_start, max(count) AS n
-      FROM ({_ROLLUP_WINDOWS}) AS w GROUP BY window_seconds, h, device_id, window_start) AS x
-GROUP BY window_seconds, h, device_id
-"""
-_ROLLUP_REBUILD = """
-TRUNCATE monitoring_hourly, monitoring_hourly_devices;
-INSERT INTO monitoring_hourly (window_seconds, hour_start, device_id, metric, count, min, max, sum)
-SELECT window_seconds, floor(window_start / 3600) * 3600, device_id, metric, sum(count),
-       min(min), max(max), sum(count * mean)
+_ROLLUP_REBUILD_SOURCE = f"""
+SELECT window_seconds, floor(window_start / 3600) * 3600 AS h, device_id, metric,
+       window_start, count, min, max, mean
 FROM monitoring_windows
-WHERE window_seconds >= 60 AND 3600 % window_seconds = 0 AND count > 0
-GROUP BY 1, 2, 3, 4;
-INSERT INTO monitoring_hourly_devices (window_seconds, hour_start, device_id, readings)
-SELECT window_seconds, floor(window_start / 3600) * 3600, device_id, sum(n)
-FROM (SELECT window_seconds, window_start, device_id, max(count) AS n
-      FROM monitoring_windows
-      WHERE window_seconds >= 60 AND 3600 % window_seconds = 0 AND count > 0
-      GROUP BY 1, 2, 3) AS per_window
-GROUP BY 1, 2, 3;
-INSERT INTO monitoring_store_meta (key, value) VALUES ('hourly_rollup', '1')
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+WHERE window_seconds >= {ROLLUP_MIN_WINDOW} AND 3600 % window_seconds = 0 AND count > 0
 """
+_ROLLUP_REBUILD = ";".join(
+    [
+        "TRUNCATE monitoring_hourly, monitoring_hourly_devices",
+        *(q.format(source=_ROLLUP_REBUILD_SOURCE) for q in _ROLLUP_INSERTS),
+        "INSERT INTO monitoring_store_meta (key, value) VALUES ('hourly_rollup', '1') "
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+    ]
+)
+_ROLLUP_REFRESH = (
+    *(_ROLLUP_DELETE.format(table=t) for t in ("monitoring_hourly", "monitoring_hourly_devices")),
+    *(q.format(source=_ROLLUP_REFRESH_SOURCE) for q in _ROLLUP_INSERTS),
+)
 
 _DELIVERY_COLS = (
     "id, subscription_id, payload, status, attempts, next_attempt_at, last_error, "
@@ -449,10 +460,8 @@ async def _refresh_rollups(
 ) -> None:
     """Recompute the hourly rollups of (device, window size, hour start) from their windows."""
     args = ([d for d, _, _ in hours], [ws for _, ws, _ in hours], [h for _, _, h in hours])
-    await conn.execute(_ROLLUP_DELETE.format(table="monitoring_hourly"), *args)
-    await conn.execute(_ROLLUP_DELETE.format(table="monitoring_hourly_devices"), *args)
-    await conn.execute(_ROLLUP_INSERT, *args)
-    await conn.execute(_ROLLUP_INSERT_DEVICES, *args)
+    for query in _ROLLUP_REFRESH:
+        await conn.execute(query, *args)
 
 
 def _chunks(n: int, size: int | None = None) -> list[slice]:
@@ -606,7 +615,7 @@ class PostgresStore:
                 "SELECT value FROM monitoring_store_meta WHERE key = 'hourly_rollup'"
             )
             if built is None:  # a new store, or one from before the rollups: build them
-                await conn.execute(_ROLLUP_REBUILD)
+                await rebuild_rollups(conn)
 
     async def rebuild_rollups(self) -> None:
         """Rebuild the hourly rollups from all windows (after loading windows in bulk by other
@@ -637,7 +646,7 @@ class PostgresStore:
             {
                 (w.device_id, w.window_seconds, math.floor(w.window_start / 3600) * 3600.0)
                 for w in rows
-                if w.window_seconds >= ROLLUP_MIN_WINDOW and 3600 % w.window_seconds == 0
+                if _rolled_up(w.window_seconds)
             }
         )
         async with self.pool.acquire() as conn, conn.transaction():
@@ -897,10 +906,7 @@ class PostgresStore:
         source_window_seconds: int,
     ) -> list[BucketSeries]:
         """:meth:`aggregate_windows` as one column set per metric, ordered by metric."""
-        if bucket_seconds <= 0 or source_window_seconds <= 0:
-            raise ValueError("bucket and window sizes must be positive")
-        if bucket_seconds % source_window_seconds:
-            raise ValueError("bucket_seconds must be a multiple of source_window_seconds")
+        check_bucket_sizes(bucket_seconds, source_window_seconds)
         metric_list = list(metrics) if metrics is not None else None
         if bucket_seconds != source_window_seconds:
             rows = await self.pool.fetch(
@@ -999,7 +1005,7 @@ class PostgresStore:
             readings = 0
             if ws is not None:
                 h1, h2 = math.ceil(start / 3600) * 3600.0, math.floor(end / 3600) * 3600.0
-                if not (use_rollups and ws >= ROLLUP_MIN_WINDOW and 3600 % ws == 0 and h2 > h1):
+                if not (use_rollups and _rolled_up(ws) and h2 > h1):
                     h1 = h2 = end  # no whole hour inside: every window from the table
                 # Windows starting in [start, h1) and [h2, end); whole hours [h1, h2) from the
                 # hourly rollups (the same sums over the same windows, a 60th of the rows).
