@@ -407,7 +407,7 @@ class Runtime:
         if self.pipeline is None or self.paused:
             return
         async with self.tick_lock:
-            await self.pipeline.tick_async(self.commit)
+            await self.pipeline.tick(self.commit)
         self.last_tick = time.time()
 
     async def check_silent(self) -> None:

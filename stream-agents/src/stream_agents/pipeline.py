@@ -92,15 +92,9 @@ class Counts:
 
 @dataclass(slots=True)
 class PreparedTick:
-    windows: WindowBatch
-    alerts: list[Alert]
-    writes: list[asyncio.Task[None]]
-    offsets: dict[int, tuple[PartitionWindows, int]]
-    cpu_seconds: float
+    """One tick: each partition's taken rows, the raw-sample writes and pending alert changes
+    it covers, then what it computed (windows, alert changes, committable offsets)."""
 
-
-@dataclass(slots=True)
-class _TakenTick:
     parts: list[tuple[int, PartitionWindows, TickInput]]
     writes: list[asyncio.Task[None]]
     alerts: list[Alert]
@@ -257,112 +251,89 @@ class TelemetryPipeline:
 
     # -- emission / commit -------------------------------------------------------------------
     async def tick(self, commit: Committer | None = None, *, live: bool = True) -> None:
-        """Emit windows, write them, evaluate alerts, then commit what is durable."""
-        await self.finish_tick(self.prepare_tick(live=live), commit)
+        """Emit windows, write them, evaluate alerts, then commit what is durable.
 
-    def prepare_tick(self, *, live: bool = True) -> PreparedTick:
-        """The CPU part of a tick, all at once (call with the hot path paused: under
-        ``lock``). :meth:`tick_async` does a whole tick without pausing the hot path.
-
-        Computes the windows to emit, the alert changes, the offsets that become committable
-        once all this is durable, and takes over the raw-sample writes issued so far.
-        """
-        taken = self._take_tick()
-        sizes = self.window_config.sizes
-        t0 = time.perf_counter()
-        ctxs, small = self._tick_small(taken, time.time(), live, sizes[:-1])
-        self._tick_large(taken, ctxs, sizes[-1])
-        taken.windows = WindowBatch.concat([small, taken.windows])
-        taken.cpu_seconds = time.perf_counter() - t0
-        return self._alerts_of(taken)
-
-    async def tick_async(self, commit: Committer | None = None, *, live: bool = True) -> None:
-        """:meth:`tick` with the window computation in worker threads, in two steps.
-
-        Only taking the partitions' new rows holds ``lock``; numpy sorts and reduces with the
-        GIL released, so the hot path keeps fetching, decoding and writing raw samples
-        meanwhile instead of stalling for the computation. The smaller window sizes are
-        computed first and published while the largest is being computed: a tick that closes
-        a 1-minute window (millions of values to sort at 50,000 readings/s) does not hold
-        back the 10-second windows closing with it. Callers must not run two ticks at once.
+        The window computation runs in worker threads; only taking the partitions' new rows
+        holds ``lock``. numpy sorts and reduces with the GIL released, so the hot path keeps
+        fetching, decoding and writing raw samples meanwhile instead of stalling for the
+        computation. The smaller window sizes are computed first and published while the
+        largest is being computed: a tick that closes a 1-minute window (millions of values to
+        sort at 50,000 readings/s) does not hold back the 10-second windows closing with it.
+        Callers must not run two ticks at once.
         """
         async with self.lock:
-            taken = self._take_tick()
+            prepared = self._take_tick()
         sizes = self.window_config.sizes
         t0 = time.perf_counter()
         ctxs, small = await asyncio.to_thread(
-            self._tick_small, taken, time.time(), live, sizes[:-1]
+            self._tick_small, prepared, time.time(), live, sizes[:-1]
         )
         cpu = time.perf_counter() - t0
-        early_alerts, taken.alerts = taken.alerts, []
-        if self.alerts.has_rules() and len(small):
-            early_alerts.extend(self.alerts.on_windows(self._closed(small)))
-        early = asyncio.create_task(self._publish(small, early_alerts))
+        early = asyncio.create_task(
+            self._publish(small, [*prepared.alerts, *self._window_alerts(small)])
+        )
         try:
             t1 = time.perf_counter()
-            await asyncio.to_thread(self._tick_large, taken, ctxs, sizes[-1])
-            taken.cpu_seconds = cpu + time.perf_counter() - t1
+            await asyncio.to_thread(self._tick_large, prepared, ctxs, sizes[-1])
+            prepared.cpu_seconds = cpu + time.perf_counter() - t1
         finally:
             await early
-        await self.finish_tick(self._alerts_of(taken), commit)
+        prepared.alerts = self._window_alerts(prepared.windows)
+        await self.finish_tick(prepared, commit)
 
-    async def _publish(self, windows: WindowBatch, alerts: list[Alert]) -> None:
+    async def _publish(self, windows: WindowBatch, alerts: Sequence[Alert]) -> None:
         if len(windows):
             await self._emit(windows)
         if alerts:
             await self.publish_alerts(alerts)
 
-    def _take_tick(self) -> _TakenTick:
+    def _take_tick(self) -> PreparedTick:
         writes, self._writes = self._writes, []
         changes = self.pending_alerts[:]
         self.pending_alerts.clear()
         parts = [(p, state, state.take()) for p, state in self.partitions.items()]
-        return _TakenTick(parts, writes, changes)
+        return PreparedTick(parts, writes, changes)
 
     @staticmethod
     def _tick_small(
-        taken: _TakenTick, wall: float, live: bool, sizes: Sequence[int]
+        prepared: PreparedTick, wall: float, live: bool, sizes: Sequence[int]
     ) -> tuple[list[TickContext], WindowBatch]:
         """Begin every partition's tick and compute the windows of ``sizes``."""
         ctxs = []
         results: list[WindowBatch] = []
-        for _, state, inp in taken.parts:
+        for _, state, inp in prepared.parts:
             ctx = state.begin_tick(wall=wall, live=live, taken=inp)
             ctxs.append(ctx)
             results += [wb for size in sizes if len(wb := state.tick_size(ctx, size))]
         return ctxs, WindowBatch.concat(results)
 
     @staticmethod
-    def _tick_large(taken: _TakenTick, ctxs: list[TickContext], size: int) -> None:
+    def _tick_large(prepared: PreparedTick, ctxs: list[TickContext], size: int) -> None:
         """The windows of the largest size, the drops and the commit points of every
-        partition (into ``taken``)."""
+        partition (into ``prepared``)."""
         results: list[WindowBatch] = []
         retained = 0
-        for (p, state, inp), ctx in zip(taken.parts, ctxs, strict=True):
+        for (p, state, inp), ctx in zip(prepared.parts, ctxs, strict=True):
             wb = state.tick_size(ctx, size)
             if len(wb):
                 results.append(wb)
             retained += state.end_tick(ctx)[1]
             c = state.commit_offset(inp)
             if c is not None and c != state.committed:
-                taken.offsets[p] = (state, c)
+                prepared.offsets[p] = (state, c)
         RETAINED.set(retained)
-        taken.windows = WindowBatch.concat(results)
+        prepared.windows = WindowBatch.concat(results)
 
-    def _alerts_of(self, taken: _TakenTick) -> PreparedTick:
-        wb = taken.windows
-        changes = taken.alerts
-        if self.alerts.has_rules() and len(wb):
-            changes.extend(self.alerts.on_windows(self._closed(wb)))
-        return PreparedTick(wb, changes, taken.writes, taken.offsets, taken.cpu_seconds)
+    def _window_alerts(self, wb: WindowBatch) -> list[Alert]:
+        """Alert changes from the closed windows in ``wb``."""
+        if not self.alerts.has_rules() or not len(wb):
+            return []
+        return self.alerts.on_windows(self._closed(wb))
 
     async def finish_tick(self, prepared: PreparedTick, commit: Committer | None) -> None:
         """The I/O part of a tick: may run while the hot path goes on with new records."""
         t0 = time.perf_counter()
-        if len(prepared.windows):
-            await self._emit(prepared.windows)
-        if prepared.alerts:
-            await self.publish_alerts(prepared.alerts)
+        await self._publish(prepared.windows, prepared.alerts)
         # Raw samples of everything covered must be durable before the commit.
         for t in prepared.writes:
             await t
