@@ -199,31 +199,34 @@ def test_windows_match_numpy_reference_even_after_a_crash(
     assert_same(store, reference(records, cfg))
 
 
+def feed(state: PartitionWindows, off: int, ingest: float, t: float, v: float) -> bool:
+    """One reading of series 0 at offset ``off``, added the way the hot path adds it (only if
+    ``accept_mask`` takes it); whether it was taken."""
+    ok = state.accept_mask(np.array([t]), np.array([ingest]))
+    rows = Rows(
+        np.array([0])[ok],
+        np.array([t])[ok],
+        np.array([v])[ok],
+        np.array([off])[ok],
+        np.array([off])[ok],
+    )
+    state.add(rows, max_ingest_ts=ingest, last_offset=off, wall=0.0)
+    return bool(ok[0])
+
+
 def test_late_reading_updates_a_closed_window_and_too_late_is_refused() -> None:
     cfg = WindowConfig(sizes=(10,), allowed_lateness=5.0)
     state = PartitionWindows(cfg)
 
-    def feed(off: int, ingest: float, t: float, v: float) -> bool:
-        ok = state.accept_mask(np.array([t]), np.array([ingest]))
-        rows = Rows(
-            np.array([0])[ok],
-            np.array([t])[ok],
-            np.array([v])[ok],
-            np.array([off])[ok],
-            np.array([off])[ok],
-        )
-        state.add(rows, max_ingest_ts=ingest, last_offset=off, wall=0.0)
-        return bool(ok[0])
-
-    assert feed(0, T0 + 1, T0 + 1, 1.0)
-    assert feed(1, T0 + 11, T0 + 11, 5.0)  # ingest clock passes T0+10: window closes
+    assert feed(state, 0, T0 + 1, T0 + 1, 1.0)
+    assert feed(state, 1, T0 + 11, T0 + 11, 5.0)  # ingest clock passes T0+10: window closes
     first = state.tick(wall=0.0).windows
     assert [int(c) for c, f in zip(first.count, first.final, strict=True) if f] == [1]
-    assert feed(2, T0 + 14, T0 + 2, 3.0)  # 4 s after the window's end: allowed
+    assert feed(state, 2, T0 + 14, T0 + 2, 3.0)  # 4 s after the window's end: allowed
     second = state.tick(wall=0.0).windows
     corrected = [i for i in range(len(second)) if second.window_start[i] == T0 and second.final[i]]
     assert second.count[corrected[0]] == 2 and second.mean[corrected[0]] == 2.0
-    assert not feed(3, T0 + 16, T0 + 3, 9.0)  # 6 s after: late
+    assert not feed(state, 3, T0 + 16, T0 + 3, 9.0)  # 6 s after: late
 
 
 def test_commit_offset_waits_for_the_oldest_open_window() -> None:
@@ -248,18 +251,6 @@ def test_rows_added_while_a_taken_tick_computes_wait_for_the_next_tick() -> None
     cfg = WindowConfig(sizes=(10,), allowed_lateness=5.0, reorder_slack=5.0)
     state = PartitionWindows(cfg)
 
-    def feed(off: int, ingest: float, t: float, v: float) -> bool:
-        ok = state.accept_mask(np.array([t]), np.array([ingest]))
-        rows = Rows(
-            np.array([0])[ok],
-            np.array([t])[ok],
-            np.array([v])[ok],
-            np.array([off])[ok],
-            np.array([off])[ok],
-        )
-        state.add(rows, max_ingest_ts=ingest, last_offset=off, wall=0.0)
-        return bool(ok[0])
-
     def finals(wb: Any) -> dict[float, tuple[int, float]]:
         return {
             float(w): (int(c), float(m))
@@ -267,11 +258,11 @@ def test_rows_added_while_a_taken_tick_computes_wait_for_the_next_tick() -> None
             if f
         }
 
-    assert feed(0, T0 + 1, T0 + 1, 1.0)
-    assert feed(1, T0 + 16, T0 + 16, 2.0)  # the ingest clock passes T0+10+5: T0 closes
+    assert feed(state, 0, T0 + 1, T0 + 1, 1.0)
+    assert feed(state, 1, T0 + 16, T0 + 16, 2.0)  # the ingest clock passes T0+10+5: T0 closes
     taken = state.take()
-    assert feed(2, T0 + 14, T0 + 3, 50.0)  # meanwhile, in time for T0 (ingest ≤ T0+15)
-    assert feed(3, T0 + 25, T0 + 25, 4.0)
+    assert feed(state, 2, T0 + 14, T0 + 3, 50.0)  # meanwhile, in time for T0 (ingest ≤ T0+15)
+    assert feed(state, 3, T0 + 25, T0 + 25, 4.0)
     first = state.tick(wall=0.0, taken=taken).windows
     assert finals(first) == {T0: (1, 1.0)}  # as taken: without the row added meanwhile
     assert state.commit_offset(taken) == 0  # T0 is still retained (correctable)
@@ -281,7 +272,7 @@ def test_rows_added_while_a_taken_tick_computes_wait_for_the_next_tick() -> None
     # T0's unit is dropped now, but it spans offsets 0..2 and T0+10's (offset 1) is still
     # retained: replaying from 1 would rebuild T0 from offset 2 alone, so the point stays 0.
     assert state.commit_offset() == 0
-    assert feed(4, T0 + 31, T0 + 31, 7.0)  # the clock passes T0+20 + 5 + 5
+    assert feed(state, 4, T0 + 31, T0 + 31, 7.0)  # the clock passes T0+20 + 5 + 5
 
     def in_time_for_t0_10() -> bool:  # in time by lateness alone (ingest ≤ T0+20+5)
         return bool(state.accept_mask(np.array([T0 + 12]), np.array([T0 + 24]))[0])
