@@ -97,6 +97,32 @@ class _Counts:
             await asyncio.sleep(0.01)
 
 
+class _Retrying(_Counts):
+    """Counts for transports that publish a message again, with backoff, until it has been
+    tried for ``give_up_after`` seconds."""
+
+    cfg: TransportConfig
+
+    def __init__(self, window: int) -> None:
+        super().__init__(window)
+        self.retries = 0
+
+    async def _retry(
+        self, what: str, device_id: str, problem: object, first: float, attempt: int
+    ) -> bool:
+        """After a failed try: False (counted as failed) once the message's time is up;
+        otherwise count a retry, wait out the backoff and say True."""
+        if time.monotonic() - first >= self.cfg.give_up_after:
+            self.failed += 1
+            log.error("%s for %s given up: %s", what, device_id, problem)
+            return False
+        self.retries += 1
+        if attempt == 1:
+            log.warning("%s for %s failed (%s); retrying", what, device_id, problem)
+        await asyncio.sleep(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max))
+        return True
+
+
 class NullTransport(_Counts):
     """Confirms everything immediately: measures the simulator's own capacity."""
 
@@ -275,7 +301,7 @@ class MqttTransport(_Counts):
         client.loop_stop()
 
 
-class AmqpTransport(_Counts):
+class AmqpTransport(_Retrying):
     """aio-pika with publisher confirms; confirms are awaited concurrently (bounded).
 
     A publication that fails (connection or channel lost, confirm lost, nack) is published
@@ -289,7 +315,6 @@ class AmqpTransport(_Counts):
         self._conn: Any = None
         self._channel: Any = None
         self._exchange: Any = None
-        self.retries = 0
 
     async def start(self) -> None:
         """Connect, waiting for the broker up to ``give_up_after`` seconds."""
@@ -330,14 +355,8 @@ class AmqpTransport(_Counts):
             try:
                 await self._publish_once(device_id, payload)
             except Exception as exc:
-                if time.monotonic() - first >= self.cfg.give_up_after:
-                    self.failed += 1
-                    log.error("AMQP publish for %s given up: %s", device_id, exc)
+                if not await self._retry("AMQP publish", device_id, exc, first, attempt):
                     return
-                self.retries += 1
-                if attempt == 1:
-                    log.warning("AMQP publish for %s unconfirmed (%s); retrying", device_id, exc)
-                await asyncio.sleep(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max))
                 await self._wait_ready(first)
             else:
                 self.acked += 1
@@ -370,7 +389,7 @@ class AmqpTransport(_Counts):
             await self._conn.close()
 
 
-class HttpTransport(_Counts):
+class HttpTransport(_Retrying):
     """``POST /ingest/{device_id}`` with the device's bearer token; 202 is a confirm.
 
     Connection errors, timeouts, 5xx and 429 are retried with backoff until ``give_up_after``
@@ -382,7 +401,6 @@ class HttpTransport(_Counts):
         self.cfg = cfg
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
-        self.retries = 0
 
     async def start(self) -> None:
         import httpx
@@ -422,14 +440,8 @@ class HttpTransport(_Counts):
                         log.warning("HTTP ingest for %s answered %s", device_id, status)
                     return
                 problem = f"HTTP {status}"
-            if time.monotonic() - first >= self.cfg.give_up_after:
-                self.failed += 1
-                log.error("HTTP ingest for %s given up: %s", device_id, problem)
+            if not await self._retry("HTTP ingest", device_id, problem, first, attempt):
                 return
-            self.retries += 1
-            if attempt == 1:
-                log.warning("HTTP ingest for %s failed (%s); retrying", device_id, problem)
-            await asyncio.sleep(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max))
 
     async def publish(
         self, device_id: str, payload: bytes, *, token: str | None, expect_reject: bool
