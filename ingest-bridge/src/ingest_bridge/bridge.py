@@ -120,7 +120,10 @@ class Bridge:
                 queue=s.device_events_queue,
                 prefetch=s.device_events_prefetch,
                 max_batch_messages=s.device_events_prefetch,
-                max_concurrent_batches=2,
+                # One batch at a time: a device's lifecycle events must reach Kafka in the
+                # order device-management sent them (created before updated or deleted); two
+                # batches in flight could be produced the other way round.
+                max_concurrent_batches=1,
             )
         self.http_in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
