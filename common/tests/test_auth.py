@@ -414,3 +414,76 @@ async def test_keys_can_be_given_as_pem_or_private_key(env, rsa_key):
     verifier.add_key("private", rsa_key)
     for kid in ("pem-str", "pem-bytes", "private"):
         assert (await verifier.verify(sign(rsa_key, kid=kid))).role == "operator"
+
+
+async def test_a_key_signing_stops_publishing_stops_verifying(env, rsa_key):
+    """Rotation: the previous key verifies while published; once dropped, its tokens fail."""
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = JwksServer([jwk_of(rsa_key.public_key(), "old")])
+    verifier = await env.verifier(jwks, jwks_refresh_interval=0.05)
+    old_token = sign(rsa_key, kid="old")
+    assert (await verifier.verify(old_token)).role == "operator"  # now in the token cache
+    # Rotated: signing publishes the new key and the previous one.
+    jwks.keys = [jwk_of(new_key.public_key(), "new"), jwk_of(rsa_key.public_key(), "old")]
+    assert (await verifier.verify(sign(new_key, kid="new"))).role == "operator"
+    assert (await verifier.verify(old_token)).role == "operator"
+    # The previous key is retired for good; whoever still holds it cannot mint tokens, and a
+    # token it signed (cached or not) is refused, without waiting for an unknown kid.
+    jwks.keys = [jwk_of(new_key.public_key(), "new")]
+    calls = jwks.calls
+    deadline = time.monotonic() + 5
+    while jwks.calls < calls + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    with pytest.raises(Unauthorized, match="unknown key"):
+        await verifier.verify(old_token)
+    with pytest.raises(Unauthorized, match="unknown key"):
+        await verifier.verify(sign(rsa_key, kid="old", exp=int(time.time()) + 86_400))
+    assert (await verifier.verify(sign(new_key, kid="new"))).role == "operator"
+
+
+async def test_refresh_failures_keep_the_keys(env, rsa_key):
+    jwks = JwksServer([jwk_of(rsa_key.public_key(), KID)])
+    verifier = await env.verifier(jwks, jwks_refresh_interval=0.05)
+    jwks.status = 503  # signing down: tokens keep verifying with the keys already known
+    calls = jwks.calls
+    deadline = time.monotonic() + 5
+    while jwks.calls < calls + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert (await verifier.verify(sign(rsa_key))).role == "operator"
+
+
+async def test_revocation_of_a_week_long_token_outlives_a_day(env, rsa_key):
+    """A 7-day token revoked 25 hours ago is still refused by a verifier started now."""
+    now = time.time()
+    jti = uuid.uuid4().hex
+    token = sign(rsa_key, jti=jti, iat=int(now - 25 * 3600), exp=int(now + 6 * 86_400 - 3600))
+    stream = redis_keys.revocation_stream(env.ns)
+    # The revocation as signing published it 25 hours ago (stream ids are millisecond clocks).
+    logged_out_ms = int((now - 25 * 3600) * 1000)
+    await env.redis.xadd(
+        stream, {"jti": jti, "exp": str(now + 6 * 86_400)}, id=f"{logged_out_ms}-0"
+    )
+    # Logouts since then do not push it out either.
+    for _ in range(3):
+        await env.revoke(uuid.uuid4().hex, now + 600)
+    assert await env.redis.xlen(stream) == 4
+
+    verifier = await env.verifier()
+    verifier.add_key(KID, rsa_key.public_key())
+    with pytest.raises(Unauthorized, match="revoked"):
+        await verifier.verify(token)
+
+
+async def test_revocations_older_than_the_longest_token_lifetime_are_trimmed(env):
+    now = time.time()
+    stream = redis_keys.revocation_stream(env.ns)
+    old_ms = int((now - 8 * 86_400) * 1000)
+    for i in range(200):  # several entries, so approximate trimming can drop whole nodes
+        await env.redis.xadd(
+            stream, {"jti": f"old-{i}", "exp": str(now - 86_400)}, id=f"{old_ms}-{i}"
+        )
+    await env.revoke("fresh", now + 600)
+    entries = await env.redis.xrange(stream)
+    jtis = [fields[b"jti"].decode() for _, fields in entries]
+    assert "fresh" in jtis
+    assert len(jtis) < 201

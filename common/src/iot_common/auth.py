@@ -2,10 +2,11 @@
 
 Verification is local (no call to signing per request). Public keys are fetched from the JWKS
 endpoint, cached, and refetched when a token names an unknown ``kid`` (at most once per
-``jwks_min_refresh`` seconds, so forged kids cannot hammer signing). Revoked token ids are
-held in memory, kept current by tailing a Redis stream that signing appends to on logout, so a
-revoked token is refused everywhere within a fraction of a second without a Redis round trip
-per request.
+``jwks_min_refresh`` seconds, so forged kids cannot hammer signing) and every
+``jwks_refresh_interval`` seconds, so a key signing has retired stops verifying here too. Revoked
+token ids are held in memory, kept current by tailing a Redis stream that signing appends to on
+logout, so a revoked token is refused everywhere within a fraction of a second without a Redis
+round trip per request; the stream keeps every revocation for the longest token lifetime.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS = ["RS256", "EdDSA"]
 ROLES = ("admin", "operator", "viewer")
+#: The longest lifetime a token of this platform can have (signing refuses a longer TTL).
+#: Revocations and retired signing keys are kept exactly this long: until every token they
+#: concern has expired anyway.
+MAX_TOKEN_LIFETIME_SECONDS = 7 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +77,9 @@ def bearer_token(authorization: str | None) -> str:
 class RevocationList:
     """In-memory set of revoked token ids, fed from the Redis revocation stream."""
 
-    def __init__(self, redis: Redis, *, namespace: str, max_token_ttl: float = 86_400) -> None:
+    def __init__(
+        self, redis: Redis, *, namespace: str, max_token_ttl: float = MAX_TOKEN_LIFETIME_SECONDS
+    ) -> None:
         self._redis = redis
         self._stream = redis_keys.revocation_stream(namespace)
         self._max_ttl = max_token_ttl
@@ -143,15 +151,28 @@ class RevocationList:
 
 async def publish_revocation(redis: Redis, *, namespace: str, jti: str, exp: float) -> None:
     """Mark ``jti`` revoked until ``exp``: a TTL key for point checks plus a stream entry."""
-    ttl = max(1, int(exp - time.time()) + 1)
+    await publish_revocations(redis, namespace=namespace, revoked=[(jti, exp)])
+
+
+async def publish_revocations(
+    redis: Redis, *, namespace: str, revoked: Iterable[tuple[str, float]]
+) -> None:
+    """Publish several revocations in one round trip (signing re-publishes after Redis lost them).
+
+    The stream is trimmed by age, not length: entries younger than the longest token lifetime
+    stay (a verifier starting later replays them), however many logouts there were.
+    """
+    now = time.time()
+    oldest_ms = max(0, int((now - MAX_TOKEN_LIFETIME_SECONDS) * 1000))
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(redis_keys.revoked_token(namespace, jti), "1", ex=ttl)
-        pipe.xadd(
-            redis_keys.revocation_stream(namespace),
-            {"jti": jti, "exp": str(exp)},
-            maxlen=100_000,
-            approximate=True,
-        )
+        for jti, exp in revoked:
+            pipe.set(redis_keys.revoked_token(namespace, jti), "1", ex=max(1, int(exp - now) + 1))
+            pipe.xadd(
+                redis_keys.revocation_stream(namespace),
+                {"jti": jti, "exp": str(exp)},
+                minid=f"{oldest_ms}-0",
+                approximate=True,
+            )
         await pipe.execute()
 
 
@@ -168,6 +189,7 @@ class JWTVerifier:
         audience: str,
         http: httpx.AsyncClient | None = None,
         jwks_min_refresh: float = 5.0,
+        jwks_refresh_interval: float = 300.0,
         cache_size: int = 10_000,
     ) -> None:
         self._jwks_url = jwks_url
@@ -175,37 +197,80 @@ class JWTVerifier:
         self._own_http = http is None
         self._issuer = issuer
         self._audience = audience
-        self._keys: dict[str, Any] = {}
+        #: Keys from the last JWKS answer (replaced as a whole: a key signing no longer
+        #: publishes stops verifying) and keys trusted directly through :meth:`add_key`.
+        self._jwks_keys: dict[str, Any] = {}
+        self._pinned: dict[str, Any] = {}
         self._last_fetch = 0.0
         self._fetch_lock = asyncio.Lock()
         self._min_refresh = jwks_min_refresh
+        self._refresh_interval = jwks_refresh_interval
+        self._refresher: asyncio.Task[None] | None = None
         self.revocations = RevocationList(redis, namespace=namespace)
-        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        #: token -> (principal, kid of the key that verified it)
+        self._cache: OrderedDict[str, tuple[Principal, str]] = OrderedDict()
         self._cache_size = cache_size
 
     async def start(self) -> None:
         with contextlib.suppress(Exception):
             await self._refresh_keys(force=True)
         await self.revocations.start()
+        self._refresher = asyncio.create_task(self._refresh_periodically(), name="jwks-refresh")
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.wait([self._refresher])
         await self.revocations.close()
         if self._own_http:
             await self._http.aclose()
 
     def add_key(self, kid: str, key: Any) -> None:
-        """Trust a public key directly (used by signing itself and by tests)."""
-        self._keys[kid] = _public_key(key)
+        """Trust a public key directly (tests; kept whatever JWKS says)."""
+        self._pinned[kid] = _public_key(key)
+
+    def set_keys(self, keys: dict[str, Any]) -> None:
+        """Replace the published key set (what a JWKS answer holds), forgetting dropped keys."""
+        fresh = {kid: _public_key(key) for kid, key in keys.items()}
+        dropped = self._jwks_keys.keys() - fresh.keys()
+        self._jwks_keys = fresh
+        if dropped:
+            log.info(
+                "signing keys %s are no longer published; tokens they signed are refused",
+                ", ".join(sorted(dropped)),
+            )
+            self._cache = OrderedDict(
+                (token, entry) for token, entry in self._cache.items() if entry[1] not in dropped
+            )
+
+    def _key(self, kid: str) -> Any:
+        key = self._jwks_keys.get(kid)
+        return self._pinned.get(kid) if key is None else key
+
+    async def _refresh_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            try:
+                await self._refresh_keys(force=True)
+            except (httpx.HTTPError, ValueError) as exc:
+                # Keep the keys we have: signing being down must not refuse every token.
+                log.warning("JWKS refresh from %s failed: %s", self._jwks_url, exc)
 
     async def _refresh_keys(self, *, force: bool = False) -> None:
         async with self._fetch_lock:
-            if not force and time.monotonic() - self._last_fetch < self._min_refresh:
-                return
-            self._last_fetch = time.monotonic()
+            if not force:
+                # Only fetches for unknown kids are throttled (forged kids must not hammer
+                # signing); the start and the periodic refresh do not use up that allowance.
+                if time.monotonic() - self._last_fetch < self._min_refresh:
+                    return
+                self._last_fetch = time.monotonic()
             resp = await self._http.get(self._jwks_url)
             resp.raise_for_status()
+            body = resp.json()
+            if not isinstance(body, dict) or not isinstance(body.get("keys", []), list):
+                raise ValueError("not a JWKS document")
             keys: dict[str, Any] = {}
-            for jwk in resp.json().get("keys", []):
+            for jwk in body.get("keys", []):
                 kid = jwk.get("kid") if isinstance(jwk, dict) else None
                 if not kid:
                     continue
@@ -214,12 +279,13 @@ class JWTVerifier:
                 except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
                     # One key this library cannot use must not hide the others.
                     log.warning("ignoring unusable JWK %s: %s", kid, exc)
-            self._keys.update(keys)
+            self.set_keys(keys)
 
     async def verify(self, token: str) -> Principal:
         """Return the token's principal, or raise :class:`Unauthorized`."""
-        cached = self._cache.get(token)
-        if cached is not None:
+        entry = self._cache.get(token)
+        if entry is not None:
+            cached = entry[0]
             if cached.exp <= time.time():
                 self._cache.pop(token, None)
                 raise Unauthorized("token expired")
@@ -235,17 +301,17 @@ class JWTVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise Unauthorized("token has no key id")
-        key = self._keys.get(kid)
+        key = self._key(kid)
         if key is None:
             with contextlib.suppress(Exception):
                 await self._refresh_keys()
-            key = self._keys.get(kid)
+            key = self._key(kid)
             if key is None:
                 raise Unauthorized("token signed by an unknown key")
         principal = self.decode(token, key)
         if principal.jti in self.revocations:
             raise Unauthorized("token revoked")
-        self._cache[token] = principal
+        self._cache[token] = (principal, kid)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return principal

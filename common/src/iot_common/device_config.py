@@ -1,15 +1,19 @@
-"""Device configuration schema: metric definitions and alert rules.
+"""Device configuration schema: metric definitions, alert rules and the owner's settings.
 
 Owned by device-management (validated on every write, 422 naming the field), read by the
-stream agents (alert rules) and the simulator (fleet files). Limits are part of the schema.
+stream agents (alert rules) and the simulator (fleet files), and delivered to the device
+itself (:class:`DesiredConfig`, over MQTT or HTTP) which reports the version it applied
+(:class:`ConfigReport`). Limits are part of the schema.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from iot_common.events import SEVERITY_RANK
 
 MAX_METRICS = 64
 MAX_RULES = 64
@@ -26,10 +30,7 @@ class Severity(StrEnum):
 
     @property
     def rank(self) -> int:
-        return _SEVERITY_RANK[self]
-
-
-_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+        return SEVERITY_RANK[self.value]
 
 
 class _Strict(BaseModel):
@@ -89,6 +90,14 @@ AlertRule = Annotated[ThresholdRule | RateOfChangeRule | SilentRule, Field(discr
 class DeviceConfig(_Strict):
     metrics: list[MetricDefinition] = Field(default_factory=list, max_length=MAX_METRICS)
     rules: list[AlertRule] = Field(default_factory=list, max_length=MAX_RULES)
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "The owner's free-form settings for the device (a sampling interval, a firmware "
+            "channel, a location…): any JSON object, delivered to the device as it is; the "
+            "platform does not interpret it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> DeviceConfig:
@@ -99,3 +108,41 @@ class DeviceConfig(_Strict):
         if len(ids) != len(set(ids)):
             raise ValueError("rule ids must be unique")
         return self
+
+
+class DesiredConfig(BaseModel):
+    """What a device receives: its configuration and the version that names it.
+
+    The same JSON document on both transports: the retained message on
+    :func:`config_topic` and the body of ``GET /ingest/{id}/config`` (whose ``ETag`` is
+    :func:`config_etag` of the version).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    device_id: str
+    version: int = Field(ge=1, description="Bumped by every change of the configuration.")
+    config: DeviceConfig
+
+
+class ConfigReport(BaseModel):
+    """What a device sends back once it applied a configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2**31 - 1, strict=True, description="The version applied.")
+
+
+def config_topic(device_id: str, prefix: str = "") -> str:
+    """MQTT topic of the device's desired configuration (retained; only it may read it)."""
+    return f"{prefix}devices/{device_id}/config"
+
+
+def config_reported_topic(device_id: str, prefix: str = "") -> str:
+    """MQTT topic the device publishes its :class:`ConfigReport` to."""
+    return f"{prefix}devices/{device_id}/config/reported"
+
+
+def config_etag(version: int) -> str:
+    """The HTTP entity tag of a configuration version (strong: the bytes follow the version)."""
+    return f'"config-{version}"'

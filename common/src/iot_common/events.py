@@ -54,10 +54,34 @@ class WindowStats(msgspec.Struct):
     updated_at: float = 0.0
 
 
+#: Tumbling window sizes (seconds) the stream agents compute by default; the API builds its
+#: buckets from the stored ones. Both read ``IOT_WINDOW_SIZES`` when it is set.
+DEFAULT_WINDOW_SIZES: tuple[int, ...] = (10, 60)
+
+
 class AlertStatus:
     ACTIVE = "active"
     ACKNOWLEDGED = "acknowledged"
     CLEARED = "cleared"
+
+
+#: Alert severities in increasing order; ``min_severity`` filters keep this rank and above.
+#: The one definition: the store, the API, webhooks and rule validation all read it.
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+#: Alert statuses in lifecycle order; a status never moves backwards.
+STATUS_RANK: dict[str, int] = {
+    AlertStatus.ACTIVE: 0,
+    AlertStatus.ACKNOWLEDGED: 1,
+    AlertStatus.CLEARED: 2,
+}
+
+
+def severities_at_least(min_severity: str) -> list[str]:
+    """The severities ranked at or above ``min_severity`` (ValueError for an unknown one)."""
+    if min_severity not in SEVERITY_RANK:
+        raise ValueError(f"unknown severity {min_severity!r}")
+    rank = SEVERITY_RANK[min_severity]
+    return [name for name, r in SEVERITY_RANK.items() if r >= rank]
 
 
 class Alert(msgspec.Struct):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from collections.abc import Iterator
+from typing import Self
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -11,6 +15,33 @@ from pydantic_settings import (
 )
 
 from iot_common.topics import DEVICE_EVENTS_EXCHANGE, TELEMETRY_EXCHANGE, Topics
+
+#: Secret values this repository publishes somewhere (docs, templates, image defaults of the
+#: brokers): whoever reads the repository knows them, so no deployment may use them.
+PUBLISHED_SECRETS = frozenset(
+    {
+        "admin",
+        "admin-password-change-me",
+        "change-me",
+        "change_me",
+        "changeme",
+        "dev-amqp-device-management",
+        "dev-amqp-ingest-bridge",
+        "dev-internal-token",
+        "guest",
+        "iot-dev-password",
+        "password",
+        "postgres",
+        "secret",
+    }
+)
+
+#: The platform's PostgreSQL on a developer's machine (trust authentication, database ``iot``):
+#: the one default of every database and monitoring-store URL (services, ``iotctl``, tools).
+#: Services hold such URLs as ``SecretStr``: a deployment's carries a password, which must not
+#: show in a repr or a log, and a service refuses to start on this default outside development
+#: (:meth:`ServiceSettings.dev_defaults_in_use`), wherever the URL is declared.
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/iot"
 
 
 class ServiceSettings(BaseSettings):
@@ -23,6 +54,9 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore", env_file=None)
 
+    #: Let the working local defaults of secrets through (``iotctl up`` and the tests set it).
+    #: Without it a service refuses to start with any of them; see :meth:`dev_defaults_in_use`.
+    allow_dev_defaults: bool = False
     log_level: str = "INFO"
     log_json: bool = False
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -51,6 +85,50 @@ class ServiceSettings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix)
+
+    def dev_defaults_in_use(self) -> Iterator[str]:
+        """Name each setting that still holds a development default, and how to replace it.
+
+        One rule for every service, so a secret added to any settings class is covered without
+        listing it anywhere: a secret equal to its declared default (the default is in this
+        repository for anyone to read), any secret or URL password that the repository
+        publishes (:data:`PUBLISHED_SECRETS`), and a Redis without a password (the ingest path
+        trusts the device-token hashes cached there).
+        """
+        prefix = str(self.model_config.get("env_prefix", "IOT_"))
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            secret = value.get_secret_value() if isinstance(value, SecretStr) else None
+            text = secret if secret is not None else value if isinstance(value, str) else None
+            if text is None:
+                continue
+            shared = name in ServiceSettings.model_fields
+            where = f"{name} (set {'IOT_' if shared else prefix}{name.upper()})"
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr) and secret == default.get_secret_value():
+                yield f"{where}: the development default"
+            elif secret is not None and secret.strip().lower() in PUBLISHED_SECRETS:
+                yield f"{where}: a published placeholder"
+            elif "://" in text:
+                parts = urlsplit(text)
+                password = parts.password
+                if password is not None and password.strip().lower() in PUBLISHED_SECRETS:
+                    yield f"{where}: its URL carries a published password"
+                elif parts.scheme in ("redis", "rediss") and not password:
+                    yield f"{where}: Redis without a password (AUTH)"
+
+    @model_validator(mode="after")
+    def _refuse_dev_defaults(self) -> Self:
+        if self.allow_dev_defaults:
+            return self
+        problems = list(self.dev_defaults_in_use())
+        if problems:
+            raise ValueError(
+                "refusing to start with development defaults: "
+                + "; ".join(problems)
+                + ". Set real values, or IOT_ALLOW_DEV_DEFAULTS=true for a local development run"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -69,8 +69,14 @@ class DeadLetterReason:
     UNKNOWN_DEVICE = "unknown_device"
     INACTIVE_DEVICE = "inactive_device"
     DEVICE_MISMATCH = "device_mismatch"
+    #: The broker-proven sender (AMQP ``user_id``) may not write the device it names.
+    UNAUTHORIZED = "unauthorized"
     LATE = "late"
     UNDECODABLE = "undecodable"
+    #: Decoding or processing the record raised (an error callback chose to dead-letter it).
+    PROCESSING_ERROR = "processing_error"
+    #: A sink refused the record for good (an error callback chose to dead-letter it).
+    SINK_REFUSED = "sink_refused"
 
 
 envelope_encoder = msgspec.json.Encoder()
