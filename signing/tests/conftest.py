@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from iot_common.auth import JWTVerifier
 from signing.config import SigningSettings
 from signing.main import create_app
 from signing.migrations import upgrade_head
@@ -85,7 +86,8 @@ def make_settings(
             "bootstrap_admin_email": ADMIN_EMAIL,
             "bootstrap_admin_password": SecretStr(ADMIN_PASSWORD),
             "login_limit_per_address": 1000,
-            "login_limit_per_email": 1000,
+            "login_free_failures": 1000,
+            "register_limit_per_address": 1000,
             **FAST_ARGON2,
         }
         values.update(overrides)
@@ -206,7 +208,8 @@ def signing_process(
         "SIGNING_BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
         "SIGNING_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "SIGNING_LOGIN_LIMIT_PER_ADDRESS": "100000",
-        "SIGNING_LOGIN_LIMIT_PER_EMAIL": "100000",
+        "SIGNING_LOGIN_FREE_FAILURES": "100000",
+        "SIGNING_REGISTER_LIMIT_PER_ADDRESS": "100000",
         **{f"SIGNING_{k.upper()}": str(v) for k, v in FAST_ARGON2.items()},
     }
     with log_path.open("wb") as log:
@@ -252,3 +255,29 @@ def serve(
             yield Api(c)
 
     return start
+
+
+@pytest.fixture
+async def other_service_of(redis_url: str, namespace: str) -> AsyncIterator[Callable[..., Any]]:
+    """Another service's verifier, fetching JWKS from signing over its HTTP API."""
+    redis = Redis.from_url(redis_url)
+    made: list[JWTVerifier] = []
+
+    async def make(api: Api, **options: Any) -> JWTVerifier:
+        verifier = JWTVerifier(
+            jwks_url="http://signing/.well-known/jwks.json",
+            redis=redis,
+            namespace=namespace,
+            issuer="iot-signing",
+            audience="iot-platform",
+            http=api.client,
+            **options,
+        )
+        await verifier.start()
+        made.append(verifier)
+        return verifier
+
+    yield make
+    for verifier in made:
+        await verifier.close()
+    await redis.aclose()

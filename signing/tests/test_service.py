@@ -110,7 +110,30 @@ async def test_migrate_creates_tables_and_the_bootstrap_admin(pg_database_factor
     assert [dict(r) for r in rows] == [
         {"email": "boss@example.com", "role": "admin", "is_admin": True}
     ]
-    assert {"t_users", "t_blacklist_tokens"} <= tables
+    assert {"t_users", "t_blacklist_tokens", "t_signing_keys"} <= tables
+
+
+async def test_rotate_key_command(pg_database_factory):
+    url = pg_database_factory("signing_rotate_cli")
+    env = {"SIGNING_DATABASE_URL": url, "SIGNING_KEY_FILE": "/nonexistent/key.pem"}
+    assert _run_cli("migrate", env=env).returncode == 0  # also creates the first key
+    result = _run_cli("rotate-key", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "is published now and signs from" in result.stderr
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT kid, active_from, retired_at, created_at FROM t_signing_keys "
+            "ORDER BY active_from"
+        )
+    finally:
+        await conn.close()
+    first, new = rows
+    assert new["kid"] in result.stderr and first["kid"] in result.stderr
+    # The new key signs after the publication lead; the first signs until then.
+    assert new["retired_at"] is None
+    assert (new["active_from"] - new["created_at"]).total_seconds() >= 59
+    assert first["retired_at"] == new["active_from"]
 
 
 def test_migrate_against_a_missing_database_is_one_clear_line():
@@ -163,3 +186,16 @@ def test_models_match_the_migrations(signing_db):
     from signing.migrations import alembic_config
 
     command.check(alembic_config(signing_db))  # raises if autogenerate would add anything
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_development_secrets_are_refused_outside_development(command, pg_database_factory):
+    url = pg_database_factory("signing_refused")
+    env = {"SIGNING_DATABASE_URL": url, "IOT_ALLOW_DEV_DEFAULTS": "false"}
+    result = _run_cli(command, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "refusing to start with development defaults" in result.stderr
+    for setting in ("internal_token", "bootstrap_admin_password", "redis_url", "rabbitmq_url"):
+        assert setting in result.stderr
+    assert "admin-password-change-me" not in result.stderr  # named, never shown

@@ -7,8 +7,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import stat
 import time
 import uuid
 
@@ -272,25 +270,12 @@ async def test_logout_revokes_the_token_everywhere(api, redis_url, namespace, si
         await redis.aclose()
 
 
-async def test_a_verifier_started_after_logout_also_refuses(api, redis_url, namespace):
+async def test_a_verifier_started_after_logout_also_refuses(api, other_service_of):
     _, token = await api.user_token("viewer")
     assert (await api.client.post("/users/logout", headers=api.bearer(token))).status_code == 204
-    redis = Redis.from_url(redis_url)
-    verifier = JWTVerifier(
-        jwks_url="http://signing/.well-known/jwks.json",
-        redis=redis,
-        namespace=namespace,
-        issuer="iot-signing",
-        audience="iot-platform",
-        http=api.client,
-    )
-    await verifier.start()
-    try:
-        with pytest.raises(Unauthorized, match="revoked"):
-            await verifier.verify(token)
-    finally:
-        await verifier.close()
-        await redis.aclose()
+    verifier = await other_service_of(api)
+    with pytest.raises(Unauthorized, match="revoked"):
+        await verifier.verify(token)
 
 
 async def test_logout_needs_a_token(api):
@@ -310,24 +295,33 @@ async def test_jwks_publishes_the_signing_key(api, private_key):
     assert public.public_numbers() == private_key.public_key().public_numbers()
 
 
-async def test_generated_key_is_kept_outside_the_repo_and_reused(serve, tmp_path):
-    key_file = tmp_path / "keys" / "signing-key.pem"
-    async with serve(private_key_pem=None, key_id=None, key_file=key_file) as api:
-        first = (await api.client.get("/.well-known/jwks.json")).json()["keys"][0]
-        token = await api.admin_token()
-    assert key_file.exists()
-    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
-    async with serve(private_key_pem=None, key_id=None, key_file=key_file) as api:
-        second = (await api.client.get("/.well-known/jwks.json")).json()["keys"][0]
-        # A token from before the restart is still good.
-        assert (await verify(api, token)).status_code == 200
-    assert first == second
-    assert first["kid"] and first["kid"] != "test-key-1"
-
-
 async def test_token_lifetime_follows_settings(serve):
     async with serve(token_ttl_seconds=120) as api:
         resp = await api.login(api.admin_email, api.admin_password)
         assert resp.json()["expires_in"] == 120
         payload = jwt.decode(resp.json()["access_token"], options={"verify_signature": False})
         assert payload["exp"] - payload["iat"] == 120
+
+
+async def test_revocations_survive_redis_losing_them(serve, redis_url, namespace, other_service_of):
+    """Redis restarted without its data: signing re-publishes the revocations it keeps."""
+    async with serve(revocation_check_seconds=0.1) as api:
+        _, token = await api.user_token("viewer")
+        assert (
+            await api.client.post("/users/logout", headers=api.bearer(token))
+        ).status_code == 204
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        redis = Redis.from_url(redis_url)
+        try:
+            revoked_key = redis_keys.revoked_token(namespace, jti)
+            await redis.delete(redis_keys.revocation_stream(namespace), revoked_key)
+            deadline = time.monotonic() + 10
+            while not await redis.exists(revoked_key):
+                assert time.monotonic() < deadline, "revocation not re-published"
+                await asyncio.sleep(0.05)
+        finally:
+            await redis.aclose()
+        assert (await verify(api, token)).status_code == 401
+        # A service starting now learns of it from the stream.
+        with pytest.raises(Unauthorized, match="revoked"):
+            await (await other_service_of(api)).verify(token)

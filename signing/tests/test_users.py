@@ -20,20 +20,17 @@ def assert_error_shape(resp, status: int, code: str | None = None) -> dict:
 async def test_self_registration_creates_a_viewer_who_can_log_in(api):
     email = api.unique_email()
     resp = await api.register(email.upper(), "correct horse battery")
-    assert resp.status_code == 201, resp.text
-    user = resp.json()
-    assert user["email"] == email  # stored lower-cased
-    assert user["role"] == "viewer" and user["is_admin"] is False
-    assert set(user) == {"id", "email", "role", "is_admin", "created_at", "updated_at"}
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["status"] == "accepted"
 
-    login = await api.login(email, "correct horse battery")
+    login = await api.login(email, "correct horse battery")  # stored lower-cased
     assert login.status_code == 200, login.text
     body = login.json()
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 3600
     claims = await api.client.post("/users/verify-token", json={"token": body["access_token"]})
     assert claims.status_code == 200
-    assert claims.json()["sub"] == user["id"]
+    assert claims.json()["email"] == email
     assert claims.json()["role"] == "viewer"
 
 
@@ -67,11 +64,14 @@ async def test_registration_cannot_smuggle_admin_flag(api):
     assert any(d["field"].endswith("is_admin") for d in error["details"])
 
 
-async def test_duplicate_email_is_a_conflict_whatever_its_case(api):
+async def test_an_admin_adding_a_duplicate_email_gets_a_conflict_whatever_its_case(api):
+    admin = api.bearer(await api.admin_token())
     email = api.unique_email()
-    assert (await api.register(email)).status_code == 201
-    assert_error_shape(await api.register(email), 409, "conflict")
-    assert_error_shape(await api.register(email.upper()), 409, "conflict")
+    body = {"email": email, "password": "long enough pw"}
+    assert (await api.post("/users/add", body, headers=admin)).status_code == 201
+    assert_error_shape(await api.post("/users/add", body, headers=admin), 409, "conflict")
+    upper = {**body, "email": email.upper()}
+    assert_error_shape(await api.post("/users/add", upper, headers=admin), 409, "conflict")
 
 
 @pytest.mark.parametrize(
@@ -160,8 +160,8 @@ async def test_password_length_limits(serve):
         assert_error_shape(await api.register(password="x" * 21), 422, "validation_error")
         # Above the hard cap the schema itself refuses, before any hashing.
         assert_error_shape(await api.register(password="x" * 5000), 422, "validation_error")
-        assert (await api.register(password="x" * 10)).status_code == 201
-        assert (await api.register(password="x" * 20)).status_code == 201
+        assert (await api.register(password="x" * 10)).status_code == 202
+        assert (await api.register(password="x" * 20)).status_code == 202
         # A login with an over-long password is just wrong credentials (nothing is hashed).
         assert_error_shape(await api.login(api.admin_email, "x" * 21), 401, "unauthorized")
         assert_error_shape(await api.login(api.admin_email, "x" * 5000), 422, "validation_error")
@@ -170,7 +170,7 @@ async def test_password_length_limits(serve):
 async def test_injection_strings_are_inert(api):
     nasty = "'; DROP TABLE t_users; -- \" OR 1=1 /* ${jndi:x} {{7*7}} \x00"
     email = api.unique_email()
-    assert (await api.register(email, nasty)).status_code == 201
+    assert (await api.register(email, nasty)).status_code == 202
     assert (await api.login(email, nasty)).status_code == 200
     assert_error_shape(await api.login(email, "' OR '1'='1"), 401, "unauthorized")
     # The table is still there and the admin still logs in.
@@ -180,14 +180,14 @@ async def test_injection_strings_are_inert(api):
 async def test_unicode_passwords_work(api):
     email = api.unique_email()
     password = "pässwörd-密码-🔑-\u0000-end"
-    assert (await api.register(email, password)).status_code == 201
+    assert (await api.register(email, password)).status_code == 202
     assert (await api.login(email, password)).status_code == 200
     assert_error_shape(await api.register(password="\ud800 lone surrogate"), 422)
 
 
 async def test_wrong_email_and_wrong_password_look_the_same(api):
     email = api.unique_email()
-    assert (await api.register(email, "the right password")).status_code == 201
+    assert (await api.register(email, "the right password")).status_code == 202
     wrong_password = assert_error_shape(await api.login(email, "the wrong password"), 401)
     unknown_email = assert_error_shape(
         await api.login(api.unique_email(), "the right password"), 401
@@ -214,7 +214,7 @@ async def test_admin_lists_users_page_by_page(api):
     admin = await api.admin_token()
     emails = {api.unique_email("listed") for _ in range(3)}
     for email in emails:
-        assert (await api.register(email)).status_code == 201
+        assert (await api.register(email)).status_code == 202
 
     first = await api.client.get("/users/", params={"limit": 2}, headers=api.bearer(admin))
     assert first.status_code == 200, first.text
@@ -268,7 +268,7 @@ async def test_password_is_rehashed_when_argon2_parameters_change(serve, signing
     password = "rehash me please"
     async with serve() as api:
         email = api.unique_email()
-        assert (await api.register(email, password)).status_code == 201
+        assert (await api.register(email, password)).status_code == 202
     before = await _password_hash(signing_db, email)
     assert "m=1024,t=1,p=1" in before
 

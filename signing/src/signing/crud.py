@@ -37,16 +37,18 @@ async def create_user(session: AsyncSession, *, email: str, password_hash: str, 
     return user
 
 
-async def ensure_admin(session: AsyncSession, *, email: str, password_hash: str) -> bool:
-    """Create the bootstrap admin unless that email exists; True when it was created."""
+async def create_user_if_absent(
+    session: AsyncSession, *, email: str, password_hash: str, role: str
+) -> bool:
+    """Create the user unless the email exists (one statement either way); True if created."""
     stmt = (
         insert(User)
         .values(
             id=uuid.uuid4(),
             email=email.lower(),
             password_hash=password_hash,
-            role="admin",
-            is_admin=True,
+            role=role,
+            is_admin=role == "admin",
         )
         .on_conflict_do_nothing(index_elements=[User.email])
         .returning(User.id)
@@ -54,6 +56,13 @@ async def ensure_admin(session: AsyncSession, *, email: str, password_hash: str)
     created = (await session.execute(stmt)).scalar_one_or_none()
     await session.commit()
     return created is not None
+
+
+async def ensure_admin(session: AsyncSession, *, email: str, password_hash: str) -> bool:
+    """Create the bootstrap admin unless that email exists; True when it was created."""
+    return await create_user_if_absent(
+        session, email=email, password_hash=password_hash, role="admin"
+    )
 
 
 async def update_password_hash(session: AsyncSession, user_id: uuid.UUID, new_hash: str) -> None:
@@ -94,3 +103,13 @@ async def blacklist_token(
 async def is_blacklisted(session: AsyncSession, jti: str) -> bool:
     found = await session.scalar(select(BlacklistToken.id).where(BlacklistToken.jti == jti))
     return found is not None
+
+
+async def active_revocations(session: AsyncSession) -> list[tuple[str, float]]:
+    """(jti, expiry as epoch seconds) of every revoked token that has not expired yet."""
+    rows = await session.execute(
+        select(BlacklistToken.jti, BlacklistToken.expires_at).where(
+            BlacklistToken.expires_at > datetime.now(UTC)
+        )
+    )
+    return [(jti, expires_at.timestamp()) for jti, expires_at in rows.all()]

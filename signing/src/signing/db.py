@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -15,8 +16,10 @@ def async_url(url: str) -> str:
     return url
 
 
-def safe_url(url: str) -> str:
+def safe_url(url: str | SecretStr) -> str:
     """The URL with any password masked, for messages."""
+    if isinstance(url, SecretStr):
+        url = url.get_secret_value()
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:

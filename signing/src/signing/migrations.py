@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from signing.bootstrap import ensure_bootstrap_admin
 from signing.config import SigningSettings
 from signing.db import make_engine, make_sessionmaker, safe_url
+from signing.keys import Rotation, ensure_key, rotate
 from signing.security import Passwords
 
 ALEMBIC_DIR = Path(__file__).with_name("alembic")
@@ -31,7 +32,7 @@ def upgrade_head(database_url: str) -> None:
 
 async def check_database(settings: SigningSettings, *, migrated: bool = True) -> None:
     """Fail with one clear message unless the database is reachable (and migrated)."""
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
     try:
         async with engine.connect() as conn:
             found = await conn.scalar(text("SELECT to_regclass('t_users') IS NOT NULL"))
@@ -48,8 +49,19 @@ async def check_database(settings: SigningSettings, *, migrated: bool = True) ->
 
 
 async def bootstrap_admin(settings: SigningSettings) -> None:
-    engine = make_engine(settings.database_url, pool_size=1)
+    """The bootstrap admin and a first signing key, before any replica starts."""
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
     try:
-        await ensure_bootstrap_admin(settings, make_sessionmaker(engine), Passwords(settings))
+        sessions = make_sessionmaker(engine)
+        await ensure_bootstrap_admin(settings, sessions, Passwords(settings))
+        await ensure_key(sessions, settings)
+    finally:
+        await engine.dispose()
+
+
+async def rotate_key(settings: SigningSettings, *, revoke_previous: bool = False) -> Rotation:
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+    try:
+        return await rotate(make_sessionmaker(engine), settings, revoke_previous=revoke_previous)
     finally:
         await engine.dispose()

@@ -11,10 +11,14 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Identity,
+    Index,
     String,
+    Text,
     Uuid,
     func,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("admin", "operator", "viewer")
@@ -54,3 +58,31 @@ class BlacklistToken(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class SigningKeyRecord(Base):
+    """One RSA key of the key ring: it signs from ``active_from`` until ``retired_at``.
+
+    Published in JWKS from creation (before it signs, so verifiers know it) until the longest
+    token lifetime after ``retired_at`` (after which every token it signed has expired).
+    """
+
+    __tablename__ = "t_signing_keys"
+    __table_args__ = (
+        # At most one key is the newest (not yet followed by another).
+        Index(
+            "uq_t_signing_keys_newest",
+            text("(retired_at IS NULL)"),
+            unique=True,
+            postgresql_where=text("retired_at IS NULL"),
+        ),
+    )
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: PKCS#8 PEM encrypted with the key passphrase (``SIGNING_KEY_PASSPHRASE``); dropped once
+    #: the key no longer signs, so an old backup of the table cannot mint tokens.
+    private_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    public_jwk: Mapped[dict[str, str]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    active_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -81,6 +81,16 @@ class UserPublic(BaseModel):
     updated_at: datetime
 
 
+class RegistrationAccepted(BaseModel):
+    """The answer to a self-registration, the same whether or not the email was free."""
+
+    status: Literal["accepted"] = "accepted"
+    message: str = (
+        "If this email was not registered yet, the account exists now: sign in with "
+        "POST /users/auth. If it was, nothing changed."
+    )
+
+
 class UserPage(BaseModel):
     items: list[UserPublic]
     total: int

@@ -1,4 +1,4 @@
-"""Passwords (Argon2id), the signing key (RSA with a ``kid``) and token issuing."""
+"""Passwords (Argon2id), signing keys (RSA with a ``kid``) and token issuing."""
 
 from __future__ import annotations
 
@@ -7,28 +7,60 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from iot_common.errors import ServiceUnavailable
 from signing.config import SigningSettings
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
 ALGORITHM = "RS256"
 
 
+class _Gate:
+    """At most ``running`` at once and ``waiting`` queued behind them; more are refused."""
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self._slots = asyncio.Semaphore(running)
+        self._capacity = running + waiting
+        self.admitted = 0
+
+    def admit(self) -> None:
+        if self.admitted >= self._capacity:
+            raise ServiceUnavailable(
+                "too many password checks in progress; try again shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.admitted += 1
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+
+    def release(self, *, acquired: bool = True) -> None:
+        if acquired:
+            self._slots.release()
+        self.admitted -= 1
+
+
 class Passwords:
-    """Argon2id hashing off the event loop, with rehash detection when parameters change."""
+    """Argon2id hashing in threads, bounded, with rehash detection when parameters change.
+
+    Every computation takes a slot of one gate (``argon2_max_concurrency``); registrations
+    first take a slot of their own, smaller gate, so sign-ups can never hold all the slots
+    that sign-ins need. A slot is given back when the thread finishes, not when the request
+    ends: a client that disconnects cannot start more hashing than the bound.
+    """
 
     def __init__(self, settings: SigningSettings) -> None:
         self._hasher = PasswordHasher(
@@ -38,12 +70,40 @@ class Passwords:
         )
         # Verified against when the email is unknown, so both failures cost the same time.
         self._dummy_hash = self._hasher.hash("timing-equaliser-" + uuid.uuid4().hex)
+        self._all = _Gate(settings.argon2_max_concurrency, settings.argon2_max_waiting)
+        self._registrations = _Gate(
+            settings.register_max_concurrency, settings.register_max_waiting
+        )
 
-    async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+    async def hash(self, password: str, *, registration: bool = False) -> str:
+        gates = [self._registrations, self._all] if registration else [self._all]
+        return await self._bounded(gates, self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
-        return await asyncio.to_thread(self._verify_sync, password_hash, password)
+        return await self._bounded([self._all], self._verify_sync, password_hash, password)
+
+    async def _bounded(self, gates: list[_Gate], fn: Callable[..., _T], *args: Any) -> _T:
+        admitted: list[_Gate] = []
+        acquired: list[_Gate] = []
+        try:
+            for gate in gates:
+                gate.admit()
+                admitted.append(gate)
+            for gate in gates:
+                await gate.acquire()
+                acquired.append(gate)
+        except BaseException:
+            for gate in admitted:
+                gate.release(acquired=gate in acquired)
+            raise
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+
+        def finished(_: asyncio.Future[_T]) -> None:
+            for gate in gates:
+                gate.release()
+
+        work.add_done_callback(finished)
+        return await asyncio.shield(work)
 
     def _verify_sync(self, password_hash: str | None, password: str) -> bool:
         try:
@@ -60,32 +120,6 @@ class Passwords:
 def _b64url_uint(value: int) -> str:
     raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _load_or_create_key_file(path: Path) -> rsa.RSAPrivateKey:
-    path = path.expanduser()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        try:
-            # O_EXCL: when several workers start at once, the first key written wins.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-            log.info("generated a new signing key in %s", path)
-            return key
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, rsa.RSAPrivateKey):
-        raise ValueError(f"{path} does not hold an RSA private key")
-    return loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +145,8 @@ class SigningKey:
         }
 
     @classmethod
-    def from_settings(cls, settings: SigningSettings) -> SigningKey:
-        if settings.private_key_pem is not None:
-            loaded = serialization.load_pem_private_key(
-                settings.private_key_pem.get_secret_value().encode(), password=None
-            )
-            if not isinstance(loaded, rsa.RSAPrivateKey):
-                raise ValueError("private_key_pem does not hold an RSA private key")
-            key = loaded
-        else:
-            key = _load_or_create_key_file(settings.key_file)
-        return cls(kid=settings.key_id or thumbprint(key.public_key()), private_key=key)
+    def of(cls, private_key: rsa.RSAPrivateKey, kid: str | None = None) -> SigningKey:
+        return cls(kid=kid or thumbprint(private_key.public_key()), private_key=private_key)
 
 
 def thumbprint(public_key: rsa.RSAPublicKey) -> str:
@@ -146,8 +171,16 @@ class IssuedToken:
 class TokenIssuer:
     """Signs user tokens that ``iot_common.auth.JWTVerifier`` accepts."""
 
-    def __init__(self, key: SigningKey, *, issuer: str, audience: str, ttl_seconds: int) -> None:
-        self._key = key
+    def __init__(
+        self,
+        signing_key: Callable[[], SigningKey],
+        *,
+        issuer: str,
+        audience: str,
+        ttl_seconds: int,
+    ) -> None:
+        #: The key ring's current key, asked per token (a rotation takes effect without restart).
+        self._signing_key = signing_key
         self._issuer = issuer
         self._audience = audience
         self._ttl = ttl_seconds
@@ -165,7 +198,6 @@ class TokenIssuer:
             "iss": self._issuer,
             "aud": self._audience,
         }
-        token = jwt.encode(
-            claims, self._key.private_key, algorithm=ALGORITHM, headers={"kid": self._key.kid}
-        )
+        key = self._signing_key()
+        token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
         return IssuedToken(token=token, jti=jti, expires_in=self._ttl)

@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from iot_common.auth import JWTVerifier
 from signing.config import SigningSettings
-from signing.ratelimit import LoginLimiter
-from signing.security import Passwords, SigningKey, TokenIssuer
+from signing.keys import KeyRing
+from signing.ratelimit import FixedWindowLimit, LoginLimiter
+from signing.security import Passwords, TokenIssuer
 
 
 @dataclass(slots=True)
@@ -20,7 +21,8 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     passwords: Passwords
-    key: SigningKey
+    keys: KeyRing
     issuer: TokenIssuer
     verifier: JWTVerifier
     limiter: LoginLimiter
+    registrations: FixedWindowLimit

@@ -18,7 +18,7 @@ VERSION_TABLE = "alembic_version_signing"
 
 def _url() -> str:
     url = config.attributes.get("database_url")
-    return str(url) if url else get_settings().database_url
+    return str(url) if url else get_settings().database_url.get_secret_value()
 
 
 def _configure_and_run(connection: Connection) -> None:

@@ -15,6 +15,8 @@ router = APIRouter()
     summary="Public keys that verify this service's tokens",
 )
 async def jwks(state: StateDep, response: Response) -> dict[str, list[dict[str, str]]]:
-    # Verifiers refetch on an unknown kid anyway; a short cache keeps rotations visible.
-    response.headers["Cache-Control"] = "public, max-age=300"
-    return {"keys": [state.key.public_jwk()]}
+    # The current key, the next one (published before it signs) and the recently retired ones.
+    # Verifiers refetch on an unknown kid anyway; a cache shorter than the publication lead
+    # keeps a rotation visible in time.
+    response.headers["Cache-Control"] = "public, max-age=30"
+    return {"keys": state.keys.published()}

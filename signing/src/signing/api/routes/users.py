@@ -12,7 +12,6 @@ from redis.exceptions import RedisError
 
 from iot_common.auth import Principal, publish_revocation
 from iot_common.errors import (
-    Conflict,
     Forbidden,
     ServiceUnavailable,
     TooManyRequests,
@@ -33,6 +32,7 @@ from signing.api.deps import (
 from signing.schemas import (
     Credentials,
     ErrorResponse,
+    RegistrationAccepted,
     TokenClaims,
     TokenResponse,
     UserCreate,
@@ -40,10 +40,14 @@ from signing.schemas import (
     UserPublic,
     VerifyRequest,
 )
+from signing.state import AppState
 
 log = logging.getLogger(__name__)
 
 LOGINS = Counter("signing_logins_total", "Login attempts by outcome", ["outcome"])
+REGISTRATIONS = Counter(
+    "signing_self_registrations_total", "Self-registrations by outcome", ["outcome"]
+)
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -62,19 +66,31 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 @router.post(
     "/add",
     status_code=status.HTTP_201_CREATED,
-    response_model=UserPublic,
-    responses=_errors(400, 401, 403, 409, 413, 422),
+    response_model=UserPublic | RegistrationAccepted,
+    responses={
+        201: {"model": UserPublic, "description": "Created by an admin"},
+        202: {"model": RegistrationAccepted, "description": "Self-registration accepted"},
+        **_errors(400, 401, 403, 409, 413, 422, 429, 503),
+    },
     summary="Create a user",
     openapi_extra=_AUTH_OPTIONAL,
     description=(
-        "Anyone may register a **viewer** account (unless self-registration is switched off). "
-        "Only an admin (Bearer token) may create operator or admin accounts. "
-        "Emails are case-insensitive and unique (409 on a duplicate)."
+        "Anyone may register a **viewer** account (unless self-registration is switched off): "
+        "the answer is 202 with the same body whether or not the email was already "
+        "registered, so it cannot be used to find out who has an account; self-registrations "
+        "are limited per client address. Only an admin (Bearer token) may create operator or "
+        "admin accounts; an admin gets 201 with the user, or 409 on a duplicate "
+        "(emails are case-insensitive)."
     ),
 )
 async def add_user(
-    body: UserCreate, state: StateDep, session: SessionDep, caller: OptionalUser
-) -> UserPublic:
+    body: UserCreate,
+    state: StateDep,
+    session: SessionDep,
+    caller: OptionalUser,
+    address: ClientAddress,
+    response: Response,
+) -> UserPublic | RegistrationAccepted:
     is_admin = caller is not None and caller.is_admin
     if not is_admin:
         if body.role != "viewer":
@@ -83,8 +99,40 @@ async def add_user(
             if caller is None:
                 raise Unauthorized("self-registration is disabled; an admin must add users")
             raise Forbidden("self-registration is disabled; an admin must add users")
+        await _count_registration(state, address)
+    _check_password_length(state, body.password)
+    password_hash = await state.passwords.hash(body.password, registration=not is_admin)
+    if caller is not None and is_admin:
+        user = await crud.create_user(
+            session, email=body.email, password_hash=password_hash, role=body.role
+        )
+        log.info("user %s created with role %s by admin %s", user.id, user.role, caller.user_id)
+        return UserPublic.model_validate(user)
+    # Hashed and inserted (or not) alike for a new and a taken email: the same answer after
+    # the same work, so neither the status, the body nor the time says which emails exist.
+    created = await crud.create_user_if_absent(
+        session, email=body.email, password_hash=password_hash, role="viewer"
+    )
+    REGISTRATIONS.labels("created" if created else "email_taken").inc()
+    response.status_code = status.HTTP_202_ACCEPTED
+    return RegistrationAccepted()
+
+
+async def _count_registration(state: AppState, address: str) -> None:
+    try:
+        await state.registrations.hit(
+            address, message="too many registrations from this address; try again later"
+        )
+    except TooManyRequests:
+        REGISTRATIONS.labels("rate_limited").inc()
+        raise
+    except RedisError as exc:
+        raise ServiceUnavailable("registration temporarily unavailable") from exc
+
+
+def _check_password_length(state: AppState, password: str) -> None:
     s = state.settings
-    if not s.password_min_length <= len(body.password) <= s.password_max_length:
+    if not s.password_min_length <= len(password) <= s.password_max_length:
         raise ValidationFailed(
             "request validation failed",
             details=[
@@ -98,14 +146,6 @@ async def add_user(
                 }
             ],
         )
-    if await crud.get_user_by_email(session, body.email) is not None:
-        raise Conflict("a user with this email already exists")
-    password_hash = await state.passwords.hash(body.password)
-    user = await crud.create_user(
-        session, email=body.email, password_hash=password_hash, role=body.role
-    )
-    log.info("user %s created with role %s", user.id, user.role)
-    return UserPublic.model_validate(user)
 
 
 @router.post(
@@ -131,11 +171,11 @@ async def authenticate(
     )
     if user is None or not ok:
         LOGINS.labels("failed").inc()
-        try:
-            await state.limiter.failed(email=body.email)
-        except RedisError:
-            log.warning("could not count a failed login")
         raise Unauthorized(_WRONG_CREDENTIALS)
+    try:
+        await state.limiter.succeeded(address=address, email=body.email)
+    except RedisError:
+        log.warning("could not clear the failed-login count of a successful login")
     if state.passwords.needs_rehash(user.password_hash):
         new_hash = await state.passwords.hash(body.password)
         await crud.update_password_hash(session, user.id, new_hash)
