@@ -24,6 +24,7 @@ from device_management.main import create_app
 from device_management.migrations import upgrade_sync
 from iot_common.auth import JWTVerifier
 from iot_common.events import DeviceEvent, device_event_decoder
+from iotctl.mosquitto import Mosquitto
 
 KID = "test-key-1"
 ISSUER = "iot-signing"
@@ -91,9 +92,14 @@ def settings_factory(
     redis_namespace: str,
     rabbitmq_url: str,
     exchange_name: str,
+    mosquitto: Mosquitto,
 ) -> Callable[..., DeviceManagementSettings]:
     def make(**overrides: Any) -> DeviceManagementSettings:
         values: dict[str, Any] = {
+            # Device accounts on this session's Mosquitto, as the service keeps them.
+            "mqtt_provisioning": True,
+            "mqtt_host": mosquitto.host,
+            "mqtt_port": mosquitto.port,
             "database_url": database_url,
             "redis_url": redis_url,
             "redis_namespace": redis_namespace,

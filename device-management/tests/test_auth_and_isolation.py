@@ -84,7 +84,7 @@ async def test_owners_see_only_their_devices(
         ("DELETE", path, {}),
         ("GET", f"{path}/status", {}),
         ("GET", f"{path}/events", {}),
-        ("POST", f"{path}/events", {"json": {"type": "poke"}}),
+        ("POST", f"{path}/events", {"json": {"event_type": "poke"}}),
         ("POST", f"{path}/credentials", {}),
     ]:
         r = await c.request(method, url, headers=bob.headers, **kwargs)

@@ -78,7 +78,7 @@ async def test_size_limits(service: Any, users: dict[str, Any], device_body: Any
     dev = (await c.post("/devices/", json=device_body(), headers=h)).json()
     r = await c.post(
         f"/devices/{dev['id']}/events",
-        json={"type": "blob", "payload": {"data": "y" * 20_000}},
+        json={"event_type": "blob", "payload": {"data": "y" * 20_000}},
         headers=h,
     )
     assert r.status_code == 422 and "payload" in r.text

@@ -98,23 +98,31 @@ async def test_custom_events_history(service: Any, device_body: Any, users: dict
     dev = (await c.post("/devices/", json=device_body(), headers=alice.headers)).json()
     r = await c.post(
         f"/devices/{dev['id']}/events",
-        json={"type": "door_opened", "payload": {"door": 2, "by": "maintenance"}},
+        json={"event_type": "door_opened", "payload": {"door": 2, "by": "maintenance"}},
         headers=alice.headers,
     )
     assert r.status_code == 201, r.text
-    assert r.json()["event_type"] == "device.event.door_opened"
+    posted = r.json()
+    assert posted["event_type"] == "device.event.door_opened"
     await c.put(f"/devices/{dev['id']}", json={"name": "renamed"}, headers=alice.headers)
+    # What a client read back can be posted again as it is: the same field, the same type.
+    again = {k: posted[k] for k in ("event_type", "payload")}
+    r = await c.post(f"/devices/{dev['id']}/events", json=again, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["event_type"] == "device.event.door_opened"
 
     r = await c.get(f"/devices/{dev['id']}/events", headers=alice.headers)
     history = r.json()
-    assert history["total"] == 3
+    assert history["total"] == 4
     assert [e["event_type"] for e in history["items"]] == [
+        "device.event.door_opened",
         "device.updated",
         "device.event.door_opened",
         "device.created",
     ]
-    assert history["items"][1]["payload"] == {"door": 2, "by": "maintenance"}
-    assert history["items"][0]["payload"]["name"] == "renamed"
+    assert history["items"][2]["payload"] == {"door": 2, "by": "maintenance"}
+    assert history["items"][0]["payload"] == history["items"][2]["payload"]
+    assert history["items"][1]["payload"]["name"] == "renamed"
 
     r = await c.get(
         f"/devices/{dev['id']}/events",
@@ -142,3 +150,44 @@ async def test_collection_path_without_trailing_slash(
     assert r.status_code == 201
     r = await service.client.get("/devices", headers=alice.headers)
     assert r.status_code == 200 and r.json()["total"] == 1
+
+
+async def test_event_type_field_and_its_deprecated_alias(
+    service: Any, device_body: Any, users: dict[str, Any]
+) -> None:
+    alice = users["alice"]
+    c = service.client
+    dev = (await c.post("/devices/", json=device_body(), headers=alice.headers)).json()
+    url = f"/devices/{dev['id']}/events"
+    # `type` still works (clients of the first version) and means the same.
+    r = await c.post(url, json={"type": "door_opened"}, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["event_type"] == "device.event.door_opened"
+    r = await c.post(
+        url, json={"type": "poke", "event_type": "poke", "payload": {}}, headers=alice.headers
+    )
+    assert r.status_code == 201, r.text
+
+    # Conflicting names, lifecycle types and nothing at all are refused, and nothing is stored.
+    for body in (
+        {"type": "poke", "event_type": "door_opened"},
+        {"event_type": "device.created"},
+        {"event_type": "device.event."},
+        {"event_type": "Door Opened"},
+        {"payload": {"door": 1}},
+    ):
+        r = await c.post(url, json=body, headers=alice.headers)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["error"]["code"] == "validation_error", r.text
+    history = (await c.get(url, headers=alice.headers)).json()
+    assert [e["event_type"] for e in history["items"]] == [
+        "device.event.poke",
+        "device.event.door_opened",
+        "device.created",
+    ]
+
+    # OpenAPI documents event_type, and type as deprecated.
+    schema = (await c.get("/openapi.json")).json()["components"]["schemas"]["CustomEventCreate"]
+    assert schema["required"] == ["event_type"]
+    assert schema["properties"]["type"]["deprecated"] is True
+    assert "deprecated" not in schema["properties"]["event_type"]

@@ -6,63 +6,11 @@ import asyncio
 import contextlib
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 
-
-class TcpProxy:
-    """A TCP forwarder the test can cut and restore, standing in for a RabbitMQ outage."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Refuse new connections and cut the open ones."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+from iotctl.tcp_proxy import TcpProxy
 
 
 async def test_lifecycle_events_published(
@@ -74,7 +22,7 @@ async def test_lifecycle_events_published(
     await c.post(f"/devices/{dev['id']}/credentials", headers=alice.headers)
     await c.post(
         f"/devices/{dev['id']}/events",
-        json={"type": "door_opened", "payload": {"door": 1}},
+        json={"event_type": "door_opened", "payload": {"door": 1}},
         headers=alice.headers,
     )
     await c.delete(f"/devices/{dev['id']}", headers=alice.headers)
@@ -126,7 +74,7 @@ async def test_outage_loses_nothing_and_keeps_order(
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
     await proxy.start()
     try:
-        service = await start_service(rabbitmq_url=_via(rabbitmq_url, proxy.port))
+        service = await start_service(rabbitmq_url=proxy.via(rabbitmq_url))
         c, alice = service.client, users["alice"]
         first = (await c.post("/devices/", json=device_body(), headers=alice.headers)).json()
         await event_sink.wait_for(lambda evs: len(evs) == 1)
@@ -219,7 +167,7 @@ async def test_service_starts_while_rabbitmq_is_unreachable(
     await proxy.start()
     await proxy.stop()  # the port is known but nothing listens: RabbitMQ is "down"
     try:
-        service = await start_service(rabbitmq_url=_via(rabbitmq_url, proxy.port))
+        service = await start_service(rabbitmq_url=proxy.via(rabbitmq_url))
         c, alice = service.client, users["alice"]
         r = await c.post("/devices/", json=device_body(), headers=alice.headers)
         assert r.status_code == 201

@@ -7,7 +7,8 @@ from functools import lru_cache
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from iot_common.settings import ServiceSettings
+from iot_common import dynsec, rabbitmq
+from iot_common.settings import DEFAULT_DATABASE_URL, ServiceSettings
 
 
 class DeviceManagementSettings(ServiceSettings):
@@ -19,7 +20,7 @@ class DeviceManagementSettings(ServiceSettings):
     port: int = 8002
     access_log: bool = True
     #: May carry a password, hence secret (never logged).
-    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/iot")
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     db_pool_size: int = 10
     db_max_overflow: int = 10
     #: A device is ``offline`` once the bridge has not seen it for this long.
@@ -39,6 +40,39 @@ class DeviceManagementSettings(ServiceSettings):
     outbox_retention_hours: float = 24.0
     rabbitmq_connect_timeout: float = 5.0
     rabbitmq_publish_timeout: float = 10.0
+
+    # --- device accounts on the brokers (see broker_accounts.py) ---
+    #: Keep devices' MQTT clients in Mosquitto's dynamic-security plugin (through its control
+    #: topic, as the admin service account below).
+    mqtt_provisioning: bool = False
+    mqtt_admin_username: str = dynsec.ADMIN_USERNAME
+    #: Also the key material that seals tokens waiting in ``t_broker_changes``.
+    mqtt_admin_password: SecretStr = SecretStr(dynsec.DEV_ADMIN_PASSWORD)
+    mqtt_control_timeout: float = 10.0
+    #: Keep devices' RabbitMQ users (one per device, in the vhost of ``rabbitmq_url``) through
+    #: the broker's management HTTP API, as the administrator account below.
+    amqp_provisioning: bool = False
+    rabbitmq_management_url: str = "http://127.0.0.1:15672"
+    rabbitmq_admin_username: str = "guest"
+    rabbitmq_admin_password: SecretStr = SecretStr("guest")
+    rabbitmq_management_timeout: float = 10.0
+    #: The service accounts ``device-management amqp-setup`` (re)writes: the bridge's, and
+    #: this service's own publisher account (the user of ``rabbitmq_url``).
+    amqp_bridge_username: str = rabbitmq.BRIDGE_USERNAME
+    amqp_bridge_password: SecretStr = SecretStr(rabbitmq.DEV_BRIDGE_PASSWORD)
+    amqp_publisher_username: str = rabbitmq.PUBLISHER_USERNAME
+    amqp_publisher_password: SecretStr = SecretStr(rabbitmq.DEV_PUBLISHER_PASSWORD)
+    #: The bridge's queues (its ``amqp_queue`` and ``device_events_queue``), all it may use.
+    amqp_bridge_queues: list[str] = ["ingest-bridge.telemetry", "ingest-bridge.device-events"]
+    broker_changes_batch_size: int = 200
+    #: How long issuing a token waits for the brokers to accept it before answering anyway
+    #: (``provisioned: false``; the change is applied as soon as the broker is back).
+    credential_wait_seconds: float = 5.0
+
+    @property
+    def rabbitmq_vhost(self) -> str:
+        """The virtual host devices publish in: the one device-management's own URL names."""
+        return rabbitmq.vhost_of(self.rabbitmq_url.get_secret_value())
 
 
 @lru_cache

@@ -13,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_management import events
+from device_management.broker_accounts import ACTIVE, CONFIG, CREDENTIAL, DELETE, BrokerAccounts
 from device_management.models import Device, DeviceEventRecord
-from device_management.schemas import CustomEventCreate, DeviceCreate, DeviceUpdate
+from device_management.schemas import ConfigStatus, CustomEventCreate, DeviceCreate, DeviceUpdate
 from iot_common.auth import Principal
 from iot_common.errors import Conflict, Forbidden, NotFound
 
@@ -92,7 +93,12 @@ async def create_device(session: AsyncSession, principal: Principal, data: Devic
 
 
 async def update_device(
-    session: AsyncSession, principal: Principal, device_id: uuid.UUID, data: DeviceUpdate
+    session: AsyncSession,
+    principal: Principal,
+    device_id: uuid.UUID,
+    data: DeviceUpdate,
+    *,
+    accounts: BrokerAccounts,
 ) -> tuple[Device, bool]:
     """Apply the given fields; returns the device and whether anything changed."""
     device = await get_device(session, principal, device_id, lock=True)
@@ -106,12 +112,16 @@ async def update_device(
     if data.active is not None and data.active != device.active:
         device.active = data.active
         changed = True
+        if device.token_hash is not None:  # no broker account before the first token
+            accounts.record(session, device, ACTIVE)
     if data.config is not None:
         config = data.config.model_dump(mode="json")
         if config != device.config:
             device.config = config
             device.config_version += 1
             changed = True
+            if device.token_hash is not None:  # else published with its first token
+                accounts.record(session, device, CONFIG)
     if not changed:
         return device, False
     device.updated_at = _next_updated_at(device)
@@ -124,19 +134,21 @@ async def update_device(
 
 
 async def delete_device(
-    session: AsyncSession, principal: Principal, device_id: uuid.UUID
+    session: AsyncSession, principal: Principal, device_id: uuid.UUID, *, accounts: BrokerAccounts
 ) -> Device:
     device = await get_device(session, principal, device_id, lock=True)
     events.record_event(session, device, events.DELETED)
+    if device.token_hash is not None:
+        accounts.record(session, device, DELETE)
     await session.delete(device)
     await session.flush()
     return device
 
 
 async def rotate_credentials(
-    session: AsyncSession, principal: Principal, device_id: uuid.UUID
+    session: AsyncSession, principal: Principal, device_id: uuid.UUID, *, accounts: BrokerAccounts
 ) -> tuple[Device, str]:
-    """Issue a new device token (the old one stops working); returns it once."""
+    """Issue a new device token (the old one stops working on every transport); returns it once."""
     device = await get_device(session, principal, device_id, lock=True)
     token = secrets.token_urlsafe(32)
     device.token_hash = hash_token(token)
@@ -144,7 +156,37 @@ async def rotate_credentials(
     device.credentials_rotated_at = device.updated_at
     await session.flush()
     events.record_event(session, device, events.CREDENTIALS_ROTATED, at=device.updated_at)
+    accounts.record(session, device, CREDENTIAL, token=token)
+    accounts.record(session, device, CONFIG)
     return device, token
+
+
+def config_status(device: Device) -> ConfigStatus:
+    """Desired against reported configuration version."""
+    return ConfigStatus(
+        desired_version=device.config_version,
+        reported_version=device.config_reported_version,
+        reported_at=device.config_reported_at,
+        in_sync=device.config_reported_version == device.config_version,
+    )
+
+
+async def report_config(session: AsyncSession, device_id: uuid.UUID, version: int) -> Device:
+    """Record that the device applied config ``version`` (the device itself reports it)."""
+    # The row lock orders the report against a config change committing at the same time.
+    device = await session.get(Device, device_id, with_for_update=True)
+    if device is None:
+        raise NotFound("device not found")
+    if version > device.config_version:
+        raise Conflict(
+            f"config version {version} does not exist: the desired configuration is version "
+            f"{device.config_version}",
+            details=[{"field": "body.version", "message": "newer than the desired version"}],
+        )
+    device.config_reported_version = version
+    device.config_reported_at = datetime.now(UTC)
+    await session.flush()
+    return device
 
 
 async def add_custom_event(
@@ -152,9 +194,7 @@ async def add_custom_event(
 ) -> DeviceEventRecord:
     # The row lock keeps this device's events in commit order in the outbox.
     device = await get_device(session, principal, device_id, lock=True)
-    return events.record_event(
-        session, device, events.CUSTOM_PREFIX + data.type, payload=data.payload
-    )
+    return events.record_event(session, device, data.routing_type, payload=data.payload)
 
 
 async def list_events(

@@ -41,6 +41,9 @@ class Device(Base):
     config: Mapped[dict[str, Any]]
     active: Mapped[bool]
     config_version: Mapped[int]
+    #: The config version the device last reported it applied, and when.
+    config_reported_version: Mapped[int | None]
+    config_reported_at: Mapped[datetime | None]
     #: sha256 hex of the device token; the token itself is never stored.
     token_hash: Mapped[str | None] = mapped_column(String(64))
     credentials_rotated_at: Mapped[datetime | None]
@@ -88,3 +91,35 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
+
+
+class BrokerChange(Base):
+    """A device credential change waiting to be applied to one broker's accounts.
+
+    Written in the same transaction as the change (a new token, (de)activation, deletion), so
+    a broker that is down misses nothing: its provisioner applies the rows in id order once the
+    broker answers, and deletes each as soon as it is applied (with it the sealed token).
+    """
+
+    __tablename__ = "t_broker_changes"
+    __table_args__ = (
+        Index("ix_broker_changes_pending", "target", "id", postgresql_where="failed_at IS NULL"),
+        Index("ix_broker_changes_device", "device_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    #: Which broker: ``mqtt`` (Mosquitto dynamic security) or ``amqp`` (RabbitMQ users).
+    target: Mapped[str] = mapped_column(String(16))
+    device_id: Mapped[uuid.UUID]
+    #: ``credential`` (a new token), ``active`` (enable/disable) or ``delete``.
+    action: Mapped[str] = mapped_column(String(16))
+    #: The new token, sealed (AES-GCM) for Mosquitto, which wants it in clear over its control
+    #: topic; RabbitMQ gets a salted hash instead. NULL for the other actions.
+    secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: The device's active flag as of this change.
+    active: Mapped[bool]
+    created_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    #: Set (and the secret wiped) when the broker refused the change outright.
+    failed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))

@@ -28,6 +28,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from device_management.models import OutboxMessage
+from device_management.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ class _Publisher:
         return len(rows), None
 
 
-class OutboxRelay:
+class OutboxRelay(Relay):
     """Background task draining ``t_outbox`` to RabbitMQ; ``wake()`` after each commit."""
+
+    name = "outbox relay"
 
     def __init__(
         self,
@@ -129,44 +132,29 @@ class OutboxRelay:
         publish_timeout: float = 10.0,
         retention_seconds: float = 86_400.0,
     ) -> None:
+        super().__init__(
+            poll_interval=poll_interval, max_backoff=max_backoff, failures=PUBLISH_FAILURES
+        )
         self._sessionmaker = sessionmaker
         self._publisher = _Publisher(
             rabbitmq_url, exchange, connect_timeout=connect_timeout, publish_timeout=publish_timeout
         )
         self._batch = batch_size
-        self._poll = poll_interval
-        self._max_backoff = max_backoff
         self._retention = retention_seconds
-        self._stopping = False
-        self._stop = asyncio.Event()
         self._next_purge = 0.0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
         return self._publisher.connected
 
-    def wake(self) -> None:
-        self._wake.set()
+    async def connect(self) -> None:
+        await self._publisher.connect()
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-
-    async def close(self, *, grace: float = 5.0) -> None:
-        """Stop after the batch in flight (so it is marked sent, not published again later)."""
-        if self._task is not None:
-            self._stopping = True
-            self._stop.set()
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
-            except (TimeoutError, Exception):
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
-            self._task = None
+    async def disconnect(self) -> None:
         await self._publisher.close()
+
+    async def housekeeping(self) -> None:
+        await self._purge_sent()
 
     async def pending(self) -> int:
         async with self._sessionmaker() as session:
@@ -179,29 +167,6 @@ class OutboxRelay:
             ).scalar_one()
         OUTBOX_PENDING.set(n)
         return int(n)
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while not self._stopping:
-            try:
-                await self._publisher.connect()
-                while not self._stopping and await self.drain_once():
-                    pass
-                backoff = 0.1
-                await self._purge_sent()
-                await self._sleep(self._poll)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                PUBLISH_FAILURES.inc()
-                reason = str(exc) or type(exc).__name__
-                log.warning("outbox relay: %s; retrying in %.1fs", reason, backoff)
-                await self._publisher.close()
-                # Commits do not cut the backoff short: during an outage they would turn
-                # every API write into a reconnect attempt.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, self._max_backoff)
 
     async def _purge_sent(self) -> None:
         """Drop rows published longer ago than the retention (at most once a minute)."""
@@ -216,11 +181,6 @@ class OutboxRelay:
                     OutboxMessage.sent_at.is_not(None), OutboxMessage.sent_at < cutoff
                 )
             )
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        self._wake.clear()
 
     async def drain_once(self) -> int:
         """Publish one batch; returns how many were sent (0 = nothing to do or not our turn)."""

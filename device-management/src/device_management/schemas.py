@@ -16,8 +16,10 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
+from device_management.events import CUSTOM_PREFIX
 from iot_common.device_config import DeviceConfig
 
 MAX_NAME_LENGTH = 128
@@ -26,7 +28,6 @@ MAX_TYPE_LENGTH = 64
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_PAYLOAD_DEPTH = 16
-EVENT_TYPE_PATTERN = r"^[a-z0-9_][a-z0-9_\-]{0,63}$"
 DEVICE_TYPE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}$"
 _INT64 = 2**63
 
@@ -98,8 +99,16 @@ def _check_str(value: str, where: str) -> None:
         raise ValueError(f"{where}: NUL characters and lone surrogates are not allowed")
 
 
+def check_json_object(value: dict[str, Any], path: str) -> None:
+    """The bounds of the free-form objects users send: event payloads, config settings."""
+    check_json_value(value, path, max_depth=MAX_PAYLOAD_DEPTH)
+    if len(orjson.dumps(value)) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{path} exceeds {MAX_PAYLOAD_BYTES} bytes")
+
+
 def _check_config(config: DeviceConfig) -> DeviceConfig:
     dumped = config.model_dump(mode="python")
+    check_json_object(dumped.pop("settings"), "config.settings")
     check_json_value(dumped, "config", max_depth=8)
     if len(orjson.dumps(dumped)) > MAX_CONFIG_BYTES:
         raise ValueError(f"config exceeds {MAX_CONFIG_BYTES} bytes")
@@ -111,8 +120,11 @@ ValidConfig = Annotated[
     AfterValidator(_check_config),
     Field(
         description=(
-            "Metric definitions and alert rules: at most 64 metrics and 64 rules, "
-            f"finite numbers, at most {MAX_CONFIG_BYTES} bytes as JSON."
+            "Metric definitions and alert rules (at most 64 metrics and 64 rules, finite "
+            f"numbers, at most {MAX_CONFIG_BYTES} bytes as JSON), interpreted by the platform; "
+            "and `settings`, the owner's free-form JSON object for the device (at most "
+            f"{MAX_PAYLOAD_BYTES} bytes, nested at most {MAX_PAYLOAD_DEPTH} levels), delivered "
+            "to it as it is. Every change bumps `config_version`."
         )
     ),
 ]
@@ -147,6 +159,17 @@ class DeviceStatus(StrEnum):
     NEVER_SEEN = "never_seen"
 
 
+class ConfigStatus(BaseModel):
+    """Whether the device runs the configuration its owner set."""
+
+    desired_version: int = Field(description="The current configuration's version.")
+    reported_version: int | None = Field(
+        description="The version the device last reported it applied (null: never reported)."
+    )
+    reported_at: datetime | None
+    in_sync: bool = Field(description="The device reported the desired version.")
+
+
 class DevicePublic(BaseModel):
     id: uuid.UUID
     name: str
@@ -157,6 +180,7 @@ class DevicePublic(BaseModel):
     last_seen: datetime | None
     owner_id: uuid.UUID
     config_version: int
+    config_status: ConfigStatus
     has_credentials: bool
     created_at: datetime
     updated_at: datetime
@@ -176,12 +200,27 @@ class StatusPublic(BaseModel):
     offline_after_seconds: float
 
 
+CUSTOM_EVENT_TYPE_PATTERN = r"^(device\.event\.)?[a-z0-9_][a-z0-9_\-]{0,63}$"
+
+
 class CustomEventCreate(_Input):
-    type: str = Field(
-        pattern=EVENT_TYPE_PATTERN,
-        max_length=64,
-        description="Event type; published with routing key device.event.<type>.",
+    """A custom event; ``event_type`` is the field events are read back with."""
+
+    event_type: str = Field(
+        pattern=CUSTOM_EVENT_TYPE_PATTERN,
+        max_length=len(CUSTOM_PREFIX) + 64,
+        description=(
+            "Event type: `door_opened`, or `device.event.door_opened` as events are read back "
+            "(the same event). Published with routing key device.event.<type>."
+        ),
         examples=["door_opened"],
+    )
+    type: str | None = Field(
+        default=None,
+        deprecated=True,
+        pattern=CUSTOM_EVENT_TYPE_PATTERN,
+        max_length=len(CUSTOM_PREFIX) + 64,
+        description="Deprecated alias of `event_type` (its first name); send `event_type`.",
     )
     payload: dict[str, Any] = Field(
         default_factory=dict,
@@ -191,13 +230,29 @@ class CustomEventCreate(_Input):
         ),
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_type(cls, data: Any) -> Any:
+        # Clients written against the first version send `type`: it fills `event_type`.
+        if isinstance(data, dict) and data.get("type") is not None:
+            data = dict(data)
+            legacy = data.pop("type")
+            if data.setdefault("event_type", legacy) != legacy:
+                raise ValueError("give event_type only: type is its deprecated alias")
+        return data
+
     @field_validator("payload")
     @classmethod
     def _payload(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_json_value(value, "payload", max_depth=MAX_PAYLOAD_DEPTH)
-        if len(orjson.dumps(value)) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"payload exceeds {MAX_PAYLOAD_BYTES} bytes")
+        check_json_object(value, "payload")
         return value
+
+    @property
+    def routing_type(self) -> str:
+        """The full event type, as published and read back."""
+        if self.event_type.startswith(CUSTOM_PREFIX):
+            return self.event_type
+        return CUSTOM_PREFIX + self.event_type
 
 
 class EventPublic(BaseModel):
@@ -220,6 +275,11 @@ class DeviceCredentials(BaseModel):
     token: str = Field(description="The device token; shown once, only its hash is stored.")
     token_type: str = "device"
     rotated_at: datetime
+    provisioned: bool = Field(
+        default=True,
+        description="Whether the MQTT and AMQP brokers already accept the token (false: a "
+        "broker is unreachable; the token works there as soon as it is back).",
+    )
 
 
 class InternalDevice(BaseModel):

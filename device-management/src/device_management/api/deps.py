@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from device_management.broker_accounts import BrokerAccounts
 from device_management.cache import DeviceCache
 from device_management.config import DeviceManagementSettings
 from device_management.outbox import OutboxRelay
@@ -58,6 +59,14 @@ async def get_relay(request: Request) -> OutboxRelay | None:
 
 
 RelayDep = Annotated[OutboxRelay | None, Depends(get_relay)]
+
+
+async def get_accounts(request: Request) -> BrokerAccounts:
+    return cast(BrokerAccounts, request.app.state.accounts)
+
+
+#: The devices' broker accounts (credential changes for MQTT and AMQP).
+AccountsDep = Annotated[BrokerAccounts, Depends(get_accounts)]
 
 
 async def current_user(

@@ -10,6 +10,7 @@ from pydantic import AfterValidator
 
 from device_management import devices_service as svc
 from device_management.api.deps import (
+    AccountsDep,
     CacheDep,
     CurrentUser,
     ReadSessionDep,
@@ -81,6 +82,7 @@ def to_public(
         last_seen=seen,
         owner_id=device.owner_id,
         config_version=device.config_version,
+        config_status=svc.config_status(device),
         has_credentials=device.token_hash is not None,
         created_at=device.created_at,
         updated_at=device.updated_at,
@@ -202,13 +204,18 @@ async def update_device(
     user: WriterUser,
     cache: CacheDep,
     relay: RelayDep,
+    accounts: AccountsDep,
     settings: SettingsDep,
 ) -> DevicePublic:
-    """Change the given fields; omitted fields keep their value."""
+    """Change the given fields; omitted fields keep their value. Deactivating a device also
+    disables its MQTT/AMQP accounts (and disconnects it)."""
     async with session.begin():
-        device, changed = await svc.update_device(session, user, device_id, body)
+        device, changed = await svc.update_device(session, user, device_id, body, accounts=accounts)
     if changed:
         await _changed(device, cache, relay)
+        accounts.wake()
+        if body.active is not None:
+            await accounts.wait_applied(device.id, within=settings.credential_wait_seconds)
     return to_public(device, await cache.last_seen(device.id), settings)
 
 
@@ -219,10 +226,15 @@ async def delete_device(
     user: WriterUser,
     cache: CacheDep,
     relay: RelayDep,
+    accounts: AccountsDep,
+    settings: SettingsDep,
 ) -> Response:
-    """Delete the device; its token stops working at once."""
+    """Delete the device; its token stops working at once, and a connected device is
+    disconnected from MQTT and AMQP."""
     async with session.begin():
-        await svc.delete_device(session, user, device_id)
+        await svc.delete_device(session, user, device_id, accounts=accounts)
+    accounts.wake()
+    await accounts.wait_applied(device_id, within=settings.credential_wait_seconds)
     await cache.store_missing(device_id, deleted=True)
     await cache.forget_last_seen(device_id)
     if relay is not None:
@@ -299,12 +311,21 @@ async def rotate_credentials(
     user: WriterUser,
     cache: CacheDep,
     relay: RelayDep,
+    accounts: AccountsDep,
+    settings: SettingsDep,
 ) -> DeviceCredentials:
-    """Issue (or rotate) the device token. It is returned once and only its hash is kept."""
+    """Issue (or rotate) the device token: the device's password on HTTP, MQTT and AMQP. It
+    is returned once and only its hash is kept; the previous token stops working and a
+    device connected with it is disconnected."""
     async with session.begin():
-        device, token = await svc.rotate_credentials(session, user, device_id)
+        device, token = await svc.rotate_credentials(session, user, device_id, accounts=accounts)
     await _changed(device, cache, relay)
+    accounts.wake()
+    provisioned = await accounts.wait_applied(device.id, within=settings.credential_wait_seconds)
     assert device.credentials_rotated_at is not None
     return DeviceCredentials(
-        device_id=device.id, token=token, rotated_at=device.credentials_rotated_at
+        device_id=device.id,
+        token=token,
+        rotated_at=device.credentials_rotated_at,
+        provisioned=provisioned,
     )
