@@ -29,6 +29,7 @@ from ingest_bridge.main import create_app
 from iot_common import redis_keys
 from iot_common.telemetry import deadletter_decoder, envelope_decoder
 from iot_common.topics import Topics
+from iotctl.mosquitto import Mosquitto
 
 INTERNAL_TOKEN = "test-internal-token"
 
@@ -79,6 +80,45 @@ class FakeDeviceManagement:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def mqtt_address(mosquitto: Mosquitto) -> tuple[str, int]:
+    """The bridge's tests use the session's own Mosquitto (dynamic security, no anonymous)."""
+    return mosquitto.address
+
+
+@dataclass(frozen=True)
+class MqttAccount:
+    username: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def test_publisher_account(mosquitto: Mosquitto, run_id: str) -> MqttAccount:
+    """An MQTT account that may publish anywhere under ``test/``: the tests that feed the bridge
+    readings for unknown devices, topics outside the contract or many devices at once, which no
+    device account may send (a device publishes only its own topic)."""
+    role = f"test-publisher-{run_id}"
+    account = MqttAccount(role, secrets.token_urlsafe(16))
+    mosquitto.control(
+        [
+            {
+                "command": "createRole",
+                "rolename": role,
+                "acls": [
+                    {"acltype": "publishClientSend", "topic": "test/#", "allow": True},
+                ],
+            },
+            {
+                "command": "createClient",
+                "username": account.username,
+                "password": account.password,
+                "roles": [{"rolename": role}],
+            },
+        ]
+    )
+    return account
 
 
 @pytest.fixture(scope="session")
@@ -326,8 +366,19 @@ async def bus(kafka_bootstrap: str, settings: IngestBridgeSettings) -> AsyncIter
 class Publisher:
     """A QoS 1 MQTT v5 publisher (paho, network loop in a thread)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        account: MqttAccount | None = None,
+        *,
+        client_id: str = "",
+    ) -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        if account is not None:
+            self.client.username_pw_set(account.username, account.password)
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
         self.client.connect(host, port)
@@ -351,8 +402,10 @@ class Publisher:
 
 
 @pytest.fixture
-def publisher(mqtt_address: tuple[str, int]) -> Iterator[Publisher]:
-    pub = Publisher(*mqtt_address)
+def publisher(
+    mqtt_address: tuple[str, int], test_publisher_account: MqttAccount
+) -> Iterator[Publisher]:
+    pub = Publisher(*mqtt_address, test_publisher_account)
     yield pub
     pub.close()
 

@@ -1,4 +1,5 @@
-"""AMQP telemetry and the device-events relay, end to end against RabbitMQ and Kafka."""
+"""The device-events relay, end to end against RabbitMQ and Kafka (telemetry over AMQP, with
+device identity, is in test_amqp_identity.py)."""
 
 from __future__ import annotations
 
@@ -43,30 +44,6 @@ async def publish(channel, exchange: str, key: str, body: bytes, **kw: Any) -> N
         aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **kw),
         routing_key=key,
     )
-
-
-async def test_amqp_readings_arrive_and_bad_ones_are_dead_lettered(
-    app_client, rabbit, device_factory, bus, settings
-):
-    dev = await device_factory()
-    ex = settings.telemetry_exchange
-    key = f"device.{dev.id}"
-    await publish(rabbit, ex, key, json.dumps(reading(seq=1)).encode())
-    await publish(rabbit, ex, key, b"{broken")
-    await publish(
-        rabbit, ex, key, json.dumps([reading(float(i), seq=10 + i) for i in range(20)]).encode()
-    )
-    await publish(rabbit, ex, f"device.{uuid.uuid4()}", json.dumps(reading()).encode())
-    await bus.until(
-        lambda: len(bus.readings(dev.id)) == 21 and len(bus.dead) == 2, what="amqp readings"
-    )
-    assert all(env.source == "amqp" for env in bus.raw)
-    assert sorted(bus.reasons()) == [R.NOT_JSON, R.UNKNOWN_DEVICE]
-    assert sorted(r.seq for r in bus.readings(dev.id)) == [1, *range(10, 30)]
-
-    # Everything was acknowledged only after Kafka had it: nothing is left on the queue.
-    q = await rabbit.declare_queue(settings.amqp_queue, durable=True, passive=True)
-    assert q.declaration_result.message_count == 0
 
 
 async def test_device_events_are_forwarded_to_kafka_unchanged(app_client, rabbit, bus, settings):

@@ -182,3 +182,25 @@ async def test_two_bridges_in_one_group_split_the_load(
         shares = [app.state.bridge.mqtt.received for app in apps]
         assert sum(shares) == 100
         assert all(share > 0 for share in shares), shares
+
+
+async def test_a_packet_over_the_brokers_limit_never_reaches_the_bridge(
+    app_client, publisher, mqtt_connect, test_publisher_account, device_factory, bus, settings
+):
+    """The broker's max_packet_size (the figure the bridge announces in CONNECT) refuses a
+    64 MiB message at the publisher; the bridge never sees it and keeps taking readings."""
+    source = app_client[1].state.bridge.mqtt
+    generation = source._generation
+    dev = await device_factory()
+    topic = f"{settings.mqtt_topic_prefix}devices/{dev.id}/telemetry"
+    flood = mqtt_connect(test_publisher_account.username, test_publisher_account.password)
+    flood.client.publish(topic, b"x" * (64 * 1024 * 1024), qos=1)
+    deadline = time.monotonic() + 10
+    while not flood.disconnected.is_set():  # the broker closes the offending connection
+        assert time.monotonic() < deadline, "the broker took a 64 MiB packet"
+        await _sleep(0.05)
+    publisher.publish(topic, reading(seq=1))
+    publisher.flush()
+    await bus.until(lambda: len(bus.readings(dev.id)) == 1, what="the next reading")
+    assert source.received == 1 and source._generation == generation
+    assert bus.dead == []

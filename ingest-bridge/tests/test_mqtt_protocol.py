@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import random
 
-from ingest_bridge.sources.mqtt import _Connection, _varint, pubacks, subscribe_packet
+from ingest_bridge.sources.mqtt import (
+    _Connection,
+    _varint,
+    connect_packet,
+    pubacks,
+    subscribe_packet,
+)
 
 
 def publish(topic: bytes, payload: bytes, pid: int, qos: int = 1, props: bytes = b"") -> bytes:
@@ -57,3 +63,59 @@ def test_encoders():
     assert _varint(127) == b"\x7f"
     assert _varint(128) == b"\x80\x01"
     assert _varint(16_384) == b"\x80\x80\x01"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+
+def test_connect_announces_the_maximum_packet_size():
+    packet = connect_packet(
+        client_id="b",
+        keepalive=30,
+        clean_start=False,
+        session_expiry=60,
+        receive_maximum=100,
+        max_packet_size=256 * 1024,
+    )
+    # Property 0x27 (Maximum Packet Size), four bytes, in CONNECT's properties.
+    assert b"\x27" + (256 * 1024).to_bytes(4, "big") in packet
+
+
+async def test_a_packet_over_the_limit_is_refused_at_its_header_not_buffered():
+    source = FakeSource()
+    conn = _Connection(source, 1, max_packet_size=256 * 1024)  # type: ignore[arg-type]
+    transport = FakeTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    small = publish(b"p/devices/d/telemetry", b"{}", 1)
+    huge = publish(b"p/devices/d/telemetry", b"x" * (64 * 1024 * 1024), 2)
+    conn.data_received(small + huge[: 64 * 1024])
+    assert transport.aborted  # the broker broke the limit we announced
+    assert source.got == []  # nothing of that read is handed on
+    assert conn._parts == [] and conn._rest == b""  # and nothing of it kept
+
+
+async def test_a_large_packet_in_many_reads_is_kept_in_pieces_and_parsed_once():
+    source = FakeSource()
+    conn = _Connection(source, 1, max_packet_size=8 * 1024 * 1024)  # type: ignore[arg-type]
+    payload = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    stream = publish(b"p/devices/d/telemetry", payload, 9) + publish(
+        b"p/devices/e/telemetry", b"1", 10
+    )
+    step = 64 * 1024
+    for pos in range(0, len(stream) - 10, step):
+        conn.data_received(stream[pos : min(pos + step, len(stream) - 10)])
+        # The pieces wait as they came (one list entry per read), not joined on every read.
+        assert source.got or len(conn._parts) == pos // step + 1
+    conn.data_received(stream[len(stream) - 10 :])
+    assert source.got == [
+        (b"p/devices/d/telemetry", payload, 9),
+        (b"p/devices/e/telemetry", b"1", 10),
+    ]

@@ -42,7 +42,13 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 
 
 
 async def test_kill_9_mid_stream_loses_no_reading(
-    make_settings, device_factory, tools, kafka_bootstrap, mqtt_address, tmp_path
+    make_settings,
+    device_factory,
+    tools,
+    kafka_bootstrap,
+    mqtt_address,
+    test_publisher_account,
+    tmp_path,
 ):
     port = free_port()
     settings = make_settings(
@@ -59,7 +65,7 @@ async def test_kill_9_mid_stream_loses_no_reading(
     try:
         await wait_ready(port, proc)
         total = 900
-        pub = tools.Publisher(*mqtt_address)
+        pub = tools.Publisher(*mqtt_address, test_publisher_account)
 
         def send() -> None:
             start = time.monotonic()

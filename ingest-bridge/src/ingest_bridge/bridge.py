@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from ingest_bridge import metrics
 from ingest_bridge.config import IngestBridgeSettings
+from ingest_bridge.configs import ConfigClient
 from ingest_bridge.devices import DeviceDirectory
 from ingest_bridge.last_seen import LastSeenWriter
 from ingest_bridge.pipeline import Pipeline
-from ingest_bridge.sink import KafkaSink
+from ingest_bridge.sink import KafkaSink, refused_dead_letter
 from ingest_bridge.sources.amqp import AmqpTelemetrySource
 from ingest_bridge.sources.device_events import DeviceEventsSource
-from ingest_bridge.sources.mqtt import MqttSource
+from ingest_bridge.sources.mqtt import MqttSource, session_client_id
 from ingest_bridge.validate import Limits, Validator
+from iot_common.device_config import ConfigReport
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ class Bridge:
         redis: Redis | None = None,
         sink: KafkaSink | None = None,
         devices: DeviceDirectory | None = None,
+        configs: ConfigClient | None = None,
     ) -> None:
         s = settings
         self.settings = s
@@ -47,6 +52,12 @@ class Bridge:
             request_timeout_ms=s.kafka_request_timeout_ms,
             retry_backoff_ms=s.kafka_retry_backoff_ms,
             stall_seconds=s.kafka_stall_seconds,
+            dead_letter=partial(
+                refused_dead_letter,
+                topic=s.topics.telemetry_deadletter,
+                # base64 in JSON: 4 bytes per 3, plus the dead letter's own fields
+                max_payload=min(s.max_payload_bytes, (s.kafka_max_request_bytes - 2048) * 3 // 4),
+            ),
         )
         self.devices = devices or DeviceDirectory(
             redis=self.redis,
@@ -58,6 +69,11 @@ class Bridge:
             max_size=s.device_cache_size,
             timeout=s.device_lookup_timeout,
             concurrency=s.device_lookup_concurrency,
+        )
+        self.configs = configs or ConfigClient(
+            device_management_url=s.device_management_url,
+            internal_token=s.internal_token.get_secret_value(),
+            timeout=s.device_lookup_timeout,
         )
         self.last_seen = LastSeenWriter(
             redis=self.redis, namespace=s.redis_namespace, interval=s.last_seen_interval
@@ -82,23 +98,28 @@ class Bridge:
         self.device_events: DeviceEventsSource | None = None
         rabbit = s.rabbitmq_url.get_secret_value()
         if s.mqtt_enabled:
+            mqtt_password = s.mqtt_password.get_secret_value() if s.mqtt_password else None
             self.mqtt = MqttSource(
                 pipeline=self.pipeline,
                 host=s.mqtt_host,
                 port=s.mqtt_port,
-                client_id=s.mqtt_client_id,
+                client_id=session_client_id(
+                    s.mqtt_client_id, password=mqtt_password, instance=s.mqtt_instance
+                ),
                 share_group=s.mqtt_share_group,
                 topic_prefix=s.mqtt_topic_prefix,
                 session_expiry=s.mqtt_session_expiry,
                 receive_maximum=s.mqtt_receive_maximum,
                 keepalive=s.mqtt_keepalive,
                 username=s.mqtt_username,
-                password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+                password=mqtt_password,
                 max_in_flight=s.max_in_flight_messages,
                 max_in_flight_bytes=s.max_in_flight_bytes,
                 max_concurrent_batches=s.max_concurrent_batches,
                 max_batch_messages=s.max_batch_messages,
                 max_batch_bytes=s.max_batch_bytes,
+                max_packet_size=s.mqtt_max_packet_size,
+                on_config_report=self.config_reported,
             )
         if s.amqp_enabled:
             self.amqp = AmqpTelemetrySource(
@@ -109,6 +130,9 @@ class Bridge:
                 prefetch=s.amqp_prefetch,
                 max_batch_messages=min(s.max_batch_messages, s.amqp_prefetch),
                 max_concurrent_batches=s.max_concurrent_batches,
+                max_in_flight_bytes=s.max_in_flight_bytes,
+                max_batch_bytes=s.max_batch_bytes,
+                max_message_size=s.amqp_max_message_size,
             )
         if s.device_events_enabled:
             self.device_events = DeviceEventsSource(
@@ -127,6 +151,34 @@ class Bridge:
             )
         self.http_in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def config_reported(self, device_id: str, payload: bytes) -> None:
+        """A device's ``devices/<id>/config/reported`` message: record the version it applied.
+
+        Only the device itself can publish on its topic (the broker's account), so the id is
+        the topic's. A report that is not a :class:`ConfigReport`, or names a version that does
+        not exist, is logged and dropped (MQTT has no answer to give the device); an
+        unreachable device-management raises, so the message is not acknowledged and comes
+        again.
+        """
+        try:
+            report = ConfigReport.model_validate_json(payload)
+        except ValidationError as exc:
+            log.warning(
+                "device %s reported a malformed config version (%d bytes): %s",
+                device_id,
+                len(payload),
+                exc.errors(include_url=False, include_input=False)[:3],
+            )
+            return
+        answer = await self.configs.report(device_id, report.version)
+        if answer.status != 200:
+            log.warning(
+                "device %s reported config version %d: device-management answered %d",
+                device_id,
+                report.version,
+                answer.status,
+            )
 
     @property
     def sources(self) -> list[Any]:
@@ -161,6 +213,7 @@ class Bridge:
         await self.sink.close()
         await self.last_seen.close()
         await self.devices.close()
+        await self.configs.close()
         if self._own_redis:
             await self.redis.aclose()
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from iot_common import dynsec
 from iot_common.device_config import MAX_METRICS
 from iot_common.settings import ServiceSettings
 
@@ -62,8 +63,13 @@ class IngestBridgeSettings(ServiceSettings):
 
     # --- MQTT ---
     mqtt_enabled: bool = True
-    #: Fixed client id: the broker keeps the session (and queues readings) under this id.
-    mqtt_client_id: str = "ingest-bridge-1"
+    #: First part of the client id. The whole id is ``<this>-<suffix>``, the suffix derived
+    #: from the bridge's MQTT password and ``mqtt_instance`` (see
+    #: :func:`ingest_bridge.sources.mqtt.session_client_id`): nobody without the password can
+    #: name it, each replica has its own, and a restarted bridge resumes its broker session.
+    mqtt_client_id: str = "ingest-bridge"
+    #: This replica's name (default: the host name, i.e. the pod or container name).
+    mqtt_instance: str | None = None
     #: Shared-subscription group: bridges in one group split the load.
     mqtt_share_group: str = "ingest-bridge"
     #: Seconds the broker keeps the session (and queues QoS 1 readings) while we are away.
@@ -71,13 +77,22 @@ class IngestBridgeSettings(ServiceSettings):
     #: MQTT v5 Receive Maximum: unacknowledged QoS 1 messages the broker may send us.
     mqtt_receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
     mqtt_keepalive: int = 30
-    mqtt_username: str | None = None
-    mqtt_password: SecretStr | None = None
+    #: MQTT v5 Maximum Packet Size announced in CONNECT: the broker drops larger messages
+    #: instead of sending them (readings are capped at ``max_payload_bytes``; the rest leaves
+    #: room for topic and properties). Same figure as the brokers' ``max_packet_size``.
+    mqtt_max_packet_size: int = Field(default=256 * 1024, ge=1024, le=268_435_455)
+    #: The bridge's own MQTT account (allowed only its shared subscription; iot_common.dynsec).
+    mqtt_username: str | None = dynsec.BRIDGE_USERNAME
+    mqtt_password: SecretStr | None = SecretStr(dynsec.DEV_BRIDGE_PASSWORD)
 
     # --- AMQP telemetry and device events ---
     amqp_enabled: bool = True
     amqp_queue: str = "ingest-bridge.telemetry"
+    #: Messages in flight at most (the prefetch is lowered further to bound their bytes).
     amqp_prefetch: int = 2_000
+    #: The broker's ``max_message_size`` (the compose/Kubernetes RabbitMQ config sets this):
+    #: the largest message the bridge must expect before it has seen any.
+    amqp_max_message_size: int = 1024 * 1024
     device_events_enabled: bool = True
     device_events_queue: str = "ingest-bridge.device-events"
     device_events_prefetch: int = 500

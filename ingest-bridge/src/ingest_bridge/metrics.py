@@ -32,4 +32,7 @@ IN_FLIGHT = Gauge(
     "ingest_in_flight_messages", "Upstream messages taken but not yet acknowledged", ["source"]
 )
 PRODUCE_FAILURES = Counter("ingest_kafka_produce_failures_total", "Failed produce attempts")
+PRODUCE_REFUSED = Counter(
+    "ingest_kafka_refused_total", "Records Kafka will never take (dead-lettered instead)"
+)
 READY = Gauge("ingest_ready", "1 when the bridge is taking traffic")

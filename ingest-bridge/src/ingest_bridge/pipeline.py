@@ -36,8 +36,11 @@ class Inbound(NamedTuple):
 
     device_id: str | None
     payload: bytes
-    #: Why the message cannot be routed when ``device_id`` is None.
+    #: Why the message cannot be routed when ``device_id`` is None, or is refused.
     detail: str = ""
+    #: Set when the source already refused the message (e.g. ``unauthorized``): it is
+    #: dead-lettered with this reason, under ``device_id``, and never validated or stored.
+    refused: str | None = None
 
 
 class Pipeline:
@@ -82,7 +85,7 @@ class Pipeline:
         metrics.RECEIVED.labels(source).inc(len(batch))
         metrics.BATCH_SIZE.labels(source).observe(len(batch))
         max_bytes = self.validator.limits.max_payload_bytes
-        ids = {m.device_id for m in batch if m.device_id is not None}
+        ids = {m.device_id for m in batch if m.device_id is not None and m.refused is None}
         infos = await self.lookup(list(ids)) if ids else {}
         validate = self.validator.validate
         raw_topic = self.topics.telemetry_raw
@@ -92,7 +95,9 @@ class Pipeline:
         readings = envelopes = 0
         for msg in batch:
             did = msg.device_id
-            if did is None:
+            if msg.refused is not None:
+                res = refuse(msg.refused, msg.detail, msg.payload)
+            elif did is None:
                 res = refuse(R.INVALID_SCHEMA, msg.detail or "no device id", msg.payload)
             elif len(msg.payload) > max_bytes:
                 res = refuse(R.TOO_LARGE, f"{len(msg.payload)} bytes > {max_bytes}", msg.payload)

@@ -1,10 +1,15 @@
 """The Kafka side: one batched aiokafka producer (acks=all) and produce-until-acknowledged.
 
 :meth:`KafkaSink.produce` returns only once Kafka has acknowledged every record handed to it;
-records that fail (broker down, timeouts) are retried with backoff for as long as it takes,
-while :attr:`KafkaSink.ready` reports the stall, so callers never acknowledge upstream early
-and never drop anything. Memory stays bounded because the sources stop taking messages while
-their in-flight limit is reached.
+records that fail because Kafka is unavailable (broker down, timeouts, no leader:
+:func:`~iot_common.stream_errors.kafka_unavailable`) are retried with backoff for as long as
+it takes, while :attr:`KafkaSink.ready` reports the stall, so callers never acknowledge
+upstream early and never drop anything. Memory stays bounded because the sources stop taking
+messages while their in-flight limit is reached.
+
+A record Kafka will never take (larger than a request may be, or refused by the broker for
+good) goes to the ``on_producer_error`` callback instead of being retried forever, which
+would stall every source behind it: by default it is logged and replaced by its dead letter.
 """
 
 from __future__ import annotations
@@ -13,14 +18,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 
 from ingest_bridge import metrics
+from iot_common.stream_errors import (
+    ProducerErrorCallback,
+    RecordRef,
+    default_on_producer_error,
+    kafka_unavailable,
+)
+from iot_common.telemetry import DeadLetter, deadletter_encoder
+from iot_common.telemetry import DeadLetterReason as R
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +46,38 @@ class Record(NamedTuple):
 
 class SinkClosed(Exception):
     """The sink was closed while records were still unacknowledged."""
+
+
+class SinkRefused(Exception):
+    """Kafka will never take a record, and ``on_producer_error`` chose to raise."""
+
+
+#: What a record costs in a request beyond its key and value (record and batch headers).
+RECORD_OVERHEAD = 128
+
+DeadLetterFactory = Callable[[Record, Exception], "Record | None"]
+
+
+def refused_dead_letter(
+    rec: Record, exc: Exception, *, topic: str, max_payload: int
+) -> Record | None:
+    """The dead letter of a record Kafka refused: why, and its first ``max_payload`` bytes
+    (None for a refused dead letter: that one is only logged and counted)."""
+    if rec.topic == topic:
+        return None
+    payload = rec.value[:max_payload]
+    detail = f"Kafka refused the record for {rec.topic}: {type(exc).__name__}: {exc}"
+    if len(rec.value) > max_payload:
+        detail += f" (payload truncated to its first {max_payload} bytes)"
+    dl = DeadLetter(
+        reason=R.TOO_LARGE if isinstance(exc, MessageSizeTooLargeError) else R.SINK_REFUSED,
+        source="ingest-bridge",
+        payload=payload,
+        ts=time.time(),
+        device_id=rec.key.decode("utf-8", "replace") if rec.key is not None else None,
+        detail=detail,
+    )
+    return Record(topic, rec.key, deadletter_encoder.encode(dl))
 
 
 class KafkaSink:
@@ -50,7 +95,11 @@ class KafkaSink:
         retry_backoff_ms: int = 200,
         stall_seconds: float = 5.0,
         client_id: str = "ingest-bridge",
+        on_producer_error: ProducerErrorCallback = default_on_producer_error,
+        dead_letter: DeadLetterFactory | None = None,
     ) -> None:
+        """``dead_letter`` makes the record that stands for a refused one (None: none, the
+        refused record is only counted); ``on_producer_error`` decides whether to."""
         self._kwargs: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
             "client_id": client_id,
@@ -64,6 +113,9 @@ class KafkaSink:
             "enable_idempotence": False,
         }
         self._stall = stall_seconds
+        self._max_request = max_request_bytes
+        self._on_error = on_producer_error
+        self._dead_letter = dead_letter
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
         self._closing = False
@@ -133,25 +185,46 @@ class KafkaSink:
         self._pending[call_id] = start
         backoff = self._kwargs["retry_backoff_ms"] / 1000
         todo: Sequence[Record] = records
+        alone: set[int] = set()
         try:
             while True:
-                failed = await self._attempt(producer, todo)
-                if not failed:
+                failed, refused, split = await self._attempt(producer, todo, alone)
+                # Dead letters of refused records go out with the next attempt, at once.
+                replacements = [r for rec, exc in refused if (r := self._refused(rec, exc))]
+                if not failed and not replacements and not split:
                     self._failing = False
                     metrics.PRODUCE_LATENCY.observe(time.monotonic() - start)
                     return
-                if self._closing:
-                    raise SinkClosed(f"{len(failed)} records unacknowledged at shutdown")
-                self._failing = True
-                metrics.PRODUCE_FAILURES.inc()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                todo = failed
+                if failed:
+                    if self._closing:
+                        raise SinkClosed(f"{len(failed)} records unacknowledged at shutdown")
+                    self._failing = True
+                    metrics.PRODUCE_FAILURES.inc()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                alone = {id(r) for r in split}
+                todo = [*failed, *split, *replacements]
         finally:
             del self._pending[call_id]
 
-    async def _attempt(self, producer: AIOKafkaProducer, records: Sequence[Record]) -> list[Record]:
-        """Send every record once, in per-partition batches; returns those that failed.
+    def _refused(self, rec: Record, exc: Exception) -> Record | None:
+        """Ask ``on_producer_error`` about a record Kafka will never take; its dead letter
+        (to produce instead), or None."""
+        ref = RecordRef(rec.topic, key=rec.key, value=rec.value)
+        if not self._on_error(exc, ref, log):
+            raise SinkRefused(f"Kafka refused a record for {rec.topic}: {exc}") from exc
+        metrics.PRODUCE_REFUSED.inc()
+        if self._dead_letter is None:
+            return None
+        return self._dead_letter(rec, exc)
+
+    async def _attempt(
+        self, producer: AIOKafkaProducer, records: Sequence[Record], alone: set[int]
+    ) -> tuple[list[Record], list[tuple[Record, Exception]], list[Record]]:
+        """Send every record once, in per-partition batches (records whose ``id`` is in
+        ``alone`` in batches of their own). Returns those that failed (to retry), those
+        Kafka will never take, and those of batches it refused for good (to send alone:
+        then each finds out whether it is one Kafka does not take).
 
         Records are grouped by partition (Kafka's default murmur2 partitioning of the key,
         cached per key) and handed over as whole record batches, so the cost per record is
@@ -159,44 +232,70 @@ class KafkaSink:
         """
         groups: dict[tuple[str, int], list[Record]] = {}
         failed: list[Record] = []
+        refused: list[tuple[Record, Exception]] = []
+        split: list[Record] = []
         for rec in records:
+            size = len(rec.value) + len(rec.key or b"") + RECORD_OVERHEAD
+            if size > self._max_request:
+                # aiokafka checks this in send(), not for batches: a record larger than a
+                # request can never be produced.
+                too_large = MessageSizeTooLargeError(f"{size} bytes > {self._max_request}")
+                refused.append((rec, too_large))
+                continue
             try:
                 part = await self._partition(producer, rec.topic, rec.key)
-            except Exception as exc:
+            except (KafkaError, OSError) as exc:
                 self._note_error(exc)
                 failed.append(rec)
                 continue
             groups.setdefault((rec.topic, part), []).append(rec)
         sent: list[tuple[asyncio.Future[Any], list[Record]]] = []
         for (topic, part), recs in groups.items():
-            start = 0
-            while start < len(recs):
-                batch = producer.create_batch()
-                end = start
-                while end < len(recs):
-                    rec = recs[end]
-                    if batch.append(timestamp=None, key=rec.key, value=rec.value) is None:
-                        break
-                    end += 1
-                if end == start:  # a record too large even for an empty batch
-                    self._note_error(ValueError(f"record of {len(recs[end].value)} bytes"))
-                    failed.append(recs[end])
-                    start += 1
-                    continue
-                batch.close()
-                chunk = recs[start:end]
-                start = end
+            for chunk, batch in self._batches(producer, recs, alone):
                 try:
                     sent.append((await producer.send_batch(batch, topic, partition=part), chunk))
-                except Exception as exc:
+                except (KafkaError, OSError) as exc:
                     self._note_error(exc)
                     failed.extend(chunk)
         results = await asyncio.gather(*(f for f, _ in sent), return_exceptions=True)
         for (_, chunk), res in zip(sent, results, strict=True):
-            if isinstance(res, BaseException):
-                self._note_error(res)
+            if not isinstance(res, BaseException):
+                continue
+            self._note_error(res)
+            if not isinstance(res, Exception) or kafka_unavailable(res):
                 failed.extend(chunk)
-        return failed
+            elif len(chunk) == 1:
+                refused.append((chunk[0], res))
+            else:
+                split.extend(chunk)
+        return failed, refused, split
+
+    @staticmethod
+    def _batches(
+        producer: AIOKafkaProducer, recs: list[Record], alone: set[int]
+    ) -> Iterator[tuple[list[Record], Any]]:
+        """Closed record batches of ``recs``, in order, as full as they get."""
+        chunk: list[Record] = []
+        batch = producer.create_batch()
+        for rec in recs:
+            single = id(rec) in alone
+            if chunk and (
+                single or batch.append(timestamp=None, key=rec.key, value=rec.value) is None
+            ):
+                batch.close()
+                yield chunk, batch
+                chunk, batch = [], producer.create_batch()
+            if not chunk:
+                # The first record always fits (aiokafka takes it whatever its size).
+                batch.append(timestamp=None, key=rec.key, value=rec.value)
+            chunk.append(rec)
+            if single:
+                batch.close()
+                yield chunk, batch
+                chunk, batch = [], producer.create_batch()
+        if chunk:
+            batch.close()
+            yield chunk, batch
 
     async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int:
         now = time.monotonic()
