@@ -1,14 +1,13 @@
 """The monitoring store contract, run against every reachable backend.
 
-PostgreSQL always (a throw-away database per test); MongoDB when ``MONGODB_URL`` is set (a
-throw-away database per test on that server). Expected values come from numpy over the same
-readings the test writes.
+PostgreSQL (a throw-away schema per test) and MongoDB (a throw-away database per test on the
+session's server: ``MONGODB_URL`` or the private one the root conftest starts). Expected values
+come from numpy over the same readings the test writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,8 +17,11 @@ import numpy as np
 import pytest
 
 from iot_common.events import Alert, WindowStats
+from iot_common.telemetry import DeadLetter
 from monitoring_store import (
+    DEADLETTER_PAYLOAD_BYTES,
     AlertTransitionError,
+    DeadLetterRecord,
     Delivery,
     DeviceRules,
     MonitoringStore,
@@ -27,6 +29,7 @@ from monitoring_store import (
     Subscription,
     open_store,
 )
+from monitoring_store.base import deadletter_record
 
 T0 = 1_789_948_800.0  # an epoch-aligned instant (divisible by 86400 / 3600 / 60 / 10)
 assert T0 % 86400 == 0
@@ -55,9 +58,7 @@ async def store(
             await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
             await s.close()
         return
-    base = os.environ.get("MONGODB_URL")
-    if not base:
-        pytest.skip("MONGODB_URL is not set: no MongoDB server to test against")
+    base = request.getfixturevalue("mongodb_url")
     from monitoring_store.mongo import MongoStore
 
     db = f"iot_store_test_{secrets.token_hex(4)}"
@@ -437,6 +438,9 @@ async def test_fleet_summary(store: MonitoringStore) -> None:
     assert mine.alerts_by_severity == {"critical": 1}
     empty = await store.fleet_summary(device_ids=None, start=T0 + 10 * span, end=T0 + 11 * span)
     assert empty.devices_reporting == 0 and empty.readings == 0 and empty.metrics == []
+    # What a bulk loader calls after writing windows around upsert_windows: same answers.
+    await store.rebuild_rollups()
+    assert await store.fleet_summary(device_ids=None, start=T0, end=T0 + span) == s
 
 
 async def test_fleet_summary_over_a_day_follows_corrected_windows(store: MonitoringStore) -> None:
@@ -646,6 +650,13 @@ async def test_subscriptions_and_deliveries(store: MonitoringStore) -> None:
     assert await store.list_deliveries(subscription_id="s1") == [done, failed_once]
     assert await store.list_deliveries(subscription_id="s1", status="delivered") == [done]
     assert await store.due_deliveries(now=T0 + 31, limit=10) == [batch[2], failed_once]
+    assert await store.due_deliveries(now=T0 + 31, limit=10, exclude_subscriptions=["s2"]) == [
+        failed_once
+    ]
+    claimed = await store.due_deliveries(
+        now=T0 + 31, limit=10, lease_seconds=5, exclude_subscriptions=["s1", "s3"]
+    )
+    assert [d.id for d in claimed] == [batch[2].id]
 
     assert await store.delete_subscription("s1", owner_id="u1")
     assert await store.list_subscriptions(owner_id=None) == [s2]
@@ -707,3 +718,70 @@ async def test_recent_samples_fleet_wide_around_now(store: MonitoringStore) -> N
     assert [s.value for s in page] == [6.0, 7.0, 8.0]
     since = await store.recent_samples(device_ids=None, since=now - 1000, limit=10)
     assert [s.value for s in since] == [0.0, 1.0, 2.0]
+
+
+# -- refused readings ------------------------------------------------------------------------
+def dead_letter(i: int, device: str | None = "d1", **kw: Any) -> DeadLetter:
+    base: dict[str, Any] = {
+        "reason": "non_finite",
+        "source": "mqtt",
+        "payload": b'{"ts": 1, "metrics": {"temp": NaN}}',
+        "ts": T0 + i,
+        "device_id": device,
+        "detail": "metric 'temp' is not finite",
+    }
+    base.update(kw)
+    return DeadLetter(**base)
+
+
+def kept(i: int, dl: DeadLetter) -> DeadLetterRecord:
+    rec = deadletter_record(dl, id=f"telemetry.deadletter/0/{i}")
+    assert rec is not None
+    return rec
+
+
+async def test_deadletters_per_device_newest_first_and_counted(store: MonitoringStore) -> None:
+    recs = [
+        kept(0, dead_letter(0)),
+        kept(1, dead_letter(1, reason="not_json", payload=b"\xff\xfe garbage", detail=None)),
+        kept(2, dead_letter(2, device="d2", reason="too_old")),
+        kept(3, dead_letter(3)),
+        # refused for a NUL in a metric name: stored anyway (PostgreSQL text cannot hold NUL)
+        kept(4, dead_letter(4, device="d3", payload=b'{"te\x00mp": 1}', detail="te\x00mp")),
+    ]
+    await store.insert_deadletters(recs)
+    await store.insert_deadletters(recs[:2])  # a replay stores nothing twice
+    assert await store.query_deadletters(device_ids=["d1"]) == [recs[3], recs[1], recs[0]]
+    assert recs[1].payload == "\ufffd\ufffd garbage"  # bytes that are no UTF-8 are replaced
+    assert await store.query_deadletters(device_ids=["d1"], limit=1) == [recs[3]]
+    assert await store.query_deadletters(device_ids=["d1"], before=T0 + 3) == recs[1::-1]
+    assert await store.query_deadletters(device_ids=["d1"], reason="not_json") == [recs[1]]
+    assert await store.query_deadletters(device_ids=[]) == []
+    assert len(await store.query_deadletters(device_ids=None)) == 5
+    assert await store.query_deadletters(device_ids=["d3"]) == [recs[4]]
+
+    counts = store.deadletter_counts
+    assert await counts(device_ids=None, start=T0, end=T0 + 10) == {
+        "non_finite": 3,
+        "not_json": 1,
+        "too_old": 1,
+    }
+    assert await counts(device_ids=["d1"], start=T0 + 1, end=T0 + 3) == {"not_json": 1}
+    assert await counts(device_ids=[], start=T0, end=T0 + 10) == {}
+
+    assert await store.delete_deadletters_before(T0 + 2) == 2
+    assert await store.query_deadletters(device_ids=None) == [recs[4], recs[3], recs[2]]
+
+
+def test_deadletter_record_truncates_and_needs_a_device() -> None:
+    big = dead_letter(0, payload=b"x" * (DEADLETTER_PAYLOAD_BYTES + 1))
+    rec = kept(0, big)
+    assert rec.payload == "x" * DEADLETTER_PAYLOAD_BYTES and rec.payload_truncated
+    assert not kept(1, dead_letter(1)).payload_truncated
+    # cut upstream already (the bridge keeps at most max_payload_bytes of a refused body)
+    assert kept(
+        2, dead_letter(2, detail="too big (payload truncated to its first 9 bytes)")
+    ).payload_truncated
+    assert deadletter_record(dead_letter(3, device=None), id="x") is None
+    nul = kept(4, dead_letter(4, payload=b'{"te\x00mp": 1}', detail="bad name 'te\x00mp'"))
+    assert "\x00" not in nul.payload + (nul.detail or "")

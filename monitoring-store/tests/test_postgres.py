@@ -10,7 +10,8 @@ import pytest
 
 from iot_common.events import WindowStats
 from monitoring_store import FleetSummary, SampleBatch, open_store
-from monitoring_store import postgres as pg
+from monitoring_store.postgres import PostgresStore
+from monitoring_store.postgres import samples as pg_samples
 
 T0 = 1_789_948_800.0
 
@@ -33,7 +34,7 @@ async def test_concurrent_start_and_sqlalchemy_style_url(
 async def test_big_batches_are_split_between_readings(
     pg_database_factory: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg, "WRITE_CHUNK", 7)  # so a reading's 3 rows straddle chunk edges
+    monkeypatch.setattr(pg_samples, "WRITE_CHUNK", 7)  # so a reading's 3 rows straddle chunk edges
     store = open_store(pg_database_factory("pgchunk"))
     await store.start()
     try:
@@ -144,7 +145,7 @@ async def test_hourly_rollups_match_the_windows_under_concurrent_writers_and_aft
     url = pg_database_factory("pgrollup")
     a, b = open_store(url, max_pool=4), open_store(url, max_pool=4)
     await asyncio.gather(a.start(), b.start())
-    assert isinstance(a, pg.PostgresStore)
+    assert isinstance(a, PostgresStore)
     try:
         starts = T0 + 60.0 * np.arange(26 * 60)  # 26 hours of minutes
         # Two writers (as during a rebalance) write the same devices' windows of the same

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from iot_common.events import SEVERITY_RANK, STATUS_RANK, severities_at_least
+from iot_common.settings import DEFAULT_DATABASE_URL
 from monitoring_store.base import (
-    SEVERITY_RANK,
-    STATUS_RANK,
+    DEADLETTER_PAYLOAD_BYTES,
     AlertTransitionError,
     Bucket,
     BucketSeries,
+    DeadLetterRecord,
     Delivery,
     DeviceRules,
     FleetSummary,
@@ -19,10 +21,9 @@ from monitoring_store.base import (
     Sample,
     SampleBatch,
     Subscription,
-    severities_at_least,
 )
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/iot"
+DEFAULT_URL = DEFAULT_DATABASE_URL  # the platform's one default (iot_common.settings)
 
 
 def store_url_from_env() -> str:
@@ -51,13 +52,29 @@ def open_store(url: str | None = None, **options: Any) -> MonitoringStore:
     raise ValueError(f"unsupported monitoring store URL scheme: {scheme or url!r}")
 
 
+async def migrate(url: str | None = None) -> str:
+    """Bring the store at ``url`` to the newest schema version; returns that version.
+
+    PostgreSQL: the Alembic revisions in ``postgres/alembic``; MongoDB: the numbered
+    migrations in ``mongo/migrations.py``, recorded in the store's ``schema_migrations``.
+    """
+    store = open_store(url, migrate=True)
+    await store.start()  # start() upgrades a store that is behind, under the migration lock
+    try:
+        return await store.schema_version()
+    finally:
+        await store.close()
+
+
 __all__ = [
+    "DEADLETTER_PAYLOAD_BYTES",
     "DEFAULT_URL",
     "SEVERITY_RANK",
     "STATUS_RANK",
     "AlertTransitionError",
     "Bucket",
     "BucketSeries",
+    "DeadLetterRecord",
     "Delivery",
     "DeviceRules",
     "FleetSummary",
@@ -66,6 +83,7 @@ __all__ = [
     "Sample",
     "SampleBatch",
     "Subscription",
+    "migrate",
     "open_store",
     "severities_at_least",
     "store_url_from_env",

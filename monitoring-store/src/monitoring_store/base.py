@@ -17,14 +17,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from iot_common.events import Alert, WindowStats
+from iot_common.events import (
+    Alert,
+    WindowStats,
+)
+from iot_common.telemetry import DeadLetter
 
 Aggregate = Literal["count", "min", "max", "mean", "stddev", "p50", "p95", "last"]
-
-#: Alert severities in increasing order; ``min_severity`` filters keep this rank and above.
-SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
-#: Alert statuses in lifecycle order; a status never moves backwards.
-STATUS_RANK: dict[str, int] = {"active": 0, "acknowledged": 1, "cleared": 2}
 
 
 class AlertTransitionError(ValueError):
@@ -39,14 +38,6 @@ class AlertTransitionError(ValueError):
         self.requested = requested
 
 
-def severities_at_least(min_severity: str) -> list[str]:
-    """The severities ranked at or above ``min_severity`` (ValueError for an unknown one)."""
-    if min_severity not in SEVERITY_RANK:
-        raise ValueError(f"unknown severity {min_severity!r}")
-    rank = SEVERITY_RANK[min_severity]
-    return [name for name, r in SEVERITY_RANK.items() if r >= rank]
-
-
 def dedupe_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
     """One window per key, the newest ``updated_at`` winning (the later one on a tie).
 
@@ -59,6 +50,16 @@ def dedupe_windows(windows: Sequence[WindowStats]) -> list[WindowStats]:
         prev = latest.get(key)
         if prev is None or w.updated_at >= prev.updated_at:
             latest[key] = w
+    return list(latest.values())
+
+
+def dedupe_rules(rules: Sequence[DeviceRules]) -> list[DeviceRules]:
+    """One rule set per device, the highest version winning (the later one on a tie)."""
+    latest: dict[str, DeviceRules] = {}
+    for r in rules:
+        prev = latest.get(r.device_id)
+        if prev is None or r.version >= prev.version:
+            latest[r.device_id] = r
     return list(latest.values())
 
 
@@ -141,6 +142,19 @@ def check_bucket_sizes(bucket_seconds: int, source_window_seconds: int) -> None:
         raise ValueError("bucket and window sizes must be positive")
     if bucket_seconds % source_window_seconds:
         raise ValueError("bucket_seconds must be a multiple of source_window_seconds")
+
+
+#: Ranges up to this long are summarised from the finest stored window size; longer ones from
+#: the coarsest (a 60th of the rows for 1-minute windows against 1-second ones; the edge windows
+#: it blurs matter little over hours).
+FINE_RANGE_SECONDS = 6 * 3600
+
+
+def window_size_for_range(sizes: Sequence[int], start: float, end: float) -> int | None:
+    """Which stored window size serves fleet figures over [start, end) (None: none stored)."""
+    if not sizes:
+        return None
+    return min(sizes) if end - start <= FINE_RANGE_SECONDS else max(sizes)
 
 
 #: Bucket's numeric columns, in field order.
@@ -235,18 +249,77 @@ class Delivery:
     updated_at: float
 
 
+#: Bytes of a refused message's payload kept for its owner: evidence of what was sent, not an
+#: archive (the bridge refuses bodies over 256 KiB; a whole one per refusal would let one
+#: misbehaving device fill the store).
+DEADLETTER_PAYLOAD_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A refused message as its device's owner sees it (from ``telemetry.deadletter``).
+
+    ``id`` is where it was read (``topic/partition/offset``), so a replay stores it once.
+    ``payload`` is the message's first :data:`DEADLETTER_PAYLOAD_BYTES` bytes as text (UTF-8,
+    undecodable bytes replaced); ``payload_truncated`` says whether anything was cut, here or
+    by the stage that refused it.
+    """
+
+    id: str
+    device_id: str
+    ts: float
+    reason: str
+    source: str
+    detail: str | None
+    payload: str
+    payload_truncated: bool
+
+
+def deadletter_record(dl: DeadLetter, *, id: str) -> DeadLetterRecord | None:
+    """What the store keeps of dead letter ``dl`` read at ``id`` (None: no device to show
+    it to, e.g. a message on a topic that names none)."""
+    if not dl.device_id:
+        return None
+    cut = dl.payload[:DEADLETTER_PAYLOAD_BYTES]
+    return DeadLetterRecord(
+        id=id,
+        device_id=_text(dl.device_id),
+        ts=dl.ts,
+        reason=_text(dl.reason),
+        source=_text(dl.source),
+        detail=_text(dl.detail) if dl.detail is not None else None,
+        payload=_text(cut.decode("utf-8", "replace")),
+        payload_truncated=len(cut) < len(dl.payload) or "truncated" in (dl.detail or ""),
+    )
+
+
+def _text(s: str) -> str:
+    # Refused messages are often refused for a NUL (PostgreSQL text cannot hold one): the
+    # store keeps them with a replacement character rather than refusing them again.
+    return s.replace("\x00", "\ufffd")
+
+
 class MonitoringStore(Protocol):
     """What the agents and the API need from the monitoring store."""
 
     async def start(self) -> None:
-        """Connect and create tables/collections and indexes if missing."""
+        """Connect; a store whose schema is behind is migrated first (see ``migrate``)."""
 
     async def close(self) -> None: ...
+
+    async def schema_version(self) -> str:
+        """The schema version the store is at (an Alembic revision on PostgreSQL, the newest
+        recorded migration on MongoDB)."""
 
     # -- writes (stream agents) -------------------------------------------------------------
     async def upsert_windows(self, windows: Sequence[WindowStats]) -> None: ...
 
     async def insert_samples(self, batch: SampleBatch) -> None: ...
+
+    async def rebuild_rollups(self) -> None:
+        """Recompute what the store derives from its windows, after windows were loaded by
+        other means than :meth:`upsert_windows` (a bulk load). PostgreSQL rebuilds its hourly
+        rollups; MongoDB derives nothing (it aggregates windows at query time)."""
 
     async def upsert_alerts(self, alerts: Sequence[Alert]) -> None: ...
 
@@ -255,6 +328,9 @@ class MonitoringStore(Protocol):
     async def load_device_rules(self) -> list[DeviceRules]: ...
 
     async def delete_samples_before(self, ts: float) -> int: ...
+
+    async def delete_windows_before(self, ts: float, *, window_seconds: int | None = None) -> int:
+        """Retention for windows: drop those starting before ``ts`` (of one size, or all)."""
 
     # -- reads (monitoring API) -------------------------------------------------------------
     async def query_samples(
@@ -357,19 +433,51 @@ class MonitoringStore(Protocol):
 
     async def list_subscriptions(self, *, owner_id: str | None) -> list[Subscription]: ...
 
+    async def get_subscription(self, sub_id: str) -> Subscription | None: ...
+
     async def delete_subscription(self, sub_id: str, *, owner_id: str | None) -> bool: ...
 
     async def enqueue_deliveries(self, deliveries: Sequence[Delivery]) -> None:
         """Insert deliveries; a delivery id already present is left as it is (idempotent)."""
 
     async def due_deliveries(
-        self, *, now: float, limit: int, lease_seconds: float = 0.0
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_seconds: float = 0.0,
+        exclude_subscriptions: Sequence[str] = (),
     ) -> list[Delivery]:
         """Pending deliveries due at ``now``; with ``lease_seconds`` > 0 they are also claimed
-        atomically (pushed ``lease_seconds`` out), so concurrent workers never share one."""
+        atomically (pushed ``lease_seconds`` out), so concurrent workers never share one.
+        Deliveries of ``exclude_subscriptions`` are left for later (a worker skips receivers
+        that already have their share of its connections)."""
 
     async def update_delivery(self, delivery: Delivery) -> None: ...
 
     async def list_deliveries(
         self, *, subscription_id: str, status: str | None = None, limit: int = 100
     ) -> list[Delivery]: ...
+
+    # -- refused readings (written from telemetry.deadletter, read by the monitoring API) -----
+    async def insert_deadletters(self, records: Sequence[DeadLetterRecord]) -> None:
+        """Store refused messages; an id already stored is left as it is (idempotent)."""
+
+    async def query_deadletters(
+        self,
+        *,
+        device_ids: Sequence[str] | None,
+        reason: str | None = None,
+        before: float | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetterRecord]:
+        """Refused messages newest first (by ts, then id); ``before`` bounds ts (exclusive)
+        for paging; ``device_ids`` None = every device, [] = none."""
+
+    async def deadletter_counts(
+        self, *, device_ids: Sequence[str] | None, start: float, end: float
+    ) -> dict[str, int]:
+        """Refused messages per reason with ``start <= ts < end``."""
+
+    async def delete_deadletters_before(self, ts: float) -> int:
+        """Retention for refused messages: drop those refused before ``ts``; returns how many."""
