@@ -1,4 +1,5 @@
-"""Fixtures: a real Tansu broker (root conftest), a PostgreSQL store, agent worker processes."""
+"""Fixtures: a real Tansu broker (root conftest), a monitoring store (PostgreSQL, or MongoDB
+for a test parametrised with ``both_backends``), agent worker processes."""
 
 from __future__ import annotations
 
@@ -24,9 +25,17 @@ from agents_testkit import PARTITIONS, AgentEnv, create_topics
 
 
 @pytest.fixture
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of this test's deployments: PostgreSQL unless the test is
+    parametrised over both (``agents_testkit.both_backends``)."""
+    return str(getattr(request, "param", "postgres"))
+
+
+@pytest.fixture
 def agent_env_factory(
     kafka_bootstrap: str,
-    pg_database_factory: Callable[[str], str],
+    store_url_factory: Callable[[str, str], str],
+    store_backend: str,
     infra_env: dict[str, str],
     tmp_path: Any,
 ) -> Iterator[Callable[..., AgentEnv]]:
@@ -39,7 +48,7 @@ def agent_env_factory(
         t = threading.Thread(target=lambda: asyncio.run(create_topics(kafka_bootstrap, topics)))
         t.start()
         t.join()
-        url = pg_database_factory("agents")
+        url = store_url_factory(store_backend, "agents")
         env = {
             **os.environ,
             **infra_env,

@@ -1,14 +1,13 @@
-"""The agents as a user runs them: worker processes, Tansu, PostgreSQL store.
+"""The agents as a user runs them: worker processes, Tansu, the monitoring store.
 
 Every stored window is compared with a numpy reference computed from the readings produced,
 after out-of-order, late and re-sent (duplicate) readings, a SIGKILL + restart, and a
-rebalance between workers.
+rebalance between workers; the SIGKILL and rebalance cases on both store backends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import time
 from typing import Any
@@ -16,144 +15,22 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from agents_testkit import AgentEnv, envelope, read_topic, wait_for
+from agents_testkit import (
+    AgentEnv,
+    Readings,
+    both_backends,
+    envelope,
+    produce,
+    read_topic,
+    synth,
+    wait_for,
+    wait_windows,
+)
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from iot_common.events import WindowStats, window_decoder
 from iot_common.telemetry import deadletter_decoder
-
-LATENESS = 5.0
-SIZES = (10, 60)
-
-# device, ingest, ts, metrics, seq (None: the device sent none)
-Readings = list[tuple[str, float, float, dict[str, float], int | None]]
-
-
-def reference(readings: Readings) -> dict[tuple[str, str, int, float], tuple[Any, ...]]:
-    """In-time readings, each (device, metric, ts, seq) once: the first produced counts."""
-    rows: dict[tuple[str, str, int, float], list[tuple[float, float]]] = {}
-    seen: set[tuple[str, str, float, int | None]] = set()
-    for dev, ingest, t, metrics, seq in sorted(readings, key=lambda r: r[1]):
-        if ingest > (math.floor(t / SIZES[0]) + 1) * SIZES[0] + LATENESS:
-            continue
-        for m, v in metrics.items():
-            if (dev, m, t, seq) in seen:
-                continue  # a re-sent reading
-            seen.add((dev, m, t, seq))
-            for size in SIZES:
-                rows.setdefault((dev, m, size, math.floor(t / size) * size), []).append((t, v))
-    out = {}
-    for key, pts in rows.items():
-        ts = np.array([p[0] for p in pts])
-        vs = np.array([p[1] for p in pts])
-        li = max(range(len(pts)), key=lambda i: (ts[i], i))
-        out[key] = (
-            len(vs),
-            vs.min(),
-            vs.max(),
-            vs.mean(),
-            vs.std(),
-            np.percentile(vs, 50),
-            np.percentile(vs, 95),
-            vs[li],
-            ts[li],
-        )
-    return out
-
-
-async def stored(store: Any, devices: set[str]) -> dict[tuple[str, str, int, float], tuple]:
-    out = {}
-    for dev in devices:
-        for size in SIZES:
-            for w in await store.query_windows(
-                dev, metrics=None, window_seconds=size, start=0, end=4e9
-            ):
-                out[(w.device_id, w.metric, w.window_seconds, w.window_start)] = (
-                    w.count,
-                    w.min,
-                    w.max,
-                    w.mean,
-                    w.stddev,
-                    w.p50,
-                    w.p95,
-                    w.last,
-                    w.last_ts,
-                )
-    return out
-
-
-def same(got: dict, want: dict) -> bool:
-    if set(got) != set(want):
-        return False
-    for k, w in want.items():
-        g = got[k]
-        if g[0] != w[0] or not np.allclose(g[1:], w[1:], rtol=1e-9, atol=1e-9):
-            return False
-    return True
-
-
-def diff(got: dict, want: dict) -> str:
-    missing = set(want) - set(got)
-    extra = set(got) - set(want)
-    wrong = [
-        (k, got[k], want[k]) for k in set(got) & set(want) if not same({k: got[k]}, {k: want[k]})
-    ]
-    return f"missing={sorted(missing)[:5]} extra={sorted(extra)[:5]} wrong={wrong[:3]}"
-
-
-async def produce(producer: Any, topic: str, readings: Readings) -> None:
-    """One record per reading, in ingest order (as the bridge would)."""
-    futs = []
-    for dev, ingest, t, metrics, seq in sorted(readings, key=lambda r: r[1]):
-        futs.append(
-            await producer.send(
-                topic, envelope(dev, ingest, [(t, metrics)], [seq]), key=dev.encode()
-            )
-        )
-    await asyncio.gather(*futs)
-
-
-def synth(devices: list[str], n: int, start: float, rng: np.random.Generator) -> Readings:
-    """Readings spread over devices; ingest advances ~0.05 s per reading; some out of order,
-    some late, some re-sent (an earlier reading again, up to ~10 s of ingest time later)."""
-    out: Readings = []
-    ingest = start
-    for i in range(n):
-        ingest += float(rng.uniform(0, 0.1))
-        if out and rng.random() < 0.05:
-            dev, _, t, metrics, seq = out[-int(rng.integers(1, min(len(out), 200) + 1))]
-            out.append((dev, round(ingest, 3), t, metrics, seq))
-            continue
-        r = rng.random()
-        age = (
-            rng.uniform(0, 2)
-            if r < 0.8
-            else rng.uniform(2, 12)
-            if r < 0.95
-            else rng.uniform(15, 40)
-        )
-        dev = devices[i % len(devices)]
-        metrics = {
-            "temp": round(float(rng.normal(20, 5)), 2),
-            "hum": round(float(rng.uniform(0, 100)), 1),
-        }
-        seq = None if rng.random() < 0.1 else int(start * 1000) + i
-        out.append((dev, round(ingest, 3), round(ingest - float(age), 3), metrics, seq))
-    return out
-
-
-async def wait_windows(store: Any, readings: Readings, timeout: float = 40.0) -> None:
-    want = reference(readings)
-    devices = {r[0] for r in readings}
-    got: dict = {}
-
-    async def check() -> bool:
-        nonlocal got
-        got = await stored(store, devices)
-        return same(got, want)
-
-    assert await wait_for(check, timeout=timeout), diff(got, want)
 
 
 # -- the property test -----------------------------------------------------------------------
@@ -240,6 +117,7 @@ def test_property_every_stored_window_matches_numpy(one_worker: AgentEnv, data: 
 
 
 # -- faults ----------------------------------------------------------------------------------
+@both_backends
 async def test_sigkill_and_restart_gives_exact_windows(
     agent_env_factory: Any, producer: Any, store_factory: Any
 ) -> None:
@@ -268,6 +146,7 @@ async def test_sigkill_and_restart_gives_exact_windows(
     await wait_windows(store, first + second, timeout=60)
 
 
+@both_backends
 async def test_two_workers_share_partitions_and_survive_a_rebalance(
     agent_env_factory: Any, producer: Any, store_factory: Any
 ) -> None:

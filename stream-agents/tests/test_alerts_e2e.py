@@ -2,7 +2,7 @@
 
 Readings use event and ingest times a few minutes in the future, so windows close only when
 the test's own readings move each partition's ingest clock past them (never by the wall
-clock): every step below is deterministic.
+clock): every step below is deterministic. Both tests run on each store backend.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from agents_testkit import AgentEnv, envelope, read_topic, wait_for
+from agents_testkit import AgentEnv, both_backends, envelope, read_topic, wait_for
 
 from iot_common.events import Alert, DeviceEvent, alert_decoder
 from monitoring_store.base import MonitoringStore
@@ -119,6 +119,7 @@ class Scenario:
         assert await wait_for(seen, timeout=20)
 
 
+@both_backends
 async def test_alert_rules_lifecycle(
     agent_env_factory: Any, producer: Any, store_factory: Any
 ) -> None:
@@ -247,6 +248,7 @@ async def test_alert_rules_lifecycle(
     assert w.health()["status"] == "ok"
 
 
+@both_backends
 async def test_consecutive_windows_count_across_a_sigkill(
     agent_env_factory: Any, producer: Any, store_factory: Any
 ) -> None:

@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
 from iot_common.topics import Topics
-from stream_agents.app import KafkaPublisher
+from stream_agents.publisher import KafkaPublisher
 
 
 async def test_same_keys_to_topics_with_different_partition_counts(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from agents_testkit import window_stats
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,23 +62,7 @@ def reference(records: list[Rec], cfg: WindowConfig) -> dict[tuple[int, int, flo
             seen.add((s, t, q))
             for size in cfg.sizes:
                 rows.setdefault((s, size, math.floor(t / size) * size), []).append((t, v))
-    out = {}
-    for key, pts in rows.items():
-        ts = np.array([p[0] for p in pts])
-        vs = np.array([p[1] for p in pts])
-        last_i = max(range(len(pts)), key=lambda i: (ts[i], i))
-        out[key] = (
-            len(vs),
-            vs.min(),
-            vs.max(),
-            vs.mean(),
-            vs.std(),
-            np.percentile(vs, 50),
-            np.percentile(vs, 95),
-            vs[last_i],
-            ts[last_i],
-        )
-    return out
+    return {key: window_stats(pts) for key, pts in rows.items()}
 
 
 def run_stream(

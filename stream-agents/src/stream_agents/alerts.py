@@ -26,7 +26,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -63,6 +63,28 @@ class ClosedWindow:
     window_seconds: int
     window_start: float
     stats: Mapping[str, float]
+
+
+#: The window statistics a rule can refer to (``ThresholdRule.aggregate``): what a
+#: :class:`ClosedWindow` carries.
+AGGREGATES: tuple[str, ...] = get_args(ThresholdRule.model_fields["aggregate"].annotation)
+
+
+def closed_windows(
+    device_ids: Iterable[str],
+    metrics: Iterable[str],
+    window_seconds: Iterable[int],
+    window_starts: Iterable[float],
+    stats: Mapping[str, Iterable[float]],
+) -> list[ClosedWindow]:
+    """Closed windows from parallel columns, ``stats`` holding one column per aggregate."""
+    values = zip(*(stats[a] for a in AGGREGATES), strict=True)
+    return [
+        ClosedWindow(d, m, ws, st, dict(zip(AGGREGATES, v, strict=True)))
+        for d, m, ws, st, v in zip(
+            device_ids, metrics, window_seconds, window_starts, values, strict=True
+        )
+    ]
 
 
 def parse_rules(raw: Iterable[Mapping[str, Any]]) -> list[AlertRule]:

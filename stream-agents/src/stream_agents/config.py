@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from iot_common.settings import ServiceSettings
+from iot_common.events import DEFAULT_WINDOW_SIZES
+from iot_common.settings import DEFAULT_DATABASE_URL, ServiceSettings
 
 #: Rules every device of a type gets unless its own config has a rule with the same id.
 DEFAULT_RULES: dict[str, list[dict[str, Any]]] = {
@@ -20,8 +21,9 @@ class AgentSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTS_", extra="ignore", env_file=None)
 
     app_id: str = "stream-agents"
-    monitoring_store_url: str = Field(
-        default="postgresql://postgres@127.0.0.1:5432/iot",
+    #: The monitoring store (``postgresql://…`` or ``mongodb://…``); may carry a password.
+    monitoring_store_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_DATABASE_URL),
         validation_alias=AliasChoices(
             "AGENTS_MONITORING_STORE_URL", "MONITORING_STORE_URL", "monitoring_store_url"
         ),
@@ -31,7 +33,7 @@ class AgentSettings(ServiceSettings):
     #: Partitions of the topics the agents create when missing.
     topic_partitions: int = 8
     #: Tumbling window sizes in seconds; each must divide the largest.
-    window_sizes: list[int] = Field(default_factory=lambda: [10, 60])
+    window_sizes: list[int] = Field(default_factory=lambda: list(DEFAULT_WINDOW_SIZES))
     #: A reading is accepted if it reached the platform at most this long after its window end.
     allowed_lateness: float = 10.0
     #: How far out of ingest order the bridge may produce records before they count as late.
@@ -46,6 +48,8 @@ class AgentSettings(ServiceSettings):
     #: Raw samples written to the store in bulk; retention enforced by a timer.
     raw_samples: bool = True
     raw_retention_seconds: float = 7 * 86_400.0
+    #: Refused messages are kept for their owners this long (``GET /monitoring/deadletters``).
+    deadletter_retention_seconds: float = 7 * 86_400.0
     #: Records per fetch from the consumer.
     batch_max_records: int = 20_000
     batch_timeout: float = 0.2

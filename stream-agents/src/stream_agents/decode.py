@@ -87,6 +87,15 @@ class SeriesTable:
             self._by_shape[key] = ids
         return ids
 
+    def shapes(self, keys: Sequence[tuple[str, tuple[str, ...]]]) -> list[list[int]]:
+        """:meth:`shape` of many (device id, metric names) keys, one dict lookup each when
+        all are known (the usual case)."""
+        cached = self._by_shape.get
+        found = [cached(k) for k in keys]
+        if None in found:
+            return [ids or self.shape(*k) for ids, k in zip(found, keys, strict=True)]
+        return cast(list[list[int]], found)
+
     def arrays(self) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_]]:
         """Device and metric name per series id (object arrays, for fancy indexing)."""
         if len(self._dev_arr) != len(self.device):
@@ -123,6 +132,15 @@ class DecodedBatch:
 
 _batch_decoder = msgspec.json.Decoder(list[DecodedEnvelope])
 
+#: How JSON writes a NUL character. PostgreSQL text cannot hold one: a device id or metric
+#: name with it would make every store write of its batch fail, for good.
+_NUL = b"\\u0000"
+_NUL_DETAIL = "NUL character in the device id or a metric name"
+
+
+def _has_nul(env: DecodedEnvelope) -> bool:
+    return "\0" in env.device_id or any("\0" in m for r in env.readings for m in r.metrics)
+
 
 def _decode_each(
     records: Sequence[Any],
@@ -148,6 +166,10 @@ def _decode_each(
         if not env.device_id or env.ingest_ts != env.ingest_ts:
             bad.append(BadRecord(o, raw, DeadLetterReason.INVALID_SCHEMA, "empty device_id"))
             continue
+        if _NUL in raw and _has_nul(env):
+            device = None if "\0" in env.device_id else env.device_id
+            bad.append(BadRecord(o, raw, DeadLetterReason.INVALID_SCHEMA, _NUL_DETAIL, device))
+            continue
         envs.append(env)
         offs.append(o)
     return envs, offs, bad
@@ -166,23 +188,20 @@ def decode_records(records: Sequence[Any], table: SeriesTable) -> DecodedBatch:
     try:
         if any(not v for v in values):
             raise msgspec.DecodeError("empty record")
-        envs = _batch_decoder.decode(b"[" + b",".join(values) + b"]")
+        joined = b"[" + b",".join(values) + b"]"
+        envs = _batch_decoder.decode(joined)
         offs = [r.offset for r in records]
         if not all(e.device_id and e.ingest_ts == e.ingest_ts for e in envs):
             raise msgspec.ValidationError("empty device_id")
+        if _NUL in joined and any(map(_has_nul, envs)):
+            raise msgspec.ValidationError(_NUL_DETAIL)
     except (msgspec.DecodeError, msgspec.ValidationError):
         envs, offs, bad = _decode_each(records)
     per_env = [len(e.readings) for e in envs]
     readings = [(e, r) for e in envs for r in e.readings]
     metrics = [r.metrics for _, r in readings]
-    cached = table._by_shape.get
     shape_keys = [(e.device_id, tuple(m)) for (e, _), m in zip(readings, metrics, strict=True)]
-    found = [cached(k) for k in shape_keys]
-    idlists: list[list[int]] = (
-        [ids or table.shape(*k) for ids, k in zip(found, shape_keys, strict=True)]
-        if None in found
-        else cast(list[list[int]], found)
-    )
+    idlists = table.shapes(shape_keys)
     n_metrics = np.fromiter(map(len, metrics), np.int64, len(metrics))
     total = int(n_metrics.sum())
     ser = np.fromiter(chain.from_iterable(idlists), np.int64, total)

@@ -13,17 +13,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from iot_common.events import Alert, WindowStats
+from iot_common.stream_errors import (
+    ProcessingErrorCallback,
+    RecordRef,
+    default_on_processing_error,
+)
 from iot_common.telemetry import DeadLetter, DeadLetterReason
 from iot_common.topics import Topics
 from monitoring_store.base import MonitoringStore, SampleBatch
-from stream_agents.alerts import AlertEngine, ClosedWindow
+from stream_agents.alerts import AGGREGATES, AlertEngine, ClosedWindow, closed_windows
+from stream_agents.backpressure import Backpressure
 from stream_agents.decode import (
     BadRecord,
     DecodedBatch,
@@ -31,6 +37,7 @@ from stream_agents.decode import (
     SeriesTable,
     decode_records,
 )
+from stream_agents.publisher import Publisher
 from stream_agents.windows import (
     PartitionWindows,
     TickContext,
@@ -67,11 +74,6 @@ STORED_LAG = Histogram(
 
 _dl_encode = msgspec.json.Encoder().encode
 _enc = msgspec.json.Encoder().encode
-
-
-class Publisher(Protocol):
-    async def publish(self, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce records (key, value) and wait until the broker has them."""
 
 
 Committer = Callable[[Mapping[int, int]], Awaitable[bool]]
@@ -114,6 +116,10 @@ class TelemetryPipeline:
     table: SeriesTable = field(default_factory=SeriesTable)
     partitions: dict[int, PartitionWindows] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
+    #: Retries the store and Kafka through outages (and holds the batch loop meanwhile).
+    backpressure: Backpressure = field(default_factory=Backpressure)
+    #: Asked what to do with a record whose decoding raised (True: dead-letter it).
+    on_processing_error: ProcessingErrorCallback = default_on_processing_error
     #: Outstanding raw-sample writes (awaited before any commit).
     _writes: list[asyncio.Task[None]] = field(default_factory=list)
     #: Alert changes found on the hot path (silent alerts cleared), published at the tick.
@@ -145,7 +151,7 @@ class TelemetryPipeline:
         now = time.time()
         produced = records[0].timestamp / 1000.0
         FETCH_LAG.observe(max(0.0, now - produced))
-        batch = decode_records(records, self.table)
+        batch = self._decode(partition, records)
         self.counts.records += batch.records
         RECORDS.inc(batch.records)
         rows = batch.rows
@@ -175,10 +181,42 @@ class TelemetryPipeline:
             self.counts.readings += len(batch.readings) - late_readings
             READINGS.inc(len(rows))
         if dead:
-            await self._deadletter(dead)
+            await self.dead_letter(dead)
         state.add(rows, max_ingest_ts=batch.max_ingest_ts, last_offset=batch.last_offset, wall=now)
         if self.alerts.has_rules():
             self._seen(batch)
+
+    def _decode(self, partition: int, records: Sequence[Any]) -> DecodedBatch:
+        """:func:`decode_records`, or, when that raises (not a bad record it knows how to
+        dead-letter: a bug it hit), the same batch decoded without the records that make it
+        raise, each handed to :attr:`on_processing_error`."""
+        try:
+            return decode_records(records, self.table)
+        except Exception:
+            log.warning("decoding %d records raised; finding the records that do", len(records))
+        good: list[Any] = []
+        failed: list[BadRecord] = []
+        for rec in records:
+            try:
+                decode_records([rec], self.table)
+            except Exception as exc:
+                ref = RecordRef(
+                    self.topics.telemetry_raw, partition, rec.offset, rec.key, rec.value
+                )
+                if not self.on_processing_error(exc, ref, log):
+                    raise
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                reason = DeadLetterReason.PROCESSING_ERROR
+                failed.append(
+                    BadRecord(rec.offset, rec.value or b"", reason, detail, ref.device_id)
+                )
+            else:
+                good.append(rec)
+        batch = decode_records(good, self.table)
+        batch.bad.extend(failed)
+        batch.records = len(records)
+        batch.last_offset = records[-1].offset
+        return batch
 
     def _seen(self, batch: DecodedBatch) -> None:
         # Ingest time only grows within a partition: the last envelope per device wins.
@@ -220,14 +258,15 @@ class TelemetryPipeline:
         n = len(samples)
 
         async def write() -> None:
-            await self.store.insert_samples(samples)
+            await self.backpressure.store(lambda: self.store.insert_samples(samples))
             STORED_LAG.observe(max(0.0, time.time() - produced))
             self.counts.samples += n
             SAMPLES.inc(n)
 
         self._writes.append(asyncio.create_task(write()))
 
-    async def _deadletter(self, bad: Sequence[BadRecord]) -> None:
+    async def dead_letter(self, bad: Sequence[BadRecord]) -> None:
+        """Produce ``bad`` to ``telemetry.deadletter``, each with its reason, and count them."""
         now = time.time()
         items = []
         for b in bad:
@@ -247,7 +286,7 @@ class TelemetryPipeline:
                     "dead-lettered record at offset %s: %s (%s)", b.offset, b.reason, b.detail
                 )
         self.counts.deadletters += len(items)
-        await self.publisher.publish(self.topics.telemetry_deadletter, items)
+        await self._produce(self.topics.telemetry_deadletter, items)
 
     # -- emission / commit -------------------------------------------------------------------
     async def tick(self, commit: Committer | None = None, *, live: bool = True) -> None:
@@ -348,10 +387,8 @@ class TelemetryPipeline:
         TICK.observe(prepared.cpu_seconds + time.perf_counter() - t0)
 
     async def publish_alerts(self, changes: Sequence[Alert]) -> None:
-        await self.store.upsert_alerts(changes)
-        await self.publisher.publish(
-            self.topics.alerts, [(a.device_id.encode(), _enc(a)) for a in changes]
-        )
+        await self.backpressure.store(lambda: self.store.upsert_alerts(changes))
+        await self._produce(self.topics.alerts, [(a.device_id.encode(), _enc(a)) for a in changes])
         self.counts.alerts += len(changes)
         for a in changes:
             ALERTS.labels(a.status).inc()
@@ -364,26 +401,14 @@ class TelemetryPipeline:
         devices = self.alerts.devices
         want = np.fromiter((d in devices for d in dev[wb.series[idx]]), bool, len(idx))
         idx = idx[want]
-        out = []
-        for i in idx.tolist():
-            s = int(wb.series[i])
-            out.append(
-                ClosedWindow(
-                    dev[s],
-                    met[s],
-                    int(wb.window_seconds[i]),
-                    float(wb.window_start[i]),
-                    {
-                        "mean": float(wb.mean[i]),
-                        "min": float(wb.min[i]),
-                        "max": float(wb.max[i]),
-                        "p50": float(wb.p50[i]),
-                        "p95": float(wb.p95[i]),
-                        "last": float(wb.last[i]),
-                    },
-                )
-            )
-        return out
+        series = wb.series[idx]
+        return closed_windows(
+            dev[series].tolist(),
+            met[series].tolist(),
+            wb.window_seconds[idx].tolist(),
+            wb.window_start[idx].tolist(),
+            {a: getattr(wb, a)[idx].tolist() for a in AGGREGATES},
+        )
 
     async def _emit(self, wb: WindowBatch) -> None:
         now = time.time()
@@ -410,14 +435,17 @@ class TelemetryPipeline:
         ]
         final = [w for w in stats if w.final]
         if final:
-            await self.store.upsert_windows(final)
+            await self.backpressure.store(lambda: self.store.upsert_windows(final))
         self.counts.windows_final += len(final)
         self.counts.windows_open += len(stats) - len(final)
         WINDOWS.labels("true").inc(len(final))
         WINDOWS.labels("false").inc(len(stats) - len(final))
-        await self.publisher.publish(
+        await self._produce(
             self.topics.stats_windows, [(w.device_id.encode(), _enc(w)) for w in stats]
         )
+
+    async def _produce(self, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        await self.backpressure.call(lambda: self.publisher.publish(topic, items))
 
     async def drain(self) -> None:
         writes, self._writes = self._writes, []
