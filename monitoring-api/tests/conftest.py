@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import secrets
+import socket
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,9 +34,11 @@ from device_management.config import DeviceManagementSettings
 from device_management.main import create_app as create_dm_app
 from device_management.migrations import upgrade_sync
 from iot_common.auth import JWTVerifier
+from iot_common.events import Alert
 from iotctl.broker import free_port
 from monitoring_api.config import MonitoringApiSettings
 from monitoring_api.devices import HttpDeviceDirectory
+from monitoring_api.egress import IPAddress
 from monitoring_api.main import create_app
 from monitoring_store import open_store
 from monitoring_store.base import MonitoringStore
@@ -79,6 +84,28 @@ def make_user(rsa_key: rsa.RSAPrivateKey) -> Callable[..., User]:
         }
         token = jwt.encode(claims, key or rsa_key, algorithm="RS256", headers={"kid": KID})
         return User(id=uid, role=role, token=token, email=email)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def new_alert() -> Callable[..., Alert]:
+    """A fresh active alert of ``device`` (owned by ``owner``), as the agents produce one."""
+
+    def make(device: str, owner: str | None, severity: str = "warning") -> Alert:
+        now = time.time()
+        return Alert(
+            alert_id=str(uuid.uuid4()),
+            device_id=device,
+            rule_id=f"r-{severity}",
+            rule_type="threshold",
+            severity=severity,
+            status="active",
+            message=f"{severity} alert",
+            started_at=now,
+            updated_at=now,
+            owner_id=owner,
+        )
 
     return make
 
@@ -154,9 +181,10 @@ async def registry(
     await redis.aclose()
 
 
-@pytest.fixture(scope="session")
-def store_url(pg_database_factory: Callable[[str], str]) -> str:
-    return pg_database_factory("monapi")
+@pytest.fixture(scope="session", params=["postgres", "mongodb"])
+def store_url(request: pytest.FixtureRequest, store_url_factory: Callable[[str, str], str]) -> str:
+    """Every test through the store runs on both backends."""
+    return store_url_factory(request.param, "monapi")
 
 
 @pytest.fixture
@@ -187,6 +215,8 @@ def settings_factory(
             "webhook_poll_interval": 0.1,
             "fleet_push_interval": 0.5,
             "device_cache_ttl": 0.0,
+            # The tests' webhook receivers listen on loopback: an operator's explicit choice.
+            "webhook_allow_private_networks": ["127.0.0.0/8", "::1/128"],
         }
         values.update(overrides)
         return MonitoringApiSettings(**values)
@@ -204,8 +234,76 @@ class Running:
 AppFactory = Callable[..., Awaitable[Running]]
 
 
+ServeApp = Callable[..., Awaitable[str]]
+
+
+class TestResolver:
+    """Name resolution without DNS: the names a test sets, numeric forms, nothing else.
+
+    Tests may send traffic to loopback only, and a DNS query is traffic: names such as
+    ``hooks.example.com`` resolve only to what the test says (``dns`` fixture).
+    """
+
+    def __init__(self, names: dict[str, list[str]]) -> None:
+        self.names = names
+
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        if host in self.names:
+            return [ipaddress.ip_address(a) for a in self.names[host]]
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
+        return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+
+@pytest.fixture
+def dns() -> dict[str, list[str]]:
+    """Host name → addresses, as the apps of this test resolve them (change it any time)."""
+    return {"localhost": ["127.0.0.1"]}
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[ServeApp]:
+    """Serve ASGI apps with uvicorn on free loopback ports; returns each one's base URL."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def serve(
+            app: Any, *, stopped_by: contextlib.AsyncExitStack | None = None, **config: Any
+        ) -> str:
+            """``stopped_by``: the exit stack that stops it (default: this fixture's)."""
+            port = free_port()
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    host="127.0.0.1",
+                    port=port,
+                    log_level="warning",
+                    timeout_graceful_shutdown=2,
+                    **config,
+                )
+            )
+            task = asyncio.create_task(server.serve())
+
+            async def stop() -> None:
+                server.should_exit = True
+                await asyncio.wait_for(task, 15)
+
+            (stopped_by or stack).push_async_callback(stop)
+            for _ in range(300):
+                if server.started:
+                    break
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+            return f"http://127.0.0.1:{port}"
+
+        yield serve
+
+
 @pytest.fixture
 async def app_factory(
+    serve_app: ServeApp,
+    dns: dict[str, list[str]],
     settings_factory: Callable[..., MonitoringApiSettings],
     registry: Registry,
     rsa_key: rsa.RSAPrivateKey,
@@ -220,9 +318,13 @@ async def app_factory(
             serve: bool = False,
             signing_http: httpx.AsyncClient | None = None,
             wait_kafka: bool = True,
+            webhook_ssl_context: ssl.SSLContext | None = None,
             **overrides: Any,
         ) -> Running:
             settings = settings_factory(**overrides)
+            collaborators: dict[str, Any] = {}
+            if webhook_ssl_context is not None:
+                collaborators["webhook_ssl_context"] = webhook_ssl_context
             redis = Redis.from_url(redis_url)
             stack.push_async_callback(redis.aclose)
             verifier = JWTVerifier(
@@ -245,7 +347,12 @@ async def app_factory(
                 cache_ttl=settings.device_cache_ttl,
             )
             app = create_app(
-                settings, verifier=verifier, devices=directory, signing_http=signing_http
+                settings,
+                verifier=verifier,
+                devices=directory,
+                signing_http=signing_http,
+                webhook_resolver=TestResolver(dns),
+                **collaborators,
             )
             if not serve:
                 manager = LifespanManager(app, startup_timeout=30)
@@ -257,31 +364,10 @@ async def app_factory(
                 if wait_kafka:
                     await _wait_consumer(app)
                 return Running(app=app, client=client)
-            port = free_port()
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    app,
-                    host="127.0.0.1",
-                    port=port,
-                    log_level="warning",
-                    ws="websockets-sansio",
-                    timeout_graceful_shutdown=2,
-                )
+            # The app resolves forwarded addresses itself, as its entry point runs it.
+            url = await serve_app(
+                app, stopped_by=stack, ws="websockets-sansio", proxy_headers=False
             )
-            task = asyncio.create_task(server.serve())
-
-            async def stop() -> None:
-                server.should_exit = True
-                await asyncio.wait_for(task, 15)
-
-            stack.push_async_callback(stop)
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                if server.started:
-                    break
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.05)
             client = httpx.AsyncClient(base_url=url, timeout=10)
             stack.push_async_callback(client.aclose)
             await _wait_consumer(app)
@@ -352,36 +438,72 @@ class Signing:
 
 
 @pytest.fixture
-async def signing(
+def signing_settings(
     signing_db: str, redis_url: str, redis_namespace: str, rsa_key: rsa.RSAPrivateKey, tmp_path: Any
-) -> AsyncIterator[Signing]:
+) -> Callable[..., SigningSettings]:
+    """Settings of a real signing instance issuing tokens with the key the tests trust."""
     pem = rsa_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    settings = SigningSettings(
-        database_url=signing_db,
-        redis_url=redis_url,
-        redis_namespace=redis_namespace,
-        private_key_pem=pem,
-        key_id=KID,
-        key_file=tmp_path / "unused.pem",
-        bootstrap_admin_email="admin@example.com",
-        bootstrap_admin_password="admin-password-for-tests",
-        login_limit_per_address=10_000,
-        login_limit_per_email=10_000,
-        argon2_time_cost=1,
-        argon2_memory_cost_kib=1024,
-        argon2_parallelism=1,
+
+    def make(**overrides: Any) -> SigningSettings:
+        values: dict[str, Any] = {
+            "database_url": signing_db,
+            "redis_url": redis_url,
+            "redis_namespace": redis_namespace,
+            "private_key_pem": pem,
+            "key_id": KID,
+            "key_file": tmp_path / "unused.pem",
+            "bootstrap_admin_email": "admin@example.com",
+            "bootstrap_admin_password": "admin-password-for-tests",
+            "login_limit_per_address": 10_000,
+            "login_limit_per_email": 10_000,
+            "argon2_time_cost": 1,
+            "argon2_memory_cost_kib": 1024,
+            "argon2_parallelism": 1,
+        }
+        values.update(overrides)
+        return SigningSettings(**values)
+
+    return make
+
+
+async def _signed_in_as_admin(http: httpx.AsyncClient) -> Signing:
+    r = await http.post(
+        "/users/auth",
+        json={"email": "admin@example.com", "password": "admin-password-for-tests"},
     )
-    app = create_signing_app(settings)
+    assert r.status_code == 200, r.text
+    return Signing(http=http, admin_token=r.json()["access_token"])
+
+
+@pytest.fixture
+async def signing(signing_settings: Callable[..., SigningSettings]) -> AsyncIterator[Signing]:
+    app = create_signing_app(signing_settings())
     async with LifespanManager(app, startup_timeout=30) as manager:
         http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://signing"
         )
-        r = await http.post(
-            "/users/auth",
-            json={"email": "admin@example.com", "password": "admin-password-for-tests"},
-        )
-        assert r.status_code == 200, r.text
-        yield Signing(http=http, admin_token=r.json()["access_token"])
+        yield await _signed_in_as_admin(http)
         await http.aclose()
+
+
+@pytest.fixture
+async def served_signing(
+    serve_app: ServeApp, signing_settings: Callable[..., SigningSettings]
+) -> AsyncIterator[Callable[..., Awaitable[tuple[Signing, str]]]]:
+    """Real signing instances on loopback ports, run as signing's entry point runs them."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> tuple[Signing, str]:
+            settings = signing_settings(**overrides)
+            url = await serve_app(
+                create_signing_app(settings),
+                proxy_headers=True,
+                forwarded_allow_ips=settings.forwarded_allow_ips,
+            )
+            http = httpx.AsyncClient(base_url=url, timeout=10)
+            stack.push_async_callback(http.aclose)
+            return await _signed_in_as_admin(http), url
+
+        yield start

@@ -1,4 +1,5 @@
-"""The dashboard in headless Chromium: sign in, watch a chart update, acknowledge an alert."""
+"""The dashboard in headless Chromium: sign in, see why a reading was refused, watch a chart
+update, acknowledge an alert."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, async_playwright, expect
 
 from iot_common.events import Alert, WindowStats, json_encoder
+from iot_common.telemetry import DeadLetter
 from monitoring_api.config import STATIC_DIR
+from monitoring_store.base import deadletter_record
 
 CHROMIUM = os.environ.get("IOT_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -110,9 +113,26 @@ async def test_sign_in_live_chart_and_acknowledge(
     await expect(rows.first).to_contain_text("boiler-room")
     await expect(rows.first).to_contain_text("online")
 
-    # Choose it and watch the chart fill from windows arriving over Kafka → Socket.IO.
+    # Choose it: its refused readings say why, and the chart fills from windows arriving over
+    # Kafka → Socket.IO.
+    refused = DeadLetter(
+        reason="non_finite",
+        source="mqtt",
+        payload=b'{"ts": 1, "metrics": {"temp": 1e999}}',
+        ts=time.time() - 60,
+        device_id=dev,
+        detail="metric 'temp' is not finite",
+    )
+    kept = deadletter_record(refused, id=f"dashboard-test/{dev}")
+    assert kept is not None
+    await store.insert_deadletters([kept])
     await rows.first.click()
     await expect(page.get_by_test_id("chart-device")).to_contain_text("boiler-room")
+    refused_item = page.get_by_test_id("refused-reading")
+    await expect(refused_item).to_have_count(1)
+    await expect(refused_item).to_contain_text("non_finite")
+    await expect(refused_item).to_contain_text("metric 'temp' is not finite")
+    await expect(refused_item).to_contain_text('"temp": 1e999')
     chart = page.get_by_test_id("chart")
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
     await producer.start()
@@ -172,3 +192,56 @@ async def test_sign_in_live_chart_and_acknowledge(
     if shot := os.environ.get("IOT_TEST_SCREENSHOT"):
         await page.screenshot(path=shot, full_page=True)
     await page.close()
+
+
+async def test_time_range_shows_a_day_of_five_metrics_with_bands(
+    browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any, store_url: str
+) -> None:
+    """24 h of 1-minute windows for 5 metrics: the 24 h range draws 5-minute buckets (mean
+    line, min–max band per metric); the time from choosing the range to the chart is printed
+    (the figure in benchmarks/RESULTS.md)."""
+    if store_url.startswith("mongodb"):
+        # Measured 2026-12-02: on the tests' MongoDB emulator GET /monitoring/data for this day
+        # (7,200 windows) did not answer within 20 s (PostgreSQL: under 1 s). Left to the
+        # store work of issue 15; the range picker itself does not depend on the backend.
+        pytest.skip("24 h aggregation on the MongoDB emulator does not answer within 20 s")
+    alice, password = await signing.add_user("operator")
+    metrics = ["m1", "m2", "m3", "m4", "m5"]
+    dev = await registry.add(alice, metrics=metrics, name="day-device")
+    end = (time.time() // 300) * 300
+    day = [
+        WindowStats(
+            **{**_asdict(window(dev, m, end - 86_400 + 60 * k, 20.0 + k % 7)), "window_seconds": 60}
+        )
+        for m in metrics
+        for k in range(1440)
+    ]
+    await store.upsert_windows(day)
+    app = await app_factory(serve=True, signing_http=signing.client())
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(20_000)
+    await page.goto(f"{app.url}/dashboard")
+    await page.fill("#email", alice.email)
+    await page.fill("#password", password)
+    await page.click("#sign-in")
+    await page.locator("#devices tbody tr").first.click()
+    chart = page.get_by_test_id("chart")
+    await expect(chart).to_have_attribute("data-range", "live")
+    started = time.perf_counter()
+    await page.select_option("#range", "24h")
+    await expect(chart).to_have_attribute("data-range", "24h")
+    took = time.perf_counter() - started
+    points = int(await chart.get_attribute("data-points") or 0)
+    assert 287 <= points <= 289  # 5-minute buckets over the day
+    assert await chart.get_attribute("data-metrics") == ",".join(metrics)
+    assert await chart.get_attribute("data-bands") == "5"
+    print(f"\n24 h range, 5 metrics, {points} buckets: chart in {took * 1000:.0f} ms")
+    # back to 1 h: 1-minute buckets
+    await page.select_option("#range", "1h")
+    await expect(chart).to_have_attribute("data-range", "1h")
+    assert 54 <= int(await chart.get_attribute("data-points") or 0) <= 61  # 5-min-aligned data
+    await page.close()
+
+
+def _asdict(w: WindowStats) -> dict[str, Any]:
+    return {f: getattr(w, f) for f in w.__struct_fields__}

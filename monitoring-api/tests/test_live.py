@@ -14,7 +14,7 @@ import pytest
 import socketio
 from aiokafka import AIOKafkaProducer
 
-from iot_common.events import Alert, DeviceEvent, WindowStats, json_encoder
+from iot_common.events import DeviceEvent, WindowStats, json_encoder
 
 
 class Client:
@@ -89,22 +89,6 @@ def win(device: str, start: float, mean: float, final: bool = False) -> WindowSt
     )
 
 
-def alert(device: str, owner: str | None, severity: str) -> Alert:
-    now = time.time()
-    return Alert(
-        alert_id=str(uuid.uuid4()),
-        device_id=device,
-        rule_id=f"r-{severity}",
-        rule_type="threshold",
-        severity=severity,
-        status="active",
-        message=f"{severity} alert",
-        started_at=now,
-        updated_at=now,
-        owner_id=owner,
-    )
-
-
 async def send(producer: AIOKafkaProducer, topic: str, records: list[Any]) -> None:
     for r in records:
         await producer.send(topic, json_encoder.encode(r), key=r.device_id.encode())
@@ -173,6 +157,7 @@ async def test_rooms_isolate_owners_and_windows_arrive(
 
 
 async def test_alert_rooms_filter_by_severity_and_owner(
+    new_alert: Any,
     app_factory: Any,
     make_user: Any,
     registry: Any,
@@ -191,8 +176,8 @@ async def test_alert_rooms_filter_by_severity_and_owner(
     assert (await ca.join(alerts_min_severity="loud"))["ok"] is False
     assert (await cadmin.join(alerts_min_severity="info"))["ok"] is True
 
-    a_info, a_crit = alert(dev_a, alice.id, "info"), alert(dev_a, None, "critical")
-    b_crit = alert(dev_b, bob.id, "critical")
+    a_info, a_crit = new_alert(dev_a, alice.id, "info"), new_alert(dev_a, None, "critical")
+    b_crit = new_alert(dev_b, bob.id, "critical")
     await send(producer, f"{topic_prefix}alerts", [a_info, a_crit, b_crit])
     await poll(lambda: len(cadmin.events["alert"]) >= 3)
     await poll(lambda: len(ca.events["alert"]) >= 1)

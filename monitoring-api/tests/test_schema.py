@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from typing import Any
 
 import hypothesis
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase
-
-from iot_common.events import Alert
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning"),
@@ -21,22 +17,6 @@ pytestmark = [
 ]
 
 EXAMPLES_PER_OPERATION = 40
-
-
-def make_alert(device: str, owner: str) -> Alert:
-    now = time.time()
-    return Alert(
-        alert_id=str(uuid.uuid4()),
-        device_id=device,
-        rule_id="hot",
-        rule_type="threshold",
-        severity="warning",
-        status="active",
-        message="hot",
-        started_at=now,
-        updated_at=now,
-        owner_id=owner,
-    )
 
 
 def fuzz(
@@ -73,11 +53,11 @@ def fuzz(
 
 
 async def test_no_5xx_for_generated_requests(
-    app_factory: Any, make_user: Any, registry: Any, signing: Any, store: Any
+    app_factory: Any, make_user: Any, registry: Any, signing: Any, store: Any, new_alert: Any
 ) -> None:
     user = make_user("operator")
     device = await registry.add(user, metrics=["temp"])
-    alert = make_alert(device, user.id)
+    alert = new_alert(device, user.id)
     await store.upsert_alerts([alert])
     app = await app_factory(serve=True, signing_http=signing.client())
     schema_dict = (await app.client.get("/openapi.json")).json()

@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,7 +24,9 @@ from starlette.routing import Route
 
 from iot_common.events import Alert, json_encoder
 from iotctl.broker import free_port
-from monitoring_api.webhooks import verify_signature
+from monitoring_api.egress import EgressPolicy, SystemResolver
+from monitoring_api.webhooks import WebhookDispatcher, WebhookSender, verify_signature
+from monitoring_store.base import Subscription
 
 
 @dataclass
@@ -74,22 +79,6 @@ async def receiver_factory() -> AsyncIterator[Any]:
         yield make
 
 
-def make_alert(device: str, owner: str, severity: str = "warning") -> Alert:
-    now = time.time()
-    return Alert(
-        alert_id=str(uuid.uuid4()),
-        device_id=device,
-        rule_id=f"r-{uuid.uuid4().hex[:4]}",
-        rule_type="threshold",
-        severity=severity,
-        status="active",
-        message="too hot",
-        started_at=now,
-        updated_at=now,
-        owner_id=owner,
-    )
-
-
 async def produce(kafka_bootstrap: str, topic: str, alerts: list[Alert]) -> None:
     p = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
     await p.start()
@@ -101,6 +90,7 @@ async def produce(kafka_bootstrap: str, topic: str, alerts: list[Alert]) -> None
 
 
 async def test_retries_until_delivered_with_signature_and_idempotency_key(
+    new_alert: Any,
     app_factory: Any,
     receiver_factory: Any,
     make_user: Any,
@@ -124,12 +114,12 @@ async def test_retries_until_delivered_with_signature_and_idempotency_key(
     sub = r.json()
     assert sub["secret"] == "s" * 32
 
-    hot = make_alert(dev_a, alice.id, "critical")
+    hot = new_alert(dev_a, alice.id, "critical")
     await store.upsert_alerts([hot])
     await produce(
         kafka_bootstrap,
         f"{topic_prefix}alerts",
-        [hot, make_alert(dev_a, alice.id, "info"), make_alert(dev_b, bob.id, "critical")],
+        [hot, new_alert(dev_a, alice.id, "info"), new_alert(dev_b, bob.id, "critical")],
     )
     await poll(lambda: len(rec.calls) >= 3, timeout=20)
     # The user acknowledges it: that change is delivered too.
@@ -166,7 +156,13 @@ async def test_retries_until_delivered_with_signature_and_idempotency_key(
 
 
 async def test_marked_failed_after_the_configured_attempts(
-    app_factory: Any, receiver_factory: Any, make_user: Any, registry: Any, store: Any, poll: Any
+    new_alert: Any,
+    app_factory: Any,
+    receiver_factory: Any,
+    make_user: Any,
+    registry: Any,
+    store: Any,
+    poll: Any,
 ) -> None:
     alice = make_user("operator")
     dev = await registry.add(alice)
@@ -176,7 +172,7 @@ async def test_marked_failed_after_the_configured_attempts(
     sub = (
         await c.post("/monitoring/subscriptions", json={"url": rec.url}, headers=alice.headers)
     ).json()
-    await app.app.state.webhooks.enqueue([make_alert(dev, alice.id)])
+    await app.app.state.webhooks.enqueue([new_alert(dev, alice.id)])
 
     async def failed() -> list[dict[str, Any]]:
         r = await c.get(
@@ -194,7 +190,12 @@ async def test_marked_failed_after_the_configured_attempts(
 
 
 async def test_pending_deliveries_survive_a_restart(
-    app_factory: Any, receiver_factory: Any, make_user: Any, registry: Any, poll: Any
+    new_alert: Any,
+    app_factory: Any,
+    receiver_factory: Any,
+    make_user: Any,
+    registry: Any,
+    poll: Any,
 ) -> None:
     alice = make_user("operator")
     dev = await registry.add(alice)
@@ -206,7 +207,7 @@ async def test_pending_deliveries_survive_a_restart(
             "/monitoring/subscriptions", json={"url": rec.url}, headers=alice.headers
         )
     ).json()
-    alert = make_alert(dev, alice.id)
+    alert = new_alert(dev, alice.id)
     assert await first.app.state.webhooks.enqueue([alert]) == 1
     assert await first.app.state.webhooks.enqueue([alert]) == 1  # replay: same delivery id
     await asyncio.sleep(0.3)
@@ -222,11 +223,13 @@ async def test_pending_deliveries_survive_a_restart(
 
 
 async def test_subscription_crud_and_validation(
-    app_factory: Any, make_user: Any, registry: Any
+    app_factory: Any, make_user: Any, registry: Any, dns: dict[str, list[str]]
 ) -> None:
     alice, bob, admin = make_user("operator"), make_user("operator"), make_user("admin")
     dev_a, dev_b = await registry.add(alice), await registry.add(bob)
-    c = (await app_factory(kafka_enabled=False)).client
+    # Public names, as far as the app can tell; nothing is ever delivered in this test.
+    dns.update({"hooks.example.com": ["93.184.215.14"], "example.com": ["93.184.215.14"]})
+    c = (await app_factory(kafka_enabled=False, webhook_enabled=False)).client
     r = await c.post(
         "/monitoring/subscriptions",
         json={
@@ -273,3 +276,137 @@ async def test_subscription_crud_and_validation(
     assert r.status_code == 204
     r = await c.get(f"/monitoring/subscriptions/{created['id']}", headers=alice.headers)
     assert r.status_code == 404
+
+
+@contextlib.asynccontextmanager
+async def deliveries_unwritable(store_url: str) -> AsyncIterator[None]:
+    """A store outage for webhook deliveries: the table they are written to is gone (MongoDB:
+    the collection refuses every document)."""
+    if store_url.startswith("mongodb"):
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_url)
+        db = client.get_default_database()
+        try:
+            await db.command("collMod", "deliveries", validator={"$expr": False})
+            try:
+                yield
+            finally:
+                await db.command("collMod", "deliveries", validator={})
+        finally:
+            await client.close()
+        return
+    assert store_url.startswith("postgresql"), "add this backend's outage here"
+    conn = await asyncpg.connect(store_url)
+    try:
+        await conn.execute("ALTER TABLE monitoring_deliveries RENAME TO monitoring_deliveries_away")
+        try:
+            yield
+        finally:
+            await conn.execute(
+                "ALTER TABLE monitoring_deliveries_away RENAME TO monitoring_deliveries"
+            )
+    finally:
+        await conn.close()
+
+
+async def enqueue_failures(client: Any) -> float:
+    text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "monitoring_api_webhook_enqueue_failures":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return 0.0
+
+
+async def test_a_store_outage_while_enqueueing_loses_no_delivery(
+    new_alert: Any,
+    app_factory: Any,
+    receiver_factory: Any,
+    make_user: Any,
+    registry: Any,
+    store_url: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    poll: Any,
+) -> None:
+    alice = make_user("operator")
+    dev = await registry.add(alice)
+    rec = await receiver_factory(fail_first=0)
+    app = await app_factory()
+    c = app.client
+    r = await c.post("/monitoring/subscriptions", json={"url": rec.url}, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    sent = [new_alert(dev, alice.id) for _ in range(3)]
+    async with deliveries_unwritable(store_url):
+        before = await enqueue_failures(c)
+        await produce(kafka_bootstrap, f"{topic_prefix}alerts", sent[:2])
+        # Longer than any give-up-after-N-tries: the outage outlasts six failed attempts.
+        await poll(lambda: _more_than(c, before, 6), timeout=30)
+        await produce(kafka_bootstrap, f"{topic_prefix}alerts", sent[2:])
+        await asyncio.sleep(0.5)
+        assert rec.calls == []
+    await poll(lambda: len(rec.calls) >= 3, timeout=30)
+    await asyncio.sleep(0.5)
+    delivered = [json.loads(call["body"])["alert"]["alert_id"] for call in rec.calls]
+    assert sorted(delivered) == sorted(a.alert_id for a in sent)  # each, once
+
+
+async def _more_than(client: Any, before: float, n: int) -> bool:
+    return await enqueue_failures(client) - before >= n
+
+
+class _Idle:
+    """The real store, reporting each time the delivery worker has finished a polling round."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.polled = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def due_deliveries(self, **kwargs: Any) -> Any:
+        self.polled.set()
+        return []  # nothing else of the shared store is claimed by this test's worker
+
+
+async def test_an_alert_arriving_as_the_api_stops_does_not_keep_it_from_stopping(
+    new_alert: Any, store: Any, make_user: Any
+) -> None:
+    """The Kafka consumer hands an alert to the webhooks just as shutdown begins: the
+    worker, woken by it, must still stop (it used to go on polling, so the API never
+    finished its shutdown); the delivery stays pending for the next start."""
+    alice = make_user("operator")
+    sub = Subscription(
+        id=str(uuid.uuid4()),
+        owner_id=alice.id,
+        url=f"http://127.0.0.1:{free_port()}/hook",
+        secret="s",
+        device_ids=None,
+        min_severity="info",
+        rule_types=None,
+        created_at=time.time(),
+    )
+    await store.create_subscription(sub)
+    idle = _Idle(store)
+    policy = EgressPolicy.from_setting(["127.0.0.0/8"])
+    dispatcher = WebhookDispatcher(
+        store=idle,
+        sender=WebhookSender(
+            policy=policy, resolver=SystemResolver(), deadline=5, max_response_bytes=1024
+        ),
+        poll_interval=60,
+    )
+    dispatcher.start()
+    try:
+        await asyncio.wait_for(idle.polled.wait(), 15)
+        await dispatcher.enqueue([new_alert("dev-1", alice.id)])
+        closing = asyncio.ensure_future(dispatcher.close())
+        # It used to never return; the 15 s only turn that hang into a failure.
+        await asyncio.wait({closing}, timeout=15)
+        assert closing.done(), "the webhook worker did not stop"
+        closing.result()
+        (pending,) = await store.list_deliveries(subscription_id=sub.id)
+        assert pending.status == "pending" and pending.attempts == 0
+    finally:
+        if dispatcher._task is not None and not dispatcher._task.done():
+            dispatcher._task.cancel()  # what is left running of the old code
+        await store.delete_subscription(sub.id, owner_id=None)

@@ -43,6 +43,9 @@ export class Api {
   stats(range = "5m") { return this.request("GET", "/monitoring/stats", { params: { range } }); }
   alerts(params) { return this.request("GET", "/monitoring/alerts", { params }); }
   ack(id) { return this.request("POST", `/monitoring/alerts/${encodeURIComponent(id)}/ack`); }
+  deadletters(deviceId, limit = 20) {
+    return this.request("GET", "/monitoring/deadletters", { params: { device_id: deviceId, limit } });
+  }
   deviceData(id, params) {
     return this.request("GET", `/monitoring/data/${encodeURIComponent(id)}`, { params });
   }

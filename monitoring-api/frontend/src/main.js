@@ -170,11 +170,77 @@ async function selectDevice(id) {
       if (!ack || !ack.ok) $("#chart-last").textContent = `Cannot watch this device: ${ack && ack.error}`;
     });
   }
+  loadRefused(id);
+  await loadHistory(id);
+}
+
+// Time ranges: span and the bucket size asked of the API (live = the last 10 min of 10 s
+// windows; every range ends now, so live windows are appended to all of them).
+const RANGES = {
+  live: [600, "10s", 10],
+  "15m": [900, "10s", 10],
+  "1h": [3600, "1m", 60],
+  "6h": [6 * 3600, "5m", 300],
+  "24h": [86400, "5m", 300],
+  "7d": [7 * 86400, "1h", 3600],
+};
+
+let historySeq = 0;
+
+async function loadHistory(id) {
+  const seq = ++historySeq; // a slower, older answer (another range) is dropped
+  const range = $("#range").value;
+  const [span, interval, seconds] = RANGES[range] || RANGES.live;
   const now = Date.now() / 1000;
   const history = await guarded(() =>
-    state.api.deviceData(id, { start: now - 600, end: now, interval: "10s", aggregate: "mean" }),
+    state.api.deviceData(id, {
+      start: now - span,
+      end: now,
+      interval,
+      aggregate: ["mean", "min", "max"],
+    }),
   );
-  if (history && state.selected === id) state.chart.seed(history.series, 10);
+  if (history && state.selected === id && seq === historySeq) {
+    state.chart.seed(history.series, seconds, range !== "live");
+    $("#chart").dataset.range = range;
+  }
+}
+
+$("#range").addEventListener("change", () => {
+  if (!state.selected) return;
+  state.chart.reset();
+  loadHistory(state.selected);
+});
+// Buckets coarser than the stored windows (5 min, 1 h) are not pushed: refetch them.
+setInterval(() => {
+  const [, , seconds] = RANGES[$("#range").value] || RANGES.live;
+  if (state.selected && seconds > 60) loadHistory(state.selected);
+}, 60_000);
+
+// -- refused readings of the chosen device (why was my reading refused?) ---------------------------
+async function loadRefused(id) {
+  const card = $("#refused-card");
+  card.hidden = false;
+  $("#refused-device").textContent = state.devices.get(id)?.name || "";
+  const page = await guarded(() => state.api.deadletters(id));
+  if (!page || state.selected !== id) return;
+  const list = $("#refused");
+  list.replaceChildren();
+  if (!page.items.length) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "Nothing refused in the last 7 days.";
+    list.appendChild(li);
+  }
+  for (const r of page.items) {
+    const li = document.createElement("li");
+    li.dataset.testid = "refused-reading";
+    li.innerHTML = `<span class="badge warning"></span><span class="msg"></span><code></code>`;
+    li.querySelector(".badge").textContent = r.reason;
+    li.querySelector(".msg").textContent = ` ${r.detail || ""} (${r.source}, ${when(r.ts)}) `;
+    li.querySelector("code").textContent = r.payload + (r.payload_truncated ? "…" : "");
+    list.appendChild(li);
+  }
 }
 
 // -- alerts -------------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         "host": args.host or settings.host,
         "port": args.port or settings.port,
         "log_config": None,
-        "proxy_headers": True,
+        # The app resolves forwarded addresses itself, from its own trusted proxies only
+        # (monitoring_api.proxies); uvicorn's would trust FORWARDED_ALLOW_IPS instead.
+        "proxy_headers": False,
         "ws": "websockets-sansio",
     }
     if workers > 1:

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,15 @@ from redis.asyncio import Redis
 
 from iot_common.auth import JWTVerifier
 from iot_common.web import install_common
-from monitoring_api.api.routes import alerts, data, session, stats, subscriptions
+from monitoring_api.api.routes import alerts, data, deadletters, session, stats, subscriptions
 from monitoring_api.config import MonitoringApiSettings, get_settings
 from monitoring_api.devices import DeviceDirectory, HttpDeviceDirectory
-from monitoring_api.live import LiveConsumer, LiveHub, SocketIOMount
+from monitoring_api.egress import Egress, EgressPolicy, Resolver, SystemResolver
+from monitoring_api.live import LiveConsumer, LiveHub, SocketIOMount, socketio_server
+from monitoring_api.logs import redact_url_tokens
+from monitoring_api.proxies import ForwardedFor, parse_trusted
 from monitoring_api.publisher import AlertPublisher, KafkaAlertPublisher, NullAlertPublisher
-from monitoring_api.webhooks import WebhookDispatcher
+from monitoring_api.webhooks import WebhookDispatcher, WebhookSender
 from monitoring_store import open_store
 from monitoring_store.base import MonitoringStore
 
@@ -39,7 +43,8 @@ class Overrides:
     verifier: JWTVerifier | None = None
     publisher: AlertPublisher | None = None
     signing_http: httpx.AsyncClient | None = None
-    webhook_http: httpx.AsyncClient | None = None
+    webhook_resolver: Resolver | None = None
+    webhook_ssl_context: ssl.SSLContext | None = None
 
 
 def create_app(
@@ -50,23 +55,26 @@ def create_app(
     verifier: JWTVerifier | None = None,
     publisher: AlertPublisher | None = None,
     signing_http: httpx.AsyncClient | None = None,
-    webhook_http: httpx.AsyncClient | None = None,
+    webhook_resolver: Resolver | None = None,
+    webhook_ssl_context: ssl.SSLContext | None = None,
 ) -> FastAPI:
     """Build the app; collaborators not handed in are built from ``settings`` at startup."""
     settings = settings or get_settings()
-    given = Overrides(store, devices, verifier, publisher, signing_http, webhook_http)
-    hub = LiveHub(
-        fleet_interval=settings.fleet_push_interval,
-        sweep_interval=settings.session_sweep_interval,
-        cors_allowed_origins=settings.socketio_cors_origins or None,
+    given = Overrides(
+        store, devices, verifier, publisher, signing_http, webhook_resolver, webhook_ssl_context
     )
+    egress = Egress(
+        policy=EgressPolicy.from_setting(settings.webhook_allow_private_networks),
+        resolver=webhook_resolver or SystemResolver(),
+    )
+    sio = socketio_server(cors_allowed_origins=settings.socketio_cors_origins or None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             st = given.store
             if st is None:
-                st = open_store(settings.store_url)
+                st = open_store(settings.store_url.get_secret_value())
                 await st.start()
                 stack.push_async_callback(st.close)
             app.state.store = st
@@ -116,19 +124,34 @@ def create_app(
                 stack.push_async_callback(pub.close)
             app.state.publisher = pub
 
-            hub.bind(verifier=ver, directory=directory, store=st)
+            hub = LiveHub(
+                sio=sio,
+                verifier=ver,
+                directory=directory,
+                store=st,
+                fleet_interval=settings.fleet_push_interval,
+                sweep_interval=settings.session_sweep_interval,
+            )
+            app.state.hub = hub
             hub.start()
             stack.push_async_callback(hub.close)
 
             webhooks = WebhookDispatcher(
                 store=st,
-                http=given.webhook_http,
+                sender=WebhookSender(
+                    policy=egress.policy,
+                    resolver=egress.resolver,
+                    deadline=settings.webhook_timeout,
+                    max_response_bytes=settings.webhook_max_response_bytes,
+                    max_connections=settings.webhook_concurrency,
+                    ssl_context=given.webhook_ssl_context,
+                ),
                 max_attempts=settings.webhook_max_attempts,
                 backoff_base=settings.webhook_backoff_base,
                 backoff_max=settings.webhook_backoff_max,
-                timeout=settings.webhook_timeout,
                 poll_interval=settings.webhook_poll_interval,
-                batch=settings.webhook_batch,
+                concurrency=settings.webhook_concurrency,
+                per_owner=settings.webhook_per_owner,
             )
             app.state.webhooks = webhooks
             if settings.webhook_enabled:
@@ -153,7 +176,7 @@ def create_app(
             log.info(
                 "monitoring-api ready (instance %s, store %s)",
                 settings.instance_id,
-                re.sub(r"//[^@/]*@", "//***@", settings.store_url),
+                re.sub(r"//[^@/]*@", "//***@", settings.store_url.get_secret_value()),
             )
             # What start-up built lives as long as the process: keep it out of the collector's
             # full passes, which would otherwise walk it while a large answer is being built.
@@ -167,9 +190,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.hub = hub
+    app.state.egress = egress
     install_common(app, service="monitoring-api", max_body_bytes=settings.max_body_bytes)
-    for module in (data, stats, alerts, subscriptions, session):
+    for module in (data, stats, alerts, deadletters, subscriptions, session):
         app.include_router(module.router)
 
     @app.get("/health", tags=["health"])
@@ -191,7 +214,10 @@ def create_app(
         )
 
     _mount_dashboard(app, settings)
-    app.add_middleware(SocketIOMount, sio=hub.sio)
+    app.add_middleware(SocketIOMount, sio=sio)
+    # Outermost, so Socket.IO, the routes and uvicorn's access line all see the client.
+    app.add_middleware(ForwardedFor, trusted=parse_trusted(settings.trusted_proxies))
+    redact_url_tokens()
     return app
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from iot_common.events import SEVERITY_RANK, STATUS_RANK
 
 Interval = Literal["raw", "10s", "1m", "5m", "1h", "1d"]
 AggregateName = Literal["count", "min", "max", "mean", "p50", "p95", "last"]
@@ -16,7 +19,17 @@ Layout = Literal["points", "columns"]
 INTERVAL_SECONDS: dict[str, int] = {"10s": 10, "1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
 ROLLING_SECONDS: dict[str, int] = {"5m": 300, "1h": 3600, "24h": 86_400}
 ALL_AGGREGATES: tuple[AggregateName, ...] = ("count", "min", "max", "mean", "p50", "p95", "last")
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def _same_order(literal: Any, ranks: Mapping[str, int]) -> None:
+    """Refuse to start if a Literal of the API drifted from the platform's one definition."""
+    if list(get_args(literal)) != sorted(ranks, key=ranks.__getitem__):
+        raise RuntimeError(f"{literal} does not list {dict(ranks)} in rank order")
+
+
+# Literals are written out so OpenAPI and mypy see the values; they must stay iot_common's.
+_same_order(SeverityName, SEVERITY_RANK)
+_same_order(AlertStatusName, STATUS_RANK)
 
 
 class SamplePublic(BaseModel):
@@ -76,6 +89,27 @@ class FleetStats(BaseModel):
     readings_per_second: float
     metrics: list[MetricStats]
     alerts_by_severity: dict[str, int]
+    #: Readings refused in the range, per reason (``GET /monitoring/deadletters`` says which).
+    deadletters_by_reason: dict[str, int] = {}
+
+
+class DeadLetterPublic(BaseModel):
+    """A refused message: why, when, and the first KiB of what was sent."""
+
+    id: str
+    device_id: str
+    ts: float
+    reason: str
+    source: str
+    detail: str | None
+    payload: str
+    payload_truncated: bool
+
+
+class DeadLetterList(BaseModel):
+    items: list[DeadLetterPublic]
+    #: Pass as ``before`` for the next (older) page; None when this page is the last.
+    next_before: float | None
 
 
 class AlertPublic(BaseModel):

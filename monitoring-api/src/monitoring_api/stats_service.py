@@ -30,8 +30,10 @@ async def fleet_stats(
             readings_per_second=0.0,
             metrics=[],
             alerts_by_severity={},
+            deadletters_by_reason={},
         )
     summary = await store.fleet_summary(device_ids=device_ids, start=start, end=end)
+    refused = await store.deadletter_counts(device_ids=device_ids, start=start, end=end)
     return FleetStats(
         start=summary.start,
         end=summary.end,
@@ -46,4 +48,5 @@ async def fleet_stats(
             for m in summary.metrics
         ],
         alerts_by_severity=dict(summary.alerts_by_severity),
+        deadletters_by_reason=refused,
     )

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Header, Request
+import httpx
+from fastapi import Depends, Header, Path, Request
 
 from iot_common.auth import JWTVerifier, Principal, bearer_token
 from iot_common.errors import Forbidden, NotFound, ValidationFailed
+from iot_common.events import Alert
+from monitoring_api import alerts_service
 from monitoring_api.config import MonitoringApiSettings
 from monitoring_api.devices import DeviceDirectory, DeviceInfo
+from monitoring_api.egress import Egress
 from monitoring_api.publisher import AlertPublisher
+from monitoring_api.webhooks import WebhookDispatcher
 from monitoring_store.base import MonitoringStore
 
 
@@ -46,6 +53,22 @@ def get_directory(request: Request) -> DeviceDirectory:
     return directory
 
 
+def get_dispatcher(request: Request) -> WebhookDispatcher | None:
+    """The webhook worker (None before start-up built it); told when subscriptions change."""
+    dispatcher: WebhookDispatcher | None = getattr(request.app.state, "webhooks", None)
+    return dispatcher
+
+
+def get_signing_http(request: Request) -> httpx.AsyncClient:
+    http: httpx.AsyncClient = request.app.state.signing_http
+    return http
+
+
+def get_egress(request: Request) -> Egress:
+    egress: Egress = request.app.state.egress
+    return egress
+
+
 def get_publisher(request: Request) -> AlertPublisher:
     publisher: AlertPublisher = request.app.state.publisher
     return publisher
@@ -65,6 +88,9 @@ SettingsDep = Annotated[MonitoringApiSettings, Depends(get_settings_dep)]
 StoreDep = Annotated[MonitoringStore, Depends(get_store)]
 DirectoryDep = Annotated[DeviceDirectory, Depends(get_directory)]
 PublisherDep = Annotated[AlertPublisher, Depends(get_publisher)]
+SigningHttpDep = Annotated[httpx.AsyncClient, Depends(get_signing_http)]
+EgressDep = Annotated[Egress, Depends(get_egress)]
+DispatcherDep = Annotated[WebhookDispatcher | None, Depends(get_dispatcher)]
 CurrentUser = Annotated[Caller, Depends(get_caller)]
 
 
@@ -76,6 +102,24 @@ async def get_writer(caller: CurrentUser) -> Caller:
 
 WriterUser = Annotated[Caller, Depends(get_writer)]
 
+AlertId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+async def get_visible_alert(
+    alert_id: AlertId, caller: CurrentUser, store: StoreDep, directory: DirectoryDep
+) -> Alert:
+    return await alerts_service.visible_alert(
+        store=store,
+        directory=directory,
+        token=caller.token,
+        is_admin=caller.is_admin,
+        alert_id=alert_id,
+    )
+
+
+#: The alert named in the path, if the caller may see its device (404 otherwise).
+VisibleAlert = Annotated[Alert, Depends(get_visible_alert)]
+
 
 async def visible_device(directory: DeviceDirectory, caller: Caller, device_id: str) -> DeviceInfo:
     """The device if the caller may see it; 404 (not 403) otherwise, as device-management does."""
@@ -83,6 +127,27 @@ async def visible_device(directory: DeviceDirectory, caller: Caller, device_id: 
     if info is None:
         raise NotFound("device not found")
     return info
+
+
+async def visible_device_list(
+    directory: DeviceDirectory, caller: Caller, raw_ids: list[str] | None
+) -> list[str] | None:
+    """The named devices (422 for a malformed id, 404 for one the caller may not see), each
+    once, in the order named; None when none are named."""
+    if not raw_ids:
+        return None
+    device_ids = []
+    for raw in dict.fromkeys(raw_ids):
+        try:
+            did = str(uuid.UUID(raw))
+        except ValueError as exc:
+            raise ValidationFailed(
+                f"{raw!r} is not a device id",
+                details=[{"field": "device_ids", "message": "must be UUIDs"}],
+            ) from exc
+        await visible_device(directory, caller, did)
+        device_ids.append(did)
+    return device_ids
 
 
 async def visible_device_ids(directory: DeviceDirectory, caller: Caller) -> list[str] | None:
@@ -113,10 +178,26 @@ def check_page_size(limit: int, settings: MonitoringApiSettings) -> None:
         )
 
 
-def declared_metrics(device: dict[str, Any]) -> set[str] | None:
-    """Metric names a device's config declares, None when it declares none (any is allowed)."""
-    config = device.get("config") or {}
-    metrics = config.get("metrics") if isinstance(config, dict) else None
-    if not metrics:
+METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+MAX_METRICS_PER_QUERY = 64
+
+
+def metric_names(raw: list[str] | None) -> list[str] | None:
+    """Accept ``metric=a&metric=b`` and ``metric=a,b``; 422 for a malformed name."""
+    if not raw:
         return None
-    return {str(m["name"]) for m in metrics if isinstance(m, dict) and "name" in m}
+    names: list[str] = []
+    for part in raw:
+        names.extend(p.strip() for p in part.split(",") if p.strip())
+    if len(names) > MAX_METRICS_PER_QUERY:
+        raise ValidationFailed(
+            "too many metrics",
+            details=[{"field": "metric", "message": f"at most {MAX_METRICS_PER_QUERY}"}],
+        )
+    for name in names:
+        if not METRIC_RE.match(name):
+            raise ValidationFailed(
+                f"unknown metric {name!r}",
+                details=[{"field": "metric", "message": f"{name!r} is not a metric name"}],
+            )
+    return list(dict.fromkeys(names)) or None

@@ -9,34 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
-from iot_common.errors import ServiceUnavailable, TooManyRequests, Unauthorized
-from monitoring_api.api.deps import CurrentUser, DirectoryDep
+from monitoring_api import session_service
+from monitoring_api.api.deps import CurrentUser, DirectoryDep, SigningHttpDep
+from monitoring_api.proxies import forwarded_chain
 from monitoring_api.schemas import SessionCreate
 
 router = APIRouter(prefix="/monitoring", tags=["session"])
 
 
 @router.post("/session")
-async def sign_in(body: SessionCreate, request: Request) -> JSONResponse:
+async def sign_in(body: SessionCreate, request: Request, http: SigningHttpDep) -> dict[str, Any]:
     """Sign in with email and password (relayed to signing ``POST /users/auth``)."""
-    http: httpx.AsyncClient = request.app.state.signing_http
-    try:
-        resp = await http.post("/users/auth", json=body.model_dump())
-    except httpx.HTTPError as exc:
-        raise ServiceUnavailable("signing is unreachable") from exc
-    if resp.status_code in (400, 401, 403, 404, 422):
-        raise Unauthorized("wrong email or password")
-    if resp.status_code == 429:
-        raw = resp.headers.get("retry-after", "")
-        retry_after = int(raw) if raw.isdigit() else 60
-        raise TooManyRequests("too many sign-in attempts", retry_after=retry_after)
-    if resp.status_code != 200:
-        raise ServiceUnavailable("signing did not answer")
-    return JSONResponse(resp.json())
+    return await session_service.sign_in(
+        http=http, body=body, forwarded_for=forwarded_chain(request)
+    )
 
 
 @router.get("/devices")
