@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from typer.testing import CliRunner
 
+from iot_common import dynsec
+from iotctl.mosquitto import Mosquitto
 from simulator.__main__ import app
+from simulator.device_mqtt import DeviceMqttTransport
 from simulator.fleet import Fleet
 from simulator.ledger import read_ledger
 from simulator.registry import local_devices
@@ -25,16 +31,29 @@ _decode = msgspec.json.Decoder()
 class CountingSink:
     """An MQTT subscriber counting readings and when they arrived."""
 
-    def __init__(self, host: str, port: int, topic_prefix: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic_prefix: str,
+        *,
+        account: tuple[str, str] | None = None,
+        share_group: str | None = None,
+    ) -> None:
         self.lock = threading.Lock()
         self.arrivals: list[tuple[float, int]] = []
         self.readings: set[tuple[str, int]] = set()
         self.duplicates = 0
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        if account is not None:
+            self.client.username_pw_set(*account)
+        topic = f"{topic_prefix}devices/+/telemetry"
+        if share_group is not None:  # as the bridge subscribes (its account may do only that)
+            topic = f"$share/{share_group}/{topic}"
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_connect = lambda c, *a: c.subscribe(f"{topic_prefix}devices/+/telemetry", 1)
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, 1)
         self.client.connect(host, port)
         self.client.loop_start()
         assert self.subscribed.wait(10)
@@ -163,3 +182,66 @@ def test_cli_run_publishes_a_fleet_with_faults_over_mqtt(
     result = CliRunner().invoke(app, ["ledger", str(tmp_path / "ledger")])
     assert result.exit_code == 0
     assert '"records"' in result.output
+
+
+def test_registered_devices_publish_on_their_own_authenticated_connections(
+    mosquitto: Mosquitto, run_id: str, make_fleet: Any, tmp_path: Path
+) -> None:
+    """On the platform's broker (anonymous refused, each device its own topic only) every
+    device connects with its token; the rate and completeness are those of the shared
+    connection's test above."""
+    prefix = f"test/sim{run_id}{secrets.token_hex(3)}/"
+    fleet = Fleet.model_validate(make_fleet())
+    devices = local_devices(fleet, 6)
+    for d in devices:  # ids of their own: the broker keeps clients for the whole session
+        d.id, d.token = str(uuid.uuid4()), secrets.token_urlsafe(24)
+    mosquitto.add_devices((d.id, d.token) for d in devices if d.token)
+    sink = CountingSink(
+        *mosquitto.address,
+        prefix,
+        account=(dynsec.BRIDGE_USERNAME, dynsec.DEV_BRIDGE_PASSWORD),
+        share_group=f"sim{run_id}",
+    )
+    try:
+        summary = run(
+            RunOptions(
+                fleet=fleet,
+                rate=5000,
+                duration=4,
+                batch=10,
+                processes=1,
+                transport=TransportConfig(
+                    kind="mqtt",
+                    mqtt_host=mosquitto.host,
+                    mqtt_port=mosquitto.port,
+                    mqtt_topic_prefix=prefix,
+                ),
+                devices=devices,
+                live=False,
+            )
+        )
+        sink.wait_for(20_000)
+    finally:
+        sink.close()
+    assert len(sink.readings) == 20_000
+    assert {d for d, _ in sink.readings} == {d.id for d in devices}
+    assert summary["failed"] == 0
+    assert summary["confirmed"] == summary["messages"] == 2000
+    assert summary["achieved_rate"] == pytest.approx(5000, rel=0.02)
+
+
+def test_a_device_whose_token_the_broker_does_not_know_is_refused(
+    mosquitto: Mosquitto, make_fleet: Any
+) -> None:
+    fleet = Fleet.model_validate(make_fleet())
+    devices = local_devices(fleet, 2)
+    for d in devices:  # ids of their own: the broker keeps clients for the whole session
+        d.id, d.token = str(uuid.uuid4()), secrets.token_urlsafe(24)
+    # Every device but the last is provisioned on the broker.
+    mosquitto.add_devices((d.id, str(d.token)) for d in devices[:-1])
+    transport = DeviceMqttTransport(
+        TransportConfig(kind="mqtt", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port),
+        [(d.id, str(d.token)) for d in devices],
+    )
+    with pytest.raises(ConnectionError, match="refused 1 device"):
+        asyncio.run(transport.start())

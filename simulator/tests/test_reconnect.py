@@ -8,9 +8,7 @@ subscriber and none may count as failed. HTTP and AMQP retries are checked again
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 
+from iotctl.mosquitto import Mosquitto
 from simulator.fleet import Fleet
 from simulator.ledger import read_ledger
 from simulator.registry import local_devices
@@ -29,7 +28,6 @@ from simulator.runner import RunOptions, run
 from simulator.transports import AmqpTransport, HttpTransport, MqttTransport, TransportConfig
 
 _decode = msgspec.json.Decoder()
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def free_port() -> int:
@@ -46,70 +44,16 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-class PrivateMosquitto:
-    """``mosquitto`` as a child process on a free port, persisting sessions to ``directory``.
-
-    It saves every second, so even after a SIGKILL the subscriber's session (subscription and
-    queue) is back when the broker restarts; otherwise a publisher reconnecting before the
-    subscriber re-subscribed would have its re-sent messages acknowledged and routed nowhere.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "user root\n"
-            "persistence true\n"
-            "autosave_interval 1\n"
-            f"persistence_location {directory}/\n"
-            "max_queued_messages 100000\n",
-            encoding="utf-8",
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def listening(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def start(self) -> None:
-        log = open(self.directory / "mosquitto.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        wait_until(self.listening, 10, "mosquitto to listen")
-
-    def stop(self, *, kill: bool = False) -> None:
-        """A graceful stop (SIGTERM: Mosquitto saves its sessions, as a restart would) or a
-        crash (SIGKILL: the broker forgets whatever it had not saved)."""
-        if self.proc is not None and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed")
-    broker = PrivateMosquitto(tmp_path / "mosquitto")
+def mosquitto() -> Iterator[Mosquitto]:
+    """A broker of this test's own, so it can be stopped or killed. It saves every second,
+    so even after a SIGKILL the subscriber's session (subscription and queue) is back when the
+    broker restarts; otherwise a publisher reconnecting before the subscriber re-subscribed
+    would have its re-sent messages acknowledged and routed nowhere."""
+    broker = Mosquitto(accounts=None, autosave_interval=1, max_queued_messages=100_000)
     broker.start()
     yield broker
-    broker.stop()
+    broker.cleanup()
 
 
 class PersistentSink:
@@ -150,7 +94,7 @@ class PersistentSink:
 
 @pytest.mark.parametrize("crash", [False, True], ids=["restart", "sigkill"])
 def test_no_reading_fails_or_is_lost_across_a_broker_restart(
-    mosquitto: PrivateMosquitto, make_fleet: Any, tmp_path: Path, run_id: str, crash: bool
+    mosquitto: Mosquitto, make_fleet: Any, tmp_path: Path, run_id: str, crash: bool
 ) -> None:
     prefix = f"sim{run_id}/"
     fleet = Fleet.model_validate(make_fleet())
@@ -177,7 +121,10 @@ def test_no_reading_fails_or_is_lost_across_a_broker_restart(
         publisher.start()
         wait_until(lambda: sink.received >= 300, 30, "the first readings")
         down_at = time.time()
-        mosquitto.stop(kill=crash)
+        if crash:
+            mosquitto.kill()
+        else:
+            mosquitto.stop()
         time.sleep(2.0)  # the simulator keeps publishing while the broker is away
         up_at = time.time()
         mosquitto.start()
@@ -199,7 +146,7 @@ def test_no_reading_fails_or_is_lost_across_a_broker_restart(
     assert len(while_down) > 100
 
 
-async def test_mqtt_gives_up_only_after_the_retry_period(mosquitto: PrivateMosquitto) -> None:
+async def test_mqtt_gives_up_only_after_the_retry_period(mosquitto: Mosquitto) -> None:
     transport = MqttTransport(
         TransportConfig(kind="mqtt", mqtt_port=mosquitto.port, give_up_after=1.5)
     )
@@ -316,7 +263,7 @@ def session_present(port: int, client_id: str) -> bool:
 
 
 async def test_mqtt_session_is_kept_while_running_and_ended_on_close(
-    mosquitto: PrivateMosquitto, run_id: str
+    mosquitto: Mosquitto, run_id: str
 ) -> None:
     cfg = TransportConfig(kind="mqtt", mqtt_port=mosquitto.port, client_id=f"sim-{run_id}")
     transport = MqttTransport(cfg)

@@ -126,7 +126,9 @@ class Publisher:
         self.fleet = Fleet.model_validate(spec.fleet)
         self.faults = self.fleet.faults
         self.devices = spec.devices
-        self.transport = transport or make_transport(spec.transport)
+        self.transport = transport or make_transport(
+            spec.transport, [(d.id, d.token) for d in self.devices if d.token]
+        )
         self.report = report
         self.ready = ready
         self.stop = stop or (lambda: False)

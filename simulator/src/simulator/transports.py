@@ -18,8 +18,10 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 
@@ -67,6 +69,23 @@ class Transport(Protocol):
 def backoff(attempt: int, low: float, high: float) -> float:
     """Delay before retry ``attempt`` (1, 2, …): exponential with jitter, at most ``high``."""
     return float(min(high, low * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+
+
+def take_expired(pending: dict[Any, float], given_up: set[Any], limit: float) -> list[Any]:
+    """Move messages first sent before ``limit`` from ``pending`` to ``given_up``.
+
+    ``pending`` is in sending order (first-sent time per key), so the scan stops at the first
+    message still inside its retry period.
+    """
+    expired: list[Any] = []
+    for key, first in pending.items():
+        if first > limit:
+            break
+        expired.append(key)
+    for key in expired:
+        del pending[key]
+        given_up.add(key)
+    return expired
 
 
 class _Counts:
@@ -214,15 +233,8 @@ class MqttTransport(_Counts):
         if not self._pending:
             return
         limit = time.monotonic() - self.cfg.give_up_after
-        expired: list[int] = []
         with self._lock:
-            for mid, first in self._pending.items():
-                if first > limit:
-                    break
-                expired.append(mid)
-            for mid in expired:
-                del self._pending[mid]
-                self._given_up.add(mid)
+            expired: list[int] = take_expired(self._pending, self._given_up, limit)
             self.failed += len(expired)
         if not expired:
             return
@@ -304,6 +316,13 @@ class MqttTransport(_Counts):
 class AmqpTransport(_Retrying):
     """aio-pika with publisher confirms; confirms are awaited concurrently (bounded).
 
+    Each device publishes on its own connection, as the device: RabbitMQ user = device id,
+    password = its device token (what device-management provisioned), and every message
+    carries ``user_id`` = the device id, which the broker validates and the bridge requires.
+    A device without a token (``--no-register``) publishes on one shared connection as
+    ``rabbitmq_url``'s user, without ``user_id`` (the bridge dead-letters that as
+    ``unauthorized``: load generation only).
+
     A publication that fails (connection or channel lost, confirm lost, nack) is published
     again, with backoff, once the robust connection is back, until ``give_up_after`` seconds.
     """
@@ -315,9 +334,20 @@ class AmqpTransport(_Retrying):
         self._conn: Any = None
         self._channel: Any = None
         self._exchange: Any = None
+        #: device id -> its own (connection, channel, exchange), opened on first use.
+        self._links: dict[str, asyncio.Task[tuple[Any, Any, Any]]] = {}
 
     async def start(self) -> None:
-        """Connect, waiting for the broker up to ``give_up_after`` seconds."""
+        """Connect the shared connection lazily; nothing to do until the first message."""
+
+    def _device_url(self, device_id: str, token: str) -> str:
+        parts = urlsplit(self.cfg.rabbitmq_url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = f"{quote(device_id, safe='')}:{quote(token, safe='')}"
+        return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+    async def _open(self, url: str) -> tuple[Any, Any, Any]:
+        """Connect (waiting for the broker up to ``give_up_after``) and find the exchange."""
         import aio_pika
 
         deadline = time.monotonic() + max(self.cfg.give_up_after, 1.0)
@@ -325,50 +355,76 @@ class AmqpTransport(_Retrying):
         while True:
             attempt += 1
             try:
-                self._conn = await aio_pika.connect_robust(self.cfg.rabbitmq_url)
+                conn = await aio_pika.connect_robust(url)
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
                     raise ConnectionError(f"cannot connect to RabbitMQ: {exc}") from exc
                 log.warning("RabbitMQ not reachable (%s), retrying", exc)
                 await asyncio.sleep(backoff(attempt, self.cfg.retry_min * 5, self.cfg.retry_max))
-        self._channel = await self._conn.channel(publisher_confirms=True)
-        self._exchange = await self._channel.declare_exchange(
-            self.cfg.telemetry_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        try:
+            channel = await conn.channel(publisher_confirms=True)
+            # Passive: a device may not declare exchanges (the platform's setup does).
+            exchange = await channel.get_exchange(self.cfg.telemetry_exchange, ensure=True)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn, channel, exchange
 
-    async def _publish_once(self, device_id: str, payload: bytes) -> None:
+    async def _link(self, device_id: str, token: str | None) -> tuple[Any, Any]:
+        """(channel, exchange) to publish ``device_id``'s readings on."""
+        if token is None:
+            if self._exchange is None:
+                self._conn, self._channel, self._exchange = await self._open(self.cfg.rabbitmq_url)
+            return self._channel, self._exchange
+        task = self._links.get(device_id)
+        if task is None or (task.done() and task.exception() is not None):
+            task = self._links[device_id] = asyncio.create_task(
+                self._open(self._device_url(device_id, token))
+            )
+        _, channel, exchange = await asyncio.shield(task)
+        return channel, exchange
+
+    async def _publish_once(self, device_id: str, payload: bytes, token: str | None) -> None:
         import aio_pika
 
+        _, exchange = await self._link(device_id, token)
         msg = aio_pika.Message(
             payload,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=device_id if token is not None else None,
         )
-        await self._exchange.publish(msg, routing_key=f"device.{device_id}", timeout=30)
+        await exchange.publish(msg, routing_key=f"device.{device_id}", timeout=30)
 
-    async def _send(self, device_id: str, payload: bytes) -> None:
+    async def _send(self, device_id: str, payload: bytes, token: str | None) -> None:
         first = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._publish_once(device_id, payload)
+                await self._publish_once(device_id, payload, token)
             except Exception as exc:
                 if not await self._retry("AMQP publish", device_id, exc, first, attempt):
                     return
-                await self._wait_ready(first)
+                await self._wait_ready(first, device_id, token)
             else:
                 self.acked += 1
                 return
 
-    async def _wait_ready(self, first: float) -> None:
+    async def _wait_ready(self, first: float, device_id: str, token: str | None) -> None:
         """Until the robust channel is usable again (or the message's time is up)."""
         left = self.cfg.give_up_after - (time.monotonic() - first)
-        if self._channel is None or left <= 0:
+        channel = self._channel
+        if token is not None:
+            task = self._links.get(device_id)
+            if task is None or not task.done() or task.exception() is not None:
+                return
+            channel = task.result()[1]
+        if channel is None or left <= 0:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._channel.ready(), timeout=left)
+            await asyncio.wait_for(channel.ready(), timeout=left)
 
     async def publish(
         self, device_id: str, payload: bytes, *, token: str | None, expect_reject: bool
@@ -376,7 +432,7 @@ class AmqpTransport(_Retrying):
         if self.in_flight >= self.window:
             await self._wait_window()
         self.sent += 1
-        task = asyncio.create_task(self._send(device_id, payload))
+        task = asyncio.create_task(self._send(device_id, payload, token))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -385,8 +441,16 @@ class AmqpTransport(_Retrying):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.close()
+        conns = [self._conn] if self._conn is not None else []
+        for link in self._links.values():
+            if not link.done():
+                link.cancel()
+            with contextlib.suppress(BaseException):
+                conns.append((await link)[0])
+        self._links.clear()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 class HttpTransport(_Retrying):
@@ -463,7 +527,14 @@ class HttpTransport(_Retrying):
                 await self._client.aclose()
 
 
-def make_transport(cfg: TransportConfig) -> Transport:
+def make_transport(cfg: TransportConfig, credentials: Sequence[tuple[str, str]] = ()) -> Transport:
+    """The transport of ``cfg.kind``. MQTT with device credentials (id, token) connects each
+    device on its own authenticated connection; without any, one shared connection (load
+    generation against a broker that takes anonymous clients, ``--no-register``)."""
+    if cfg.kind == "mqtt" and credentials:
+        from simulator.device_mqtt import DeviceMqttTransport
+
+        return DeviceMqttTransport(cfg, credentials)
     kinds: dict[str, type[Any]] = {
         "mqtt": MqttTransport,
         "amqp": AmqpTransport,
