@@ -1,4 +1,4 @@
-.PHONY: run test lint bench sync down status
+.PHONY: run test lint bench sync down status containers containers-down
 SHELL := /bin/bash
 UV = $(shell bash scripts/ensure-uv.sh)
 
@@ -12,7 +12,8 @@ test:
 	bash scripts/test.sh
 
 sync:
-	$(UV) sync --all-packages --frozen
+	$(UV) sync --all-packages --frozen --compile-bytecode
+	$(UV) run --no-sync python -m compileall -q $$(ls -d */src) >/dev/null
 
 lint: sync
 	$(UV) run --no-sync ruff check .
@@ -29,3 +30,12 @@ status:
 
 down:
 	$(UV) run --no-sync iotctl down
+
+## Build every image (base images from Debian's packages, no image registry) and run the stack in
+## containers with podman; slow, not part of `make test`. See scripts/containers/run.sh.
+containers:
+	bash scripts/containers/run.sh
+
+## Remove every container, network, volume and image that `make containers` made.
+containers-down:
+	bash scripts/containers/teardown.sh

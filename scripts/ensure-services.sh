@@ -25,5 +25,10 @@ rc=0
 start PostgreSQL 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql 2>/dev/null | head -n1)" main start || rc=1
 start Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log || rc=1
 start RabbitMQ 5672 rabbitmq-server -detached || rc=1
+# Device accounts on AMQP are kept through RabbitMQ's own management HTTP API (its plugin).
+if up 5672 && ! up 15672; then
+  echo "ensure-services: enabling RabbitMQ's management plugin"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 && wait_for "RabbitMQ management" 15672 60 || rc=1
+fi
 start Mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf || rc=1
 exit $rc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import ipaddress
 import json
 import os
 import re
@@ -27,7 +29,14 @@ SERVICES = {
     "simulator": None,
 }
 INFRA = {"redpanda", "redpanda-console", "mongodb", "postgres", "redis", "rabbitmq", "mosquitto"}
-ONE_SHOT = {"signing-migrate", "device-management-migrate", "simulator"}
+ONE_SHOT = {
+    "rabbitmq-setup",
+    "signing-migrate",
+    "device-management-migrate",
+    "monitoring-store-migrate",
+    "mosquitto-init",
+    "simulator",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +46,215 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def test_docker_compose_config_accepts_the_file() -> None:
+#: What `.env` must provide; compose refuses to start while any one is missing or empty.
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "MONGO_PASSWORD",
+    "RABBITMQ_PASSWORD",
+    "REDIS_PASSWORD",
+    "IOT_INTERNAL_TOKEN",
+    "IOT_ADMIN_PASSWORD",
+    "SIGNING_KEY_PASSPHRASE",
+    "GRAFANA_ADMIN_PASSWORD",
+    "MQTT_ADMIN_PASSWORD",
+    "MQTT_BRIDGE_PASSWORD",
+)
+
+
+def docker_compose() -> str:
     tool = shutil.which("docker-compose")
     if tool is None:
         pytest.skip("docker-compose is not installed (make test installs it)")
-    for args in ([], ["--profile", "demo"]):
-        result = subprocess.run(
-            [tool, "-f", str(COMPOSE), *args, "config", "-q"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=False,
-        )
+    return tool
+
+
+def compose_config(
+    env_file: Path, *files: Path, profile: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with exactly ``env_file``'s variables (no ./.env, no shell's)."""
+    args = [a for f in (files or (COMPOSE,)) for a in ("-f", str(f))]
+    args += ["--profile", profile] if profile else []
+    return subprocess.run(
+        [docker_compose(), *args, "--env-file", str(env_file), "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"]},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `.env` as `scripts/generate-env.sh` writes it: every secret fresh and random."""
+    where = tmp_path_factory.mktemp("compose-env")
+    subprocess.run(["bash", str(ROOT / "scripts" / "generate-env.sh"), str(where)], check=True)
+    return where / ".env"
+
+
+def env_values(env_file: Path) -> dict[str, str]:
+    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
+    return {k: v for k, sep, v in pairs if sep and not k.startswith("#")}
+
+
+def test_docker_compose_config_accepts_the_file(env_file: Path) -> None:
+    for profile in (None, "demo"):
+        result = compose_config(env_file, profile=profile)
         assert result.returncode == 0, result.stderr
+    values = env_values(env_file)
+    assert all(values[name] for name in SECRETS)
+    assert len({values[name] for name in SECRETS}) == len(SECRETS)  # each its own
+
+
+@pytest.mark.parametrize("missing", SECRETS)
+def test_compose_refuses_to_start_without_a_secret(
+    env_file: Path, missing: str, tmp_path: Path
+) -> None:
+    values = {**env_values(env_file), missing: ""}  # as `cp .env.example .env` leaves it
+    partial = tmp_path / ".env"
+    partial.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = compose_config(partial)
+    assert result.returncode != 0
+    assert f"set {missing} in .env" in result.stderr
+
+
+def test_env_example_commits_no_working_secret() -> None:
+    values = env_values(ROOT / ".env.example")
+    for name in SECRETS:
+        assert values[name] == "", f"{name} has a value in .env.example"
+
+
+def rendered(env_file: Path) -> dict[str, Any]:
+    result = compose_config(env_file)
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+SETTINGS = {
+    "signing": "signing.config:SigningSettings",
+    "device-management": "device_management.config:DeviceManagementSettings",
+    "ingest-bridge": "ingest_bridge.config:IngestBridgeSettings",
+    "stream-agents": "stream_agents.config:AgentSettings",
+    "monitoring-api": "monitoring_api.config:MonitoringApiSettings",
+}
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_services_accept_compose_s_settings_and_refuse_development_defaults(
+    env_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    """What compose hands a service passes the services' rule; the repository's defaults fail."""
+    module, _, name = SETTINGS[service].partition(":")
+    settings_class = getattr(importlib.import_module(module), name)
+    for key in list(os.environ):
+        if key.startswith(("IOT_", "SIGNING_", "DEVICE_MANAGEMENT_", "MONITORING_")):
+            monkeypatch.delenv(key)
+
+    def problems(env_file: Path) -> list[str]:
+        env = rendered(env_file)["services"][service]["environment"]
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, str(value))
+            return list(settings_class(allow_dev_defaults=True).dev_defaults_in_use())
+
+    assert problems(env_file) == []
+    # Someone filled .env with the old development values: compose starts, the services do not.
+    defaults = tmp_path / ".env"
+    defaults.write_text(
+        env_file.read_text()
+        + "IOT_INTERNAL_TOKEN=dev-internal-token\nRABBITMQ_PASSWORD=guest\n"
+        # The services' own AMQP accounts, with the passwords a local run uses.
+        + "AMQP_BRIDGE_PASSWORD=dev-amqp-ingest-bridge\n"
+        + "AMQP_PUBLISHER_PASSWORD=dev-amqp-device-management\n"
+    )
+    found = problems(defaults)
+    assert any(p.startswith("internal_token") for p in found), found
+    assert any(p.startswith("rabbitmq_url") for p in found), found
+
+
+def test_every_container_of_a_service_image_gets_settings_its_service_accepts(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One-shot steps (migrations, account set-up) run the service's settings too."""
+    for key in list(os.environ):
+        if key.startswith(("IOT_", "SIGNING_", "DEVICE_MANAGEMENT_", "MONITORING_", "INGEST_")):
+            monkeypatch.delenv(key)
+    services = rendered(env_file)["services"]
+    checked = []
+    for name, service in sorted(services.items()):
+        image = str(service.get("image", "")).removeprefix("iot/").partition(":")[0]
+        if image not in SETTINGS:
+            continue
+        module, _, cls = SETTINGS[image].partition(":")
+        settings_class = getattr(importlib.import_module(module), cls)
+        with monkeypatch.context() as m:
+            for key, value in (service.get("environment") or {}).items():
+                m.setenv(key, str(value))
+            found = list(settings_class(allow_dev_defaults=True).dev_defaults_in_use())
+        assert found == [], f"{name} ({image} image): {found}"
+        checked.append(name)
+    assert {"mosquitto-init", "device-management-migrate", "rabbitmq-setup"} <= set(checked)
+
+
+def port_of(entry: str | dict[str, Any]) -> tuple[str | None, str]:
+    """(host address, published port) of a rendered port, short ("ip:pub:target") or long."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip"), str(entry.get("published"))
+    parts = entry.split(":")
+    return (parts[0] if len(parts) == 3 else None), parts[-2]
+
+
+def test_infrastructure_ports_are_not_published(env_file: Path) -> None:
+    services = rendered(env_file)["services"]
+    published = {
+        name: [port_of(p)[1] for p in svc.get("ports", [])]
+        for name, svc in services.items()
+        if svc.get("ports")
+    }
+    # Devices (MQTT), users (the gateway) and operators (Grafana, with its password) only.
+    assert published == {"gateway": ["8080"], "mosquitto": ["1883"], "grafana": ["3000"]}
+
+
+def test_infrastructure_ports_are_opt_in_and_on_loopback(env_file: Path) -> None:
+    result = compose_config(env_file, COMPOSE, ROOT / "docker-compose.ports.yml")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    opted = {
+        name: {port_of(p) for p in services[name]["ports"]}
+        for name in ("redpanda", "redpanda-console", "rabbitmq", "prometheus", "redis")
+    }
+    for name, ports in opted.items():
+        assert ports and all(host == "127.0.0.1" for host, _ in ports), (name, ports)
+
+
+def test_redis_requires_a_password(env_file: Path) -> None:
+    services = rendered(env_file)["services"]
+    password = env_values(env_file)["REDIS_PASSWORD"]
+    redis = services["redis"]
+    assert "--requirepass" in " ".join(redis["command"])
+    assert redis["environment"]["REDIS_PASSWORD"] == password
+    assert redis["environment"]["REDISCLI_AUTH"] == password  # the health check authenticates
+    for name in ("signing", "device-management", "ingest-bridge", "monitoring-api"):
+        assert services[name]["environment"]["IOT_REDIS_URL"].startswith(f"redis://:{password}@")
+
+
+def test_signing_trusts_exactly_the_gateway_and_the_sign_in_relay(env_file: Path) -> None:
+    services = rendered(env_file)["services"]
+    fixed = {
+        name: services[name]["networks"]["default"]["ipv4_address"]
+        for name in ("gateway", "monitoring-api")
+    }
+    trusted = services["signing"]["environment"]["SIGNING_FORWARDED_ALLOW_IPS"].split(",")
+    assert sorted(trusted) == sorted(fixed.values())
+    relay = json.loads(services["monitoring-api"]["environment"]["MONITORING_API_TRUSTED_PROXIES"])
+    assert relay == [fixed["gateway"]]
+    # Fixed addresses sit outside the range other containers get theirs from.
+    (pool,) = rendered(env_file)["networks"]["default"]["ipam"]["config"]
+    dynamic = ipaddress.ip_network(pool["ip_range"])
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network(pool["subnet"]) for a in trusted)
+    assert not any(ipaddress.ip_address(a) in dynamic for a in trusted)
 
 
 def test_matches_the_compose_specification_schema(compose: dict[str, Any]) -> None:
@@ -96,6 +301,8 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
     # The services start only after their migrations and their infrastructure.
     assert "signing-migrate" in services["signing"]["depends_on"]
     assert "device-management-migrate" in services["device-management"]["depends_on"]
+    for store_user in ("stream-agents", "monitoring-api"):
+        assert "monitoring-store-migrate" in services[store_user]["depends_on"]
     assert {"redpanda", "mongodb"} <= set(services["stream-agents"]["depends_on"])
     gateway_deps = set(services["gateway"]["depends_on"])
     assert {"signing", "device-management", "monitoring-api", "ingest-bridge"} <= gateway_deps
@@ -303,3 +510,22 @@ def test_dockerfile_build_stage_installs_the_service(folder: str, tmp_path: Path
     )
     assert probe.returncode == 0, probe.stderr
     assert str(venv) in probe.stdout
+
+
+def test_mosquitto_refuses_anonymous_clients_and_gets_its_accounts_first(
+    compose: dict[str, Any],
+) -> None:
+    """Compose's broker runs the shipped dynamic-security config (tested with a real broker in
+    device-management/tests/test_mqtt_config.py), written by the init step before it starts."""
+    services = compose["services"]
+    conf = (ROOT / "infra" / "mosquitto" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "allow_anonymous true" not in conf
+    assert "mosquitto_dynamic_security.so" in conf and "max_packet_size 262144" in conf
+    init = services["mosquitto-init"]
+    assert init["command"][0] == "mqtt-config"
+    assert {"DEVICE_MANAGEMENT_MQTT_ADMIN_PASSWORD", "INGEST_BRIDGE_MQTT_PASSWORD"} <= set(
+        init["environment"]
+    )
+    deps = services["mosquitto"]["depends_on"]
+    assert deps["mosquitto-init"]["condition"] == "service_completed_successfully"
+    assert "INGEST_BRIDGE_MQTT_PASSWORD" in services["ingest-bridge"]["environment"]

@@ -7,15 +7,18 @@ gateway would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from iotctl import gateway
@@ -40,6 +44,10 @@ pytestmark = pytest.mark.skipif(
 def echo_app(service: str) -> Starlette:
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
+        if request.url.path.endswith("/throttled"):
+            return JSONResponse(
+                {"error": "slow down"}, status_code=429, headers={"Retry-After": "7"}
+            )
         return JSONResponse(
             {
                 "service": service,
@@ -51,8 +59,13 @@ def echo_app(service: str) -> Starlette:
                 "body_bytes": len(body),
             },
             status_code=202 if request.url.path.startswith("/ingest/") else 200,
-            # Services echo the request id themselves; the gateway must not duplicate it.
-            headers={"X-Request-ID": request.headers.get("x-request-id", "")},
+            headers={
+                # Services echo the request id themselves; the gateway must not duplicate it.
+                "X-Request-ID": request.headers.get("x-request-id", ""),
+                # Whatever a service says about framing and scripts, the gateway's policy holds.
+                "Content-Security-Policy": "default-src *",
+                "X-Frame-Options": "ALLOWALL",
+            },
         )
 
     async def ws(socket: WebSocket) -> None:
@@ -128,6 +141,17 @@ def start_nginx(run: Path, overrides: dict[str, str]) -> tuple[subprocess.Popen[
     raise AssertionError((run / "error.log").read_text())
 
 
+def upstream_overrides(upstreams: dict[str, int], **extra: str) -> dict[str, str]:
+    return {
+        "GATEWAY_PORT": str(free_port()),
+        "SIGNING_UPSTREAM": f"127.0.0.1:{upstreams['signing']}",
+        "DEVICE_MANAGEMENT_UPSTREAM": f"127.0.0.1:{upstreams['device-management']}",
+        "MONITORING_API_UPSTREAM": f"127.0.0.1:{upstreams['monitoring-api']}",
+        "INGEST_BRIDGE_UPSTREAM": f"127.0.0.1:{upstreams['ingest-bridge']}",
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def gw(upstreams: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     run = tmp_path_factory.mktemp("gateway")
@@ -135,11 +159,7 @@ def gw(upstreams: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> I
     proc, port = start_nginx(
         run,
         {
-            "GATEWAY_PORT": str(free_port()),
-            "SIGNING_UPSTREAM": f"127.0.0.1:{upstreams['signing']}",
-            "DEVICE_MANAGEMENT_UPSTREAM": f"127.0.0.1:{upstreams['device-management']}",
-            "MONITORING_API_UPSTREAM": f"127.0.0.1:{upstreams['monitoring-api']}",
-            "INGEST_BRIDGE_UPSTREAM": f"127.0.0.1:{upstreams['ingest-bridge']}",
+            **upstream_overrides(upstreams),
             "GATEWAY_ACCESS_LOG": str(access_log),
             # One login a minute after a burst of 3: the 5th quick attempt must be refused.
             "GATEWAY_AUTH_RATE": "1r/m",
@@ -285,3 +305,178 @@ def test_config_renders_without_leftover_placeholders(tmp_path: Path) -> None:
     text = (rendered.prefix / "conf.d" / "gateway.conf").read_text()
     assert "${" not in text
     assert shutil.which("nginx") or gateway.nginx_binary()
+
+
+# ------------------------------------------------------------------------------ hardening
+
+
+def csp_directives(header: str) -> dict[str, list[str]]:
+    return {
+        name: values
+        for name, *values in (part.split() for part in header.split(";") if part.strip())
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/devices", 200),
+        ("GET", "/dashboard", 200),
+        ("GET", "/no/such/route", 404),
+        ("POST", "/users/add", 413),
+        ("GET", "/gateway/health", 200),
+    ],
+)
+def test_security_headers_on_every_answer(gw: Gateway, method: str, path: str, status: int) -> None:
+    body = b"x" * (70 * 1024) if status == 413 else None
+    r = httpx.request(method, gw.url + path, content=body, timeout=5)
+    assert r.status_code == status
+    assert r.headers.get_list("x-frame-options") == ["DENY"]
+    assert r.headers.get_list("x-content-type-options") == ["nosniff"]
+    assert r.headers.get_list("referrer-policy") == ["no-referrer"]
+    (csp,) = r.headers.get_list("content-security-policy")  # the gateway's, not the service's
+    assert csp_directives(csp)["frame-ancestors"] == ["'none'"]
+    if not path.startswith("/dashboard"):
+        assert csp_directives(csp)["default-src"] == ["'none'"]
+    # Plain HTTP: no HSTS (a browser would ignore it anyway).
+    assert "strict-transport-security" not in r.headers
+
+
+def test_dashboard_policy_allows_exactly_its_own_scripts_styles_and_connections(
+    gw: Gateway,
+) -> None:
+    for path in ("/dashboard", "/dashboard/", "/dashboard/assets/index-4f2a.js"):
+        (csp,) = httpx.get(gw.url + path, timeout=5).headers.get_list("content-security-policy")
+        policy = csp_directives(csp)
+        assert policy["default-src"] == ["'self'"]
+        assert policy["script-src"] == ["'self'"]  # no inline script, no eval
+        assert policy["style-src"] == ["'self'"]
+        # API calls and the Socket.IO WebSocket go to this same origin ('self' covers ws/wss).
+        assert policy["connect-src"] == ["'self'"]
+        assert policy["object-src"] == ["'none'"]
+        assert policy["frame-ancestors"] == ["'none'"]
+    # The API's answers may load nothing at all.
+    api = httpx.get(gw.url + "/monitoring/devices", timeout=5)
+    assert csp_directives(api.headers["content-security-policy"])["default-src"] == ["'none'"]
+
+
+def test_hsts_when_the_client_came_over_tls(gw: Gateway) -> None:
+    r = httpx.get(gw.url + "/devices", headers={"X-Forwarded-Proto": "https"}, timeout=5)
+    (hsts,) = r.headers.get_list("strict-transport-security")
+    assert "max-age=31536000" in hsts
+
+
+def test_service_retry_after_passes_through_unchanged(gw: Gateway) -> None:
+    assert "retry-after" not in httpx.get(gw.url + "/devices", timeout=5).headers
+    # A service's own 429 keeps its own Retry-After (the gateway adds one to its own only).
+    r = httpx.get(gw.url + "/devices/throttled", timeout=5)
+    assert r.status_code == 429
+    assert r.headers.get_list("retry-after") == ["7"]
+
+
+def test_a_client_cannot_choose_the_address_the_services_see(gw: Gateway) -> None:
+    r = httpx.get(gw.url + "/users/x", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5)
+    assert r.json()["forwarded_for"] == "127.0.0.1"
+
+
+def test_tokens_in_the_query_never_reach_the_access_log(gw: Gateway) -> None:
+    secrets_sent = ["eyJSECRETone", "eyJSECRETtwo", "eyJSECRETthree"]
+    httpx.get(
+        gw.url + f"/ws/monitoring/?EIO=4&transport=polling&token={secrets_sent[0]}",
+        headers={"X-Request-ID": "redact-1"},
+        timeout=5,
+    )
+    httpx.get(
+        gw.url + f"/monitoring/x?access_token={secrets_sent[1]}&a=1&Token={secrets_sent[2]}",
+        headers={"X-Request-ID": "redact-2"},
+        timeout=5,
+    )
+    entries: dict[str, dict[str, object]] = {}
+    deadline = time.monotonic() + 5
+    while len(entries) < 2 and time.monotonic() < deadline:
+        text = gw.access_log.read_text()
+        entries = {
+            str(e["request_id"]): e
+            for e in map(json.loads, text.splitlines())
+            if e["request_id"] in ("redact-1", "redact-2")
+        }
+        time.sleep(0.05)
+    assert set(entries) == {"redact-1", "redact-2"}
+    for secret in secrets_sent:
+        assert secret not in gw.access_log.read_text()
+    # What else the request said stays readable.
+    assert entries["redact-1"]["uri"] == "/ws/monitoring/?EIO=4&transport=polling&token=[redacted]"
+    assert str(entries["redact-2"]["uri"]).startswith("/monitoring/x")
+
+
+@contextlib.contextmanager
+def gateway_with(tmp_path: Path, upstreams: dict[str, int], **settings: str) -> Iterator[int]:
+    """A gateway of this test alone with some template values changed; yields its port."""
+    proc, port = start_nginx(
+        tmp_path, upstream_overrides(upstreams, GATEWAY_ACCESS_LOG="/dev/null", **settings)
+    )
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _ws_from(address: str, url: str) -> object:
+    """A WebSocket to ``url`` whose connection comes from ``address`` (a loopback address)."""
+    host, port = url.removeprefix("ws://").split("/", 1)[0].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5, source_address=(address, 0))
+    return connect(url, sock=sock, open_timeout=5)
+
+
+def test_websocket_connections_are_limited_per_client_and_in_all(
+    tmp_path: Path, upstreams: dict[str, int]
+) -> None:
+    opened: list[Any] = []
+    with gateway_with(tmp_path, upstreams, GATEWAY_WS_PER_CLIENT="3", GATEWAY_WS_TOTAL="5") as port:
+        url = f"ws://127.0.0.1:{port}/ws/monitoring/?EIO=4&transport=websocket"
+        try:
+            opened += [_ws_from("127.0.0.1", url) for _ in range(3)]
+            with pytest.raises(InvalidStatus) as refused:
+                _ws_from("127.0.0.1", url)
+            assert refused.value.response.status_code == 429
+            # Another client still gets in, up to the total.
+            opened += [_ws_from("127.0.0.2", url) for _ in range(2)]
+            with pytest.raises(InvalidStatus):
+                _ws_from("127.0.0.3", url)
+            # The open ones work; closing one makes room again.
+            opened[0].send("still here")
+            assert opened[0].recv(timeout=5) == "monitoring-api:still here"
+            opened.pop(0).close()
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    opened.append(_ws_from("127.0.0.3", url))
+                    break
+                except InvalidStatus:
+                    assert time.monotonic() < deadline, "a closed connection did not free its place"
+                    time.sleep(0.05)
+        finally:
+            for ws in opened:
+                ws.close()
+
+
+def test_self_registration_is_rate_limited_per_client(
+    tmp_path: Path, upstreams: dict[str, int]
+) -> None:
+    with gateway_with(
+        tmp_path, upstreams, GATEWAY_REGISTER_RATE="1r/m", GATEWAY_REGISTER_BURST="2"
+    ) as port:
+        url = f"http://127.0.0.1:{port}"
+        statuses = [
+            httpx.post(url + "/users/add", json={}, timeout=5).status_code for _ in range(5)
+        ]
+        assert statuses[:3] == [200] * 3
+        assert statuses[-1] == 429
+        limited = httpx.post(url + "/users/add", json={}, timeout=5)
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert limited.headers.get_list("retry-after") == ["10"]
+        assert limited.headers.get_list("x-frame-options") == ["DENY"]
+        # Signing in and the rest of the users API are not held back by it.
+        assert httpx.post(url + "/users/auth", json={}, timeout=5).status_code == 200
+        assert httpx.get(url + "/users/", timeout=5).status_code == 200

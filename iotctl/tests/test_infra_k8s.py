@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import base64
+import functools
+import importlib
+import ipaddress
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +29,32 @@ SERVICES = {
 INFRA = {"redpanda", "mongodb", "postgres", "redis", "rabbitmq", "mosquitto"}
 
 
-def kustomize(overlay: str) -> list[dict[str, Any]]:
+def kustomize_at(path: Path) -> subprocess.CompletedProcess[str]:
     if shutil.which("kubectl"):
-        cmd = ["kubectl", "kustomize", str(K8S / "overlays" / overlay)]
+        cmd = ["kubectl", "kustomize", str(path)]
     elif shutil.which("kustomize"):
-        cmd = ["kustomize", "build", str(K8S / "overlays" / overlay)]
+        cmd = ["kustomize", "build", str(path)]
     else:
         pytest.skip("neither kubectl nor kustomize is installed")
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+@functools.cache
+def deployable_copy() -> Path:
+    """infra/k8s with the secret files `scripts/generate-env.sh` writes (never committed)."""
+    root = Path(tempfile.mkdtemp(prefix="k8s-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    shutil.copytree(K8S, root / "infra" / "k8s", ignore=shutil.ignore_patterns("*.env"))
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "generate-env.sh"), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    return root / "infra" / "k8s"
+
+
+def kustomize(overlay: str) -> list[dict[str, Any]]:
+    result = kustomize_at(deployable_copy() / "overlays" / overlay)
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -186,3 +210,77 @@ def test_operator_references_are_documented() -> None:
     readme = (K8S / "README.md").read_text()
     for name in ("Redpanda", "MongoDB", "PostgreSQL", "Redis", "RabbitMQ"):
         assert name in readme
+
+
+def test_dev_overlay_commits_no_secret_and_refuses_to_build_without_generated_ones(
+    tmp_path: Path,
+) -> None:
+    kustomization = yaml.safe_load((K8S / "overlays" / "dev" / "kustomization.yaml").read_text())
+    for generator in kustomization["secretGenerator"]:
+        assert "literals" not in generator, f"{generator['name']} commits values"
+    bare = tmp_path / "k8s"
+    shutil.copytree(K8S, bare, ignore=shutil.ignore_patterns("*.env"))
+    result = kustomize_at(bare / "overlays" / "dev")
+    assert result.returncode != 0
+    assert "secrets.env" in result.stderr or "credentials.env" in result.stderr
+
+
+def test_redis_requires_a_password() -> None:
+    docs = kustomize("dev")
+    assert "IOT_REDIS_URL" not in of_kind(docs, "ConfigMap")["platform-config"]["data"]
+    secrets = of_kind(docs, "Secret")
+    redis_url = base64.b64decode(secrets["platform-secrets"]["data"]["IOT_REDIS_URL"]).decode()
+    password = base64.b64decode(secrets["infra-credentials"]["data"]["redis-password"]).decode()
+    assert redis_url == f"redis://:{password}@redis:6379/0"
+    redis = of_kind(docs, "StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"][0]
+    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in redis["env"]}
+    assert env == {"REDIS_PASSWORD": "redis-password", "REDISCLI_AUTH": "redis-password"}
+    prod = of_kind(kustomize("prod"), "ConfigMap")["platform-config"]["data"]
+    assert "IOT_REDIS_URL" not in prod  # with its password, from the secret manager
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["signing.config:SigningSettings", "device_management.config:DeviceManagementSettings"],
+)
+def test_services_refuse_the_secret_templates_as_they_are(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    """A cluster that applied base/secrets.yaml without replacing it does not start."""
+    path, _, name = module.partition(":")
+    settings_class = getattr(importlib.import_module(path), name)
+    (template, *_) = [
+        d for d in yaml.safe_load_all((K8S / "base" / "secrets.yaml").read_text()) if d
+    ]
+    monkeypatch.delenv("IOT_ALLOW_DEV_DEFAULTS")
+    for key, value in template["stringData"].items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="refusing to start with development defaults") as info:
+        settings_class()
+    for setting in ("internal_token", "rabbitmq_url", "redis_url"):
+        assert setting in str(info.value)
+
+
+def test_forwarded_addresses_are_trusted_from_named_networks_only() -> None:
+    for overlay in ("dev", "prod"):
+        config = of_kind(kustomize(overlay), "ConfigMap")["platform-config"]["data"]
+        trusted = config["SIGNING_FORWARDED_ALLOW_IPS"].split(",")
+        assert "*" not in trusted and all(ipaddress.ip_network(t) for t in trusted)
+        assert "*" not in config["MONITORING_API_TRUSTED_PROXIES"]
+
+
+def test_dev_mosquitto_runs_compose_s_config_with_its_accounts_written_first() -> None:
+    """The same broker configuration as compose (anonymous refused, dynamic security), and
+    the same init step, from the platform's secrets, before the broker starts."""
+    docs = kustomize("dev")
+    shipped = (ROOT / "infra" / "mosquitto" / "mosquitto.conf").read_text()
+    assert of_kind(docs, "ConfigMap")["mosquitto-config"]["data"]["mosquitto.conf"] == shipped
+    pod = of_kind(docs, "StatefulSet")["mosquitto"]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"].startswith("iot/device-management") and init["args"][0] == "mqtt-config"
+    assert {"secretRef": {"name": "platform-secrets"}} in init["envFrom"]
+    assert pod["containers"][0]["args"] == ["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]
+    secrets = (ROOT / "infra" / "k8s" / "base" / "secrets.yaml").read_text()
+    assert "DEVICE_MANAGEMENT_MQTT_ADMIN_PASSWORD" in secrets
+    assert "INGEST_BRIDGE_MQTT_PASSWORD" in secrets

@@ -29,8 +29,8 @@ import pytest
 
 from iotctl.broker import free_port, speaks_kafka
 from iotctl.components import COMPONENTS, landed, script_path
+from iotctl.mosquitto import Mosquitto
 from iotctl.sandbox import (
-    PrivateMosquitto,
     PrivatePostgres,
     PrivateRabbitMQ,
     PrivateRedis,
@@ -62,7 +62,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 class Infra:
     def __init__(self) -> None:
         self.redis = PrivateRedis()
-        self.mqtt = PrivateMosquitto()
+        # Persistent, so QoS 1 sessions survive its restart.
+        self.mqtt = Mosquitto(accounts=None)
         self.pg = PrivatePostgres()
         self.rabbit = PrivateRabbitMQ()
         self.all = {
@@ -143,6 +144,8 @@ def stack(tmp_path: Path, infra: Infra) -> Iterator[Stack]:
         {
             "IOTCTL_RUN_DIR": str(tmp_path / "run"),
             "IOTCTL_ROOT": str(ROOT),
+            # The simulator (started below, not by iotctl) uses the development secrets too.
+            "IOT_ALLOW_DEV_DEFAULTS": "true",
             "IOT_DATABASE_URL": infra.pg.url("iot"),
             "IOT_REDIS_URL": infra.redis.url,
             "IOT_RABBITMQ_URL": infra.rabbit.url,

@@ -20,7 +20,13 @@ from iotctl.components import COMPONENTS, ORDER, landed
 from iotctl.deps import MissingDependency
 from iotctl.gateway import nginx_binary
 from iotctl.procs import Proc, StackState, load_stacks, stacks_dir, stop_group
-from iotctl.stack import DEFAULT_HEALTH_TIMEOUT, component_up, preflight, run_up
+from iotctl.stack import (
+    DEFAULT_HEALTH_TIMEOUT,
+    StopSignals,
+    component_up,
+    preflight,
+    run_up,
+)
 
 app = typer.Typer(
     help="Run the IoT platform locally: broker, services, gateway and simulator.",
@@ -53,9 +59,18 @@ def up(
     restart: Annotated[
         bool, typer.Option(help="Restart a component that dies (with back-off).")
     ] = True,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Monitoring store backend: postgres (the local database) or mongodb (a "
+            "MongoDB-compatible emulator started with the stack, IOTCTL_MONGODB_PORT)."
+        ),
+    ] = "postgres",
 ) -> None:
     """Start components (and what they need), wait until healthy; Ctrl-C stops them."""
     names = list(components or [])
+    if store not in ("postgres", "mongodb"):
+        raise _fail(f"unknown store {store!r}; choose postgres or mongodb")
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise _fail(f"unknown component {', '.join(unknown)}; choose from {', '.join(ORDER)}")
@@ -63,7 +78,7 @@ def up(
     try:
         preflight(names, root)
         if detach:
-            options = [f"--health-timeout={health_timeout}", f"--rate={rate}"]
+            options = [f"--health-timeout={health_timeout}", f"--rate={rate}", f"--store={store}"]
             if not restart:
                 options.append("--no-restart")
             code = _detach(names, options, run)
@@ -77,6 +92,7 @@ def up(
                 simulator_rate=rate,
                 restart=restart,
                 detached=os.environ.get("IOTCTL_DETACHED") == "1",
+                store=store,
             )
     except (MissingDependency, BrokerUnavailable) as exc:
         raise _fail(str(exc)) from None
@@ -100,23 +116,26 @@ def _detach(names: list[str], options: list[str], run: Path) -> int:
         )
     state_file = stacks_dir(run) / f"{proc.pid}.json"
     offset = start
-    try:
-        while True:
-            offset = _echo_from(log, offset)
-            state = StackState.load(state_file)
-            code = proc.poll()
-            if code is not None:
-                _echo_from(log, offset)
-                return code
-            if state is not None and state.ready:
-                # Let the supervisor print its summary before handing back the terminal.
-                time.sleep(0.3)
-                _echo_from(log, offset)
-                return 1 if state.failed else 0
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        stop_group(Proc("iotctl", proc.pid, _ctime(proc.pid)), 30)
-        return 130
+    # Ctrl-C here stops the background supervisor we just started; repeats must not cut that
+    # stop short (see StopSignals).
+    with StopSignals():
+        try:
+            while True:
+                offset = _echo_from(log, offset)
+                state = StackState.load(state_file)
+                code = proc.poll()
+                if code is not None:
+                    _echo_from(log, offset)
+                    return code
+                if state is not None and state.ready:
+                    # Let the supervisor print its summary before handing back the terminal.
+                    time.sleep(0.3)
+                    _echo_from(log, offset)
+                    return 1 if state.failed else 0
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            stop_group(Proc("iotctl", proc.pid, _ctime(proc.pid)), 30)
+            return 130
 
 
 def _ctime(pid: int) -> float:

@@ -31,6 +31,9 @@ class Component:
     #: Env variables that tell the service which port to listen on.
     port_env: tuple[str, ...] = ()
     extra_urls: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: Script (from the repository root) and arguments that build what the component serves,
+    #: run before each start; it skips what is up to date and says what it did in its last line.
+    build: tuple[str, ...] = ()
 
     @property
     def port(self) -> int | None:
@@ -60,6 +63,7 @@ def _service(
     after: tuple[str, ...] = (),
     migrate: bool = False,
     extra_urls: tuple[tuple[str, str], ...] = (),
+    build: tuple[str, ...] = (),
 ) -> Component:
     return Component(
         name=name,
@@ -71,6 +75,7 @@ def _service(
         after=after,
         port_env=(port_env,),
         extra_urls=extra_urls,
+        build=build,
     )
 
 
@@ -116,6 +121,8 @@ COMPONENTS: dict[str, Component] = {
             needs=("kafka", "postgres", "redis"),
             after=("broker", "signing"),
             extra_urls=(("dashboard", "/dashboard"),),
+            # The same step `make test` runs, front end only (no browser for Playwright).
+            build=("scripts/test.d/20-dashboard.sh", "build"),
         ),
         Component(
             "gateway",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from iot_common.settings import DEFAULT_DATABASE_URL
 from iotctl.broker import port_open
 from iotctl.components import Need
 
@@ -43,8 +44,6 @@ _DEFAULT_PORTS: dict[Need, int] = {
     "mqtt": 1883,
     "kafka": 9092,
 }
-
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/iot"
 
 
 def database_url() -> str:

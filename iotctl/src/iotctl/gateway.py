@@ -22,6 +22,10 @@ DEFAULTS: dict[str, str] = {
     "GATEWAY_ACCESS_LOG": "/dev/stdout",
     "GATEWAY_AUTH_RATE": "10r/m",
     "GATEWAY_AUTH_BURST": "10",
+    "GATEWAY_REGISTER_RATE": "10r/m",
+    "GATEWAY_REGISTER_BURST": "5",
+    "GATEWAY_WS_PER_CLIENT": "20",
+    "GATEWAY_WS_TOTAL": "2000",
 }
 
 # The main config for a local, unprivileged-paths nginx; the template is included in `http`.

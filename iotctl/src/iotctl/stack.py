@@ -12,24 +12,30 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
+from iot_common import rabbitmq
 from iotctl import deps, gateway
 from iotctl.broker import BrokerUnavailable, TansuBroker, port_open, speaks_kafka
 from iotctl.components import COMPONENTS, Component, Need, landed, resolve, script_path
 from iotctl.deps import MissingDependency
 from iotctl.procs import Proc, StackState, Supervisor, create_time, stacks_dir
+from iotctl.sandbox import SandboxUnavailable, mongodb_server_binary
 from iotctl.topics import ensure_topics, topic_partitions
 
 DEFAULT_HEALTH_TIMEOUT = 90.0
+#: The supervised name of the MongoDB-compatible server of ``--store mongodb``.
+MONGODB = "mongodb"
 #: A component that ran at least this long before dying restarts without back-off.
 STABLE_SECONDS = 30.0
 MAX_BACKOFF = 30.0
@@ -83,6 +89,33 @@ def unavailable(comp: Component, root: Path) -> str | None:
     return None
 
 
+BUILD_TIMEOUT = 600.0
+
+
+def build_assets(comp: Component, root: Path) -> tuple[bool, str]:
+    """Run ``comp.build`` from ``root``: (succeeded, the one line that says what happened)."""
+    script, *args = comp.build
+    path = root / script
+    if not path.is_file():
+        return False, f"{script} is missing"
+    try:
+        done = subprocess.run(
+            ["bash", str(path), *args],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"{script} did not finish in {BUILD_TIMEOUT:.0f} s"
+    out = [ln.strip() for ln in done.stdout.splitlines() if ln.strip()]
+    err = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
+    if done.returncode == 0:
+        return True, out[-1] if out else f"{script}: done"
+    return False, (err or out or [f"{script} exited with code {done.returncode}"])[-1]
+
+
 def check_infra(comps: list[Component], root: Path) -> list[str]:
     """Make sure what ``comps`` need is reachable and the database exists; notes to print."""
     needs: set[Need] = set()
@@ -98,6 +131,28 @@ def preflight(names: list[str], root: Path) -> None:
     """Raise :class:`MissingDependency` before anything starts if a dependency is missing."""
     comps = [c for c in resolve(names) if unavailable(c, root) is None]
     check_infra(comps, root)
+
+
+#: Components that read or write the monitoring store: its migrations run before the first.
+STORE_USERS = ("stream-agents", "monitoring-api")
+
+
+#: A local run's AMQP: the platform's own vhost on the machine's RabbitMQ (``/`` stays the
+#: machine's), each service on its own account (development passwords), device users kept by
+#: device-management; the simulator's devices log in as themselves (host and vhost from here).
+LOCAL_AMQP_VHOST = "iot"
+LOCAL_AMQP_ENV = {
+    "DEVICE_MANAGEMENT_AMQP_PROVISIONING": "true",
+    "DEVICE_MANAGEMENT_RABBITMQ_URL": (
+        f"amqp://{rabbitmq.PUBLISHER_USERNAME}:{rabbitmq.DEV_PUBLISHER_PASSWORD}"
+        f"@127.0.0.1:5672/{LOCAL_AMQP_VHOST}"
+    ),
+    "INGEST_BRIDGE_RABBITMQ_URL": (
+        f"amqp://{rabbitmq.BRIDGE_USERNAME}:{rabbitmq.DEV_BRIDGE_PASSWORD}"
+        f"@127.0.0.1:5672/{LOCAL_AMQP_VHOST}"
+    ),
+    "SIMULATOR_RABBITMQ_URL": f"amqp://127.0.0.1:5672/{LOCAL_AMQP_VHOST}",
+}
 
 
 @dataclass
@@ -123,6 +178,11 @@ class Stack:
     restarts: dict[str, float] = field(default_factory=dict)
     backoff: dict[str, float] = field(default_factory=dict)
     waiting_health: set[str] = field(default_factory=set)
+    _store_migrated: bool = False
+    #: The monitoring store's backend: "postgres" (the local database) or "mongodb" (a
+    #: MongoDB-compatible server this stack starts, data in .run/mongodb).
+    store: str = "postgres"
+    store_url: str = ""
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.console, log_dir=self.run / "logs")
@@ -140,6 +200,9 @@ class Stack:
         env = dict(os.environ)
         env.pop("IOTCTL_DETACHED", None)
         env["PYTHONUNBUFFERED"] = "1"
+        # A local run uses this machine's unauthenticated Redis/RabbitMQ and the repository's
+        # development secrets, which the services refuse unless told this is development.
+        env.setdefault("IOT_ALLOW_DEV_DEFAULTS", "true")
         env["IOT_KAFKA_BOOTSTRAP"] = self.bootstrap or env.get(
             "IOT_KAFKA_BOOTSTRAP", f"127.0.0.1:{COMPONENTS['broker'].port}"
         )
@@ -154,7 +217,9 @@ class Stack:
         env.setdefault("SIMULATOR_INGEST_URL", str(COMPONENTS["ingest-bridge"].base_url))
         env.setdefault("IOT_DATABASE_URL", deps.database_url())
         # The monitoring store lives in the same PostgreSQL database for a local run.
-        env.setdefault("MONITORING_STORE_URL", deps.database_url())
+        env.setdefault("MONITORING_STORE_URL", self.store_url or deps.database_url())
+        for var, value in LOCAL_AMQP_ENV.items():
+            env.setdefault(var, value)
         email, password = admin_credentials()
         env.setdefault("IOT_ADMIN_EMAIL", email)
         env.setdefault("IOT_ADMIN_PASSWORD", password)
@@ -236,11 +301,73 @@ class Stack:
         script = script_path(comp.name)
         assert script is not None
         env = self.child_env()
+        if comp.build:
+            self.build(comp)
         if comp.migrate:
             self.say(comp.name, "applying database migrations")
             self.run_once(comp.name, [script, "migrate"], env)
+        if comp.name == "device-management" and env.get("DEVICE_MANAGEMENT_AMQP_PROVISIONING"):
+            self.say(comp.name, "writing RabbitMQ's vhost, exchanges and service accounts")
+            self.run_once(comp.name, [script, "amqp-setup"], env)
+        if comp.name in STORE_USERS and self.store == "mongodb" and not self.store_url:
+            self.start_mongodb()
+            env = self.child_env()
+        if comp.name in STORE_USERS and not self._store_migrated:
+            # The monitoring store's schema, once, before the first component that uses it.
+            store_cli = script_path("monitoring-store")
+            if store_cli is not None:
+                self.say(comp.name, "applying monitoring store migrations")
+                self.run_once("monitoring-store", [store_cli, "migrate"], env)
+            self._store_migrated = True
         self.supervisor.start(comp.name, [script], env=env, cwd=self.root, port=comp.port)
         self.wait_healthy(comp)
+
+    def build(self, comp: Component) -> None:
+        """Build what ``comp`` serves when missing or stale; one line either way.
+
+        A failed build does not stop the component (its API works without the page): the
+        line says why, and what the component answers meanwhile.
+        """
+        ok, line = build_assets(comp, self.root)
+        if ok:
+            self.say(comp.name, line, "green" if " built " in line else "dim")
+        else:
+            self.say(comp.name, f"{line}; starting without it", "yellow")
+
+    def start_mongodb(self) -> None:
+        """The MongoDB-compatible server (SecantusDB, installed on first use), supervised like
+        the components; its data stays in ``.run/mongodb`` across stacks."""
+        given = os.environ.get("MONITORING_STORE_URL", "")
+        if given.startswith("mongodb"):
+            self.store_url = given
+            return
+        port = int(os.environ.get("IOTCTL_MONGODB_PORT", "27017"))
+        if port_open("127.0.0.1", port):
+            raise ComponentFailed(f"port {port} is taken: set IOTCTL_MONGODB_PORT to a free one")
+        try:
+            binary = mongodb_server_binary()
+        except SandboxUnavailable as exc:
+            raise ComponentFailed(str(exc)) from exc
+        data = self.run / "mongodb"
+        data.mkdir(parents=True, exist_ok=True)
+        cmd = [binary, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data)]
+        self.supervisor.start(
+            MONGODB,
+            [*cmd, "--log-level", "WARNING"],
+            env=dict(os.environ),
+            cwd=self.root,
+            port=port,
+        )
+        deadline = time.monotonic() + 60
+        while not port_open("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                raise ComponentFailed(f"the MongoDB-compatible server did not listen on {port}")
+            time.sleep(0.1)
+        self.started.append(MONGODB)
+        self.store_url = f"mongodb://127.0.0.1:{port}/iot"
+        self.say(
+            "mongodb", f"SecantusDB (MongoDB-compatible emulator) on {self.store_url}", "green"
+        )
 
     def run_once(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         label = f"{name}-migrate"
@@ -338,7 +465,10 @@ class Stack:
             if proc is not None and proc.pid > 0:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
-            if comp is None or comp.kind == "simulator" or not self.restart:
+            # The MongoDB-compatible server is no component but is supervised like one: the
+            # agents and the API hold their writes until it is back.
+            restartable = name == MONGODB or (comp is not None and comp.kind != "simulator")
+            if not restartable or not self.restart:
                 self.say(name, f"exited with code {code}", "bold red" if code else "dim")
                 self.supervisor.children.pop(name)
                 continue
@@ -346,7 +476,8 @@ class Stack:
             delay = 1.0 if ran >= STABLE_SECONDS else self.backoff.get(name, 1.0)
             self.backoff[name] = min(delay * 2, MAX_BACKOFF)
             self.restarts[name] = now + delay
-            note = " (memory storage: topics and offsets are gone)" if comp.kind == "broker" else ""
+            broker = comp is not None and comp.kind == "broker"
+            note = " (memory storage: topics and offsets are gone)" if broker else ""
             self.say(name, f"exited with code {code}; restarting in {delay:.0f}s{note}", "bold red")
         for name, due in list(self.restarts.items()):
             if due > now:
@@ -363,14 +494,18 @@ class Stack:
             self.waiting_health.add(name)
             self.save_state()
         for name in list(self.waiting_health):
-            comp = COMPONENTS[name]
-            if comp.health_url is None or healthy(comp.health_url, timeout=0.5):
+            comp = COMPONENTS.get(name)
+            if comp is None:
+                up = port_open("127.0.0.1", self.supervisor.procs[name].port or 0)
+            else:
+                up = comp.health_url is None or healthy(comp.health_url, timeout=0.5)
+            if up:
                 self.waiting_health.discard(name)
                 self.say(name, "healthy again", "green")
 
     def restart_component(self, name: str) -> None:
-        comp = COMPONENTS[name]
-        if comp.kind == "broker":
+        comp = COMPONENTS.get(name)
+        if comp is not None and comp.kind == "broker":
             assert self.broker is not None
             self.broker.proc = None
             self.start_broker(comp)
@@ -443,8 +578,42 @@ class Stack:
             self.console.print("Press Ctrl-C to stop everything.")
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class StopSignals:
+    """SIGINT and SIGTERM ask the supervisor to stop, once: the first raises KeyboardInterrupt.
+
+    A terminal's Ctrl-C reaches us more than once (the whole foreground group gets it, and
+    ``make``/``uv run`` pass it on), and people press it again when a stop seems slow. The
+    first signal sets both to SIG_IGN before it raises, so no repeat can abandon the stop
+    half-way, and they stay ignored until the process exits: restoring the previous handlers
+    let a late repeat raise KeyboardInterrupt after the clean stop, and a Python-level handler
+    is reset to SIG_DFL during interpreter shutdown (``_PySignal_Fini`` leaves SIG_IGN alone),
+    where a repeat killed the process by signal (return code -2, seen in CI). Installing our
+    handler also makes Ctrl-C work under a shell that started us with SIGINT ignored.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            return  # a repeat that was already pending when the first switched to SIG_IGN
+        self.received = signum
+        for s in self.SIGNALS:
+            # signal.signal() first runs pending handlers (this one, returning above).
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self.received is None:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
 
 
 def run_up(
@@ -458,6 +627,7 @@ def run_up(
     restart: bool = True,
     detached: bool = False,
     on_ready: Callable[[Stack], None] | None = None,
+    store: str = "postgres",
 ) -> int:
     """Start ``names`` and supervise them until Ctrl-C/SIGTERM (then stop them all)."""
     stack = Stack(
@@ -468,33 +638,25 @@ def run_up(
         health_timeout=health_timeout,
         simulator_rate=simulator_rate,
         restart=restart,
+        store=store,
     )
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    # A shell that starts us in the background leaves SIGINT ignored; Ctrl-C must still work.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with StopSignals():
         try:
-            stack.bring_up(names)
-        except MissingDependency:
+            try:
+                stack.bring_up(names)
+            except MissingDependency:
+                stack.stop()
+                raise
+            stack.print_summary()
+            if on_ready:
+                on_ready(stack)
+            if not stack.started:
+                stack.stop()  # nothing of ours to supervise
+                return 1 if stack.failed else 0
+            while True:
+                stack.supervise_once()
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            console.print("stopping…")
             stack.stop()
-            raise
-        stack.print_summary()
-        if on_ready:
-            on_ready(stack)
-        if not stack.started:
-            stack.stop()  # nothing of ours to supervise
             return 1 if stack.failed else 0
-        while True:
-            stack.supervise_once()
-            time.sleep(0.25)
-    except KeyboardInterrupt:
-        console.print("stopping…")
-        # Ctrl-C reaches us more than once (the terminal signals the whole foreground group,
-        # and `make`/`uv run` pass it on): a second one must not abandon the stop half-way.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.stop()
-        return 1 if stack.failed else 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)

@@ -1,0 +1,150 @@
+"""The infrastructure the tests and the benchmarks share, written once.
+
+Like quix-streams' ``tests/containerhelper.py``: the root ``conftest.py``, every benchmark and
+``scripts/test.sh`` take their PostgreSQL admin connection, throw-away databases, Redis key
+clean-up, free ports and latency percentiles from here (the brokers come from
+:mod:`iotctl.broker` and :mod:`iotctl.mosquitto`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+
+from iot_common.settings import DEFAULT_DATABASE_URL
+from iotctl.broker import TansuBroker, free_port
+
+__all__ = [
+    "PG_ADMIN_ENV",
+    "PsqlError",
+    "create_database",
+    "database_url",
+    "drop_database",
+    "drop_redis_namespace",
+    "free_port",
+    "percentiles",
+    "pg_admin_url",
+    "psql",
+]
+
+#: The one variable naming the PostgreSQL server (and a database to connect to as a superuser)
+#: on which tests and benchmarks create their throw-away databases.
+PG_ADMIN_ENV = "IOT_TEST_PG_ADMIN"
+#: What the benchmarks read before; refused with a pointer to :data:`PG_ADMIN_ENV`, so that a
+#: run configured the old way does not quietly use another server.
+_RETIRED_ENV = ("IOT_BENCH_PG_ADMIN",)
+DEFAULT_PG_ADMIN_URL = DEFAULT_DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
+
+
+def pg_admin_url() -> str:
+    """``IOT_TEST_PG_ADMIN``, else the local PostgreSQL's ``postgres`` database."""
+    for name in _RETIRED_ENV:
+        if os.environ.get(name) and not os.environ.get(PG_ADMIN_ENV):
+            raise RuntimeError(f"{name} is no longer read: set {PG_ADMIN_ENV} instead")
+    return os.environ.get(PG_ADMIN_ENV) or DEFAULT_PG_ADMIN_URL
+
+
+class PsqlError(subprocess.CalledProcessError):
+    """``psql`` refused a statement; the message carries what it said."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or b"").decode(errors="replace").strip()
+        return f"psql failed ({self.returncode}) on {self.cmd[-1]!r}: {said}"
+
+
+def psql(sql: str, *, url: str | None = None) -> str:
+    """Run ``sql`` on the admin database (or ``url``), stopping at the first error."""
+    cmd = ["psql", url or pg_admin_url(), "-v", "ON_ERROR_STOP=1", "-q", "-c", sql]
+    done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode:
+        raise PsqlError(done.returncode, cmd, done.stdout, done.stderr)
+    return done.stdout.decode()
+
+
+def database_url(name: str) -> str:
+    """The URL of database ``name`` on the admin URL's server."""
+    return f"{pg_admin_url().rsplit('/', 1)[0]}/{name}"
+
+
+def create_database(name: str, *, replace: bool = False) -> str:
+    """Create database ``name`` (dropping it first if ``replace``); returns its URL."""
+    if replace:
+        drop_database(name)
+    psql(f'CREATE DATABASE "{name}"')
+    return database_url(name)
+
+
+def drop_database(name: str) -> None:
+    """Drop database ``name`` if it exists, closing its connections."""
+    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def drop_redis_namespace(redis_url: str, namespace: str) -> int:
+    """Delete every key under ``namespace:``; returns how many."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(client.delete(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.delete(*batch))
+        return deleted
+    finally:
+        client.close()
+
+
+def percentiles(
+    values: Sequence[float],
+    qs: Sequence[int] = (50, 90, 99),
+    *,
+    unit: str = "",
+    digits: int = 2,
+    mean: bool = False,
+) -> dict[str, float]:
+    """``{"n", "p50<unit>", …, ["mean<unit>"], "max<unit>"}`` of ``values``; ``{"n": 0}`` if none.
+
+    Percentiles interpolate linearly between the nearest ranks (NumPy's default method).
+    """
+    a = sorted(float(v) for v in values)
+    if not a:
+        return {"n": 0}
+    out: dict[str, float] = {"n": len(a)}
+    for q in qs:
+        pos = (len(a) - 1) * q / 100
+        lo = int(pos)
+        hi = min(lo + 1, len(a) - 1)
+        out[f"p{q}{unit}"] = round(a[lo] + (a[hi] - a[lo]) * (pos - lo), digits)
+    if mean:
+        out[f"mean{unit}"] = round(sum(a) / len(a), digits)
+    out[f"max{unit}"] = round(a[-1], digits)
+    return out
+
+
+def serve_tansu(port: int) -> None:
+    """Run a :class:`TansuBroker` on ``port`` until SIGTERM/SIGINT (``scripts/test.sh``)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    broker = TansuBroker(port=port)
+    broker.start()
+    try:
+        print(broker.bootstrap, flush=True)
+        stop.wait()
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "tansu":
+        sys.exit("usage: python -m iotctl.testinfra tansu PORT")
+    serve_tansu(int(sys.argv[2]))

@@ -1,0 +1,127 @@
+"""iotctl.testinfra: the infrastructure helpers the tests and the benchmarks share."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+import numpy as np
+import pytest
+import redis
+
+from iotctl.testinfra import (
+    PsqlError,
+    create_database,
+    database_url,
+    drop_database,
+    drop_redis_namespace,
+    percentiles,
+    pg_admin_url,
+    psql,
+)
+
+
+def test_the_admin_url_comes_from_one_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IOT_TEST_PG_ADMIN", raising=False)
+    monkeypatch.delenv("IOT_BENCH_PG_ADMIN", raising=False)
+    assert pg_admin_url() == "postgresql://postgres@127.0.0.1:5432/postgres"
+    monkeypatch.setenv("IOT_TEST_PG_ADMIN", "postgresql://admin@db.test:6543/template1")
+    assert pg_admin_url() == "postgresql://admin@db.test:6543/template1"
+    assert database_url("x") == "postgresql://admin@db.test:6543/x"
+
+
+def test_the_retired_benchmark_variable_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("IOT_TEST_PG_ADMIN", raising=False)
+    monkeypatch.setenv("IOT_BENCH_PG_ADMIN", "postgresql://admin@elsewhere/postgres")
+    with pytest.raises(RuntimeError, match=r"IOT_BENCH_PG_ADMIN is no longer read.*TEST_PG"):
+        pg_admin_url()
+
+
+async def test_a_throw_away_database_is_created_replaced_and_dropped() -> None:
+    name = f"iot_test_testinfra_{secrets.token_hex(4)}"
+    url = create_database(name)
+    try:
+        conn = await asyncpg.connect(url)
+        await conn.execute("CREATE TABLE marker (x int)")
+        await conn.close()
+        assert create_database(name, replace=True) == url  # a fresh one: the table is gone
+        conn = await asyncpg.connect(url)
+        assert await conn.fetchval("SELECT to_regclass('marker')") is None
+        # Dropping closes the connections still open on it.
+        drop_database(name)
+        assert conn.is_closed() or not await _alive(conn)
+    finally:
+        drop_database(name)
+    assert psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'").split()[-3] == "0"
+
+
+async def _alive(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError):
+        return False
+    return True
+
+
+def test_a_refused_statement_says_what_psql_said() -> None:
+    name = f"iot_test_testinfra_{secrets.token_hex(4)}"
+    create_database(name)
+    try:
+        with pytest.raises(PsqlError, match=f'database "{name}" already exists'):
+            create_database(name)
+    finally:
+        drop_database(name)
+
+
+def test_percentiles_are_numpys_linear_ones() -> None:
+    values = [float(v) for v in np.random.default_rng(7).exponential(20.0, 1001)]
+    got = percentiles(values, (50, 90, 99), unit="_ms", digits=4, mean=True)
+    assert got["n"] == 1001
+    for q in (50, 90, 99):
+        assert got[f"p{q}_ms"] == round(float(np.percentile(values, q)), 4)
+    assert got["mean_ms"] == round(float(np.mean(values)), 4)
+    assert got["max_ms"] == round(max(values), 4)
+    assert list(got) == ["n", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms"]
+    assert percentiles([]) == {"n": 0}
+    assert percentiles([3.0]) == {"n": 1, "p50": 3.0, "p90": 3.0, "p99": 3.0, "max": 3.0}
+
+
+def test_dropping_a_redis_namespace_leaves_the_others(redis_url: str, run_id: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    mine, other = f"testinfra{run_id}a", f"testinfra{run_id}b"
+    try:
+        client.mset({f"{mine}:k{i}": i for i in range(1200)} | {f"{other}:keep": 1})
+        assert drop_redis_namespace(redis_url, mine) == 1200
+        assert not list(client.scan_iter(match=f"{mine}:*"))
+        assert client.get(f"{other}:keep") == b"1"
+    finally:
+        client.delete(f"{other}:keep")
+        client.close()
+
+
+def test_make_test_s_broker_runs_until_told_to_stop_and_takes_tansu_with_it() -> None:
+    """``scripts/test.sh`` runs ``python -m iotctl.testinfra tansu PORT`` in the background."""
+    import signal
+    import subprocess
+    import sys
+
+    from iotctl.broker import free_port, port_open, speaks_kafka
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iotctl.testinfra", "tansu", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"127.0.0.1:{port}"
+        assert speaks_kafka("127.0.0.1", port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not port_open("127.0.0.1", port)
+    finally:
+        proc.kill()
+        proc.wait()
