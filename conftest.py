@@ -4,6 +4,8 @@ Each pytest session gets its own PostgreSQL database, Redis key namespace, Kafka
 and RabbitMQ/MQTT name prefix, so several runs (and developers) can share one machine's
 services without seeing each other's data. The Kafka-compatible broker is the one named by
 ``IOT_KAFKA_BOOTSTRAP`` (``make test`` starts one) or, failing that, a Tansu this session starts.
+The MongoDB-compatible server is the one named by ``MONGODB_URL`` or, failing that, a private
+SecantusDB this session starts (installed when missing): the MongoDB cases never skip.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import importlib
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from iotctl.broker import TansuBroker, free_port, port_open
+from iotctl.mosquitto import Accounts, Mosquitto
+from iotctl.sandbox import PrivateMongoDB
+from iotctl.testinfra import PsqlError, create_database, drop_database
 
 # pytest's importlib mode names a test module after its folders ("signing.tests.conftest") and,
 # when the top package is not imported yet, stands in a namespace module built from the folder
@@ -27,7 +34,10 @@ for _package in ("signing", "simulator", "benchmarks"):
     with contextlib.suppress(ImportError):
         importlib.import_module(_package)
 
-PG_ADMIN_URL = os.environ.get("IOT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The tests run every service against this machine's unauthenticated PostgreSQL, Redis and
+# RabbitMQ with the repository's development secrets; services (and subprocesses the tests
+# start) refuse those without this flag. Tests of the refusal itself unset it.
+os.environ.setdefault("IOT_ALLOW_DEV_DEFAULTS", "true")
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +62,53 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def mongodb_url() -> Iterator[str]:
+    """A MongoDB server for this session: ``MONGODB_URL``, else a private one started here."""
+    given = os.environ.get("MONGODB_URL")
+    if given:
+        yield given
+        return
+    server = PrivateMongoDB()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+#: The monitoring store's backends; end-to-end tests through the store run on each.
+STORE_BACKENDS = ("postgres", "mongodb")
+
+
+@pytest.fixture(scope="session")
+def store_url_factory(
+    run_id: str, mongodb_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str, str], str]]:
+    """Throw-away monitoring stores by backend: ``make("postgres" | "mongodb", label)`` → URL
+    (a PostgreSQL database, or a database on the session's MongoDB-compatible server)."""
+    made: list[str] = []
+
+    def make(backend: str, label: str) -> str:
+        if backend == "postgres":
+            url: str = request.getfixturevalue("pg_database_factory")(f"store_{label}")
+            return url
+        if backend != "mongodb":
+            raise ValueError(f"unknown store backend {backend!r}")
+        url = f"{mongodb_url.rstrip('/')}/iot_test_{run_id}_{label}_{len(made)}"
+        made.append(url)
+        return url
+
+    yield make
+    if made:  # before the session's server stops (this fixture depends on it)
+        from pymongo import MongoClient
+
+        client: MongoClient[dict[str, object]] = MongoClient(mongodb_url)
+        for url in made:
+            client.drop_database(url.rsplit("/", 1)[1])
+        client.close()
+
+
+@pytest.fixture(scope="session")
 def topic_prefix(run_id: str) -> str:
     return f"t{run_id}."
 
@@ -71,35 +128,281 @@ def rabbitmq_url() -> str:
     return os.environ.get("IOT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+RABBITMQ_MANAGEMENT_URL = os.environ.get(
+    "IOT_TEST_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"
+)
+
+
+class RabbitVhost:
+    """This session's private RabbitMQ virtual host, its service accounts and an admin client.
+
+    The machine's RabbitMQ is shared by every run: users are global there, so the service
+    accounts carry the run id, and every user granted in the vhost is deleted with it at the
+    end (the device users the tests provisioned included).
+    """
+
+    def __init__(self, run_id: str, admin_url: str) -> None:
+        from urllib.parse import quote, urlsplit
+
+        parts = urlsplit(admin_url)
+        self.name = f"iot-test-{run_id}"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 5672
+        self.admin_username = parts.username or "guest"
+        self.admin_password = parts.password or "guest"
+        self.management_url = RABBITMQ_MANAGEMENT_URL
+        self.bridge_username = f"ingest-bridge-{run_id}"
+        self.publisher_username = f"device-management-{run_id}"
+        self.bridge_password = secrets.token_urlsafe(12)
+        self.publisher_password = secrets.token_urlsafe(12)
+        self._quoted = quote(self.name, safe="")
+
+    def url(self, username: str | None = None, password: str | None = None) -> str:
+        """An AMQP URL into the vhost (the admin's when no user is given)."""
+        from urllib.parse import quote
+
+        user = quote(username or self.admin_username, safe="")
+        pw = quote(password if username else self.admin_password, safe="")
+        return f"amqp://{user}:{pw}@{self.host}:{self.port}/{self._quoted}"
+
+    @property
+    def bridge_url(self) -> str:
+        return self.url(self.bridge_username, self.bridge_password)
+
+    @property
+    def publisher_url(self) -> str:
+        return self.url(self.publisher_username, self.publisher_password)
+
+    def management(self) -> Any:
+        from iot_common.rabbitmq import Management
+
+        return Management(
+            self.management_url, username=self.admin_username, password=self.admin_password
+        )
+
+
+def _ensure_rabbitmq_management(url: str) -> None:
+    """The management API is RabbitMQ's own plugin; enable it on the machine's broker if off."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 15672
+    if port_open(host, port):
+        return
+    subprocess.run(
+        ["rabbitmq-plugins", "enable", "rabbitmq_management"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    import time
+
+    deadline = time.monotonic() + 60
+    while not port_open(host, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"RabbitMQ's management API did not come up on {host}:{port}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost(run_id: str, rabbitmq_url: str) -> Iterator[RabbitVhost]:
+    """A private vhost with the platform's exchanges and service accounts, deleted at the end."""
+    import asyncio
+
+    from iot_common import rabbitmq
+    from iot_common.topics import DEVICE_EVENTS_EXCHANGE, TELEMETRY_EXCHANGE
+
+    _ensure_rabbitmq_management(RABBITMQ_MANAGEMENT_URL)
+    vhost = RabbitVhost(run_id, rabbitmq_url)
+
+    async def setup() -> None:
+        async with vhost.management() as api:
+            await api.import_definitions(
+                rabbitmq.definitions(
+                    vhost=vhost.name,
+                    telemetry_exchange=TELEMETRY_EXCHANGE,
+                    events_exchange=DEVICE_EVENTS_EXCHANGE,
+                    bridge_queues=["ingest-bridge.telemetry", "ingest-bridge.device-events"],
+                    bridge_password=vhost.bridge_password,
+                    publisher_password=vhost.publisher_password,
+                    bridge_username=vhost.bridge_username,
+                    publisher_username=vhost.publisher_username,
+                )
+            )
+            # Each test's bridge gets queues of its own: the session's bridge account may use
+            # every ingest-bridge.* queue (a deployment grants it exactly its two).
+            await api.grant(
+                vhost.name,
+                vhost.bridge_username,
+                rabbitmq.Permissions(
+                    configure=r"^ingest-bridge\..*$",
+                    write=r"^ingest-bridge\..*$",
+                    read=r"^(telemetry|device\.events|ingest-bridge\..*)$",
+                ),
+            )
+            # The admin works in the vhost too (tests inspect queues with it).
+            await api.grant(
+                vhost.name, vhost.admin_username, rabbitmq.Permissions(".*", ".*", ".*")
+            )
+
+    async def teardown() -> None:
+        async with vhost.management() as api:
+            users = set(await api.vhost_users(vhost.name)) - {vhost.admin_username}
+            await api.delete_vhost(vhost.name)
+            await api.delete_users(sorted(users))
+
+    asyncio.run(setup())
+    try:
+        yield vhost
+    finally:
+        asyncio.run(teardown())
+
+
 @pytest.fixture(scope="session")
 def mqtt_address() -> tuple[str, int]:
     return ("127.0.0.1", int(os.environ.get("IOT_TEST_MQTT_PORT", "1883")))
 
 
-def _psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", PG_ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
-        check=True,
-        capture_output=True,
+#: MQTT topic prefixes a test may use on the session's broker: none, or ``test/<tag>/``.
+TEST_MQTT_PREFIXES = ("", "test/+/")
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Mosquitto]:
+    """This session's own Mosquitto: dynamic security, anonymous clients refused.
+
+    The service accounts have their development passwords (what the services default to);
+    every test may use its own topic prefix and share group.
+    """
+    broker = Mosquitto(
+        persistence=False, accounts=Accounts(prefixes=TEST_MQTT_PREFIXES, share_group="+")
     )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
+
+
+class MqttConnection:
+    """One MQTT v5 connection (paho, network loop in a thread) that records what happens."""
+
+    def __init__(
+        self, address: tuple[str, int], username: str | None, password: str | None, client_id: str
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.connack = threading.Event()
+        self.disconnected = threading.Event()
+        self.reason: str = ""
+        self.disconnect_reason: str = ""
+        self.messages: list[tuple[str, bytes]] = []
+        self._acks: dict[int, threading.Event] = {}
+        self._results: dict[int, Any] = {}
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_ack
+        self.client.on_subscribe = self._on_ack
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.connect(*address)
+        self.client.loop_start()
+        if not self.connack.wait(10):
+            raise AssertionError("no CONNACK")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.reason = str(rc)
+        if rc.is_failure:
+            self.disconnected.set()
+            client.disconnect()
+        self.connack.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.disconnect_reason = str(rc)
+        self.disconnected.set()
+        client.disconnect()  # no automatic reconnect: a test sees each connection's fate
+
+    def _on_ack(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        self._results[mid] = rc
+        self._acks.setdefault(mid, threading.Event()).set()
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason == "Success"
+
+    def _wait(self, mid: int, timeout: float) -> str:
+        if not self._acks.setdefault(mid, threading.Event()).wait(timeout):
+            raise AssertionError(f"no answer to message {mid}")
+        rc = self._results[mid]
+        if isinstance(rc, list):
+            return ",".join(str(r) for r in rc)
+        # 0x10 "No matching subscribers" is a success too: the broker took the message.
+        return str(rc) if rc.is_failure else "Success"
+
+    def publish(self, topic: str, payload: bytes | str, *, timeout: float = 10) -> str:
+        """Publish at QoS 1; "Success" when the broker took it, else its PUBACK reason."""
+        info = self.client.publish(topic, payload, qos=1)
+        return self._wait(info.mid, timeout)
+
+    def subscribe(self, topic: str, *, timeout: float = 10) -> str:
+        """Subscribe at QoS 1; the SUBACK reason ("Granted QoS 1", "Not authorized", …)."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
+        return self._wait(mid, timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_connect(mosquitto: Mosquitto) -> Iterator[Callable[..., MqttConnection]]:
+    """Open MQTT connections to the session's broker (closed after the test)."""
+    opened: list[MqttConnection] = []
+
+    def connect(
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        client_id: str | None = None,
+        address: tuple[str, int] | None = None,
+    ) -> MqttConnection:
+        conn = MqttConnection(
+            address or mosquitto.address,
+            username,
+            password,
+            client_id if client_id is not None else (username or secrets.token_hex(6)),
+        )
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 @pytest.fixture(scope="session")
 def pg_database_factory(run_id: str) -> Iterator[object]:
-    """Create throw-away PostgreSQL databases; returns their asyncpg-style URLs."""
+    """Create throw-away PostgreSQL databases (on ``IOT_TEST_PG_ADMIN``'s server); returns
+    their asyncpg-style URLs."""
     created: list[str] = []
 
     def make(label: str) -> str:
         name = f"iot_test_{run_id}_{label}_{len(created)}"
-        _psql(f'CREATE DATABASE "{name}"')
+        url = create_database(name)
         created.append(name)
-        base = PG_ADMIN_URL.rsplit("/", 1)[0]
-        return f"{base}/{name}"
+        return url
 
     yield make
     for name in created:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with contextlib.suppress(PsqlError):
+            drop_database(name)
 
 
 @pytest.fixture(scope="session")
