@@ -36,27 +36,19 @@ import psutil
 from iot_common.telemetry import Reading, TelemetryEnvelope
 from iot_common.topics import Topics
 from iotctl.broker import TansuBroker, free_port
+from iotctl.testinfra import create_database, database_url, drop_database
 
 DEVICES = 10_000
 READINGS_PER_DEVICE = 100
 METRICS = ("temp", "hum", "pressure", "co2", "battery")
 PARTITIONS = 8
 INTERVAL = 0.2
-PG_ADMIN = os.environ.get("IOT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _psql(sql: str) -> None:
-    subprocess.run(["psql", PG_ADMIN, "-qc", sql], check=True, capture_output=True)
 
 
 def _new_db(label: str) -> str:
     name = f"bench_agents_{label}_{secrets.token_hex(3)}"
-    _psql(f'CREATE DATABASE "{name}"')
+    create_database(name)
     return name
-
-
-def _db_url(name: str) -> str:
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
 
 # -- preload ---------------------------------------------------------------------------------
@@ -83,8 +75,13 @@ async def _preload(
     enc = msgspec.json.Encoder().encode
     t0 = time.perf_counter()
     # 5 Hz devices, 20 s of event time across a minute boundary: two 10 s and two 60 s windows
-    # per series, half of them closing while the backlog is processed.
-    start = (time.time() // 60) * 60 - 10.0
+    # per series, half of them closing while the backlog is processed. All of it minutes in
+    # the past, so the windows still open when the backlog ends close on the idle-partition
+    # timer (1 s here). With the data around the current minute (as before), the last 60 s
+    # windows waited for the wall clock to reach their end: "seconds to durable" measured
+    # where in the minute the run happened to start (raw samples off: 8.5 s to process, 22 s
+    # to durable), not the agents.
+    start = (time.time() // 60) * 60 - 130.0
     ids = [f"dev-{i:05d}" for i in range(devices)]
     keys = [d.encode() for d in ids]
     parts = [(murmur2(k) & 0x7FFFFFFF) % PARTITIONS for k in keys]
@@ -138,7 +135,7 @@ def _agents_env(bootstrap: str, prefix: str, db: str, app_id: str, raw: bool) ->
         **os.environ,
         "IOT_KAFKA_BOOTSTRAP": bootstrap,
         "IOT_TOPIC_PREFIX": prefix,
-        "MONITORING_STORE_URL": _db_url(db),
+        "MONITORING_STORE_URL": database_url(db),
         "AGENTS_APP_ID": app_id,
         "AGENTS_RAW_SAMPLES": "true" if raw else "false",
         "AGENTS_TOPIC_PARTITIONS": str(PARTITIONS),
@@ -249,7 +246,7 @@ def _run_agents(
             except subprocess.TimeoutExpired:
                 proc.kill()
         with contextlib.suppress(subprocess.CalledProcessError):
-            _psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            drop_database(db)
 
 
 # -- Quix Streams ----------------------------------------------------------------------------

@@ -45,28 +45,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from benchmarks.bench_store import T0, _load_big
 from iot_common.events import WindowStats, json_encoder
 from iotctl.broker import TansuBroker, free_port
+from iotctl.testinfra import create_database, database_url, drop_database, percentiles
 from monitoring_store import open_store
 
-ADMIN_URL = os.environ.get("IOT_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "iot_bench_api"
 KID = "bench-api-key"
-
-
-def _psql(sql: str) -> None:
-    subprocess.run(["psql", ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True)
-
-
-def _pcts(lat_ms: list[float]) -> dict[str, float]:
-    a = np.asarray(lat_ms)
-    if not len(a):
-        return {"n": 0}
-    return {
-        "n": len(a),
-        "p50_ms": round(float(np.percentile(a, 50)), 2),
-        "p90_ms": round(float(np.percentile(a, 90)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "max_ms": round(float(a.max()), 2),
-    }
 
 
 # -- identity and device-management stand-ins ----------------------------------------------------
@@ -264,7 +247,7 @@ async def _bench_queries(
             # The API process's own CPU per request (not counting PostgreSQL's share).
             api_cpu_ms = (_cpu_seconds(server) - cpu_before) / iterations * 1000
             out[name] = {
-                **_pcts(lat),
+                **percentiles(lat, unit="_ms"),
                 "points_returned": points,
                 "response_bytes": size,
                 "api_cpu_ms_per_request": round(api_cpu_ms, 2),
@@ -291,7 +274,7 @@ async def _bench_queries(
                 )
                 if i >= 10:
                     lat.append((time.perf_counter() - t) * 1000)
-            out[name] = _pcts(lat)
+            out[name] = percentiles(lat, unit="_ms")
     finally:
         await store.close()
     return out
@@ -416,7 +399,7 @@ def _bench_push(
     for w in workers:
         w.join(timeout=30)
     return {
-        **_pcts(lat),
+        **percentiles(lat, unit="_ms"),
         "clients": clients,
         "client_processes": procs,
         "pushes": pushes,
@@ -488,14 +471,14 @@ def _plot(results_dir: pathlib.Path, queries: dict[str, Any], push: dict[str, An
 async def _load(store_url: str, quick: bool) -> dict[str, Any]:
     store = open_store(store_url, max_pool=2)
     await store.start()  # creates the tables
-    await store.close()
     conn = await asyncpg.connect(store_url)
     try:
         return await _load_big(
-            conn, n_devices=100, days_1m=2 if quick else 8, hours_10s=1 if quick else 24
+            store, conn, n_devices=100, days_1m=2 if quick else 8, hours_10s=1 if quick else 24
         )
     finally:
         await conn.close()
+        await store.close()
 
 
 def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
@@ -503,7 +486,7 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     results_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     keep = os.environ.get("BENCH_API_KEEP") == "1"
-    store_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{DB_NAME}"
+    store_url = database_url(DB_NAME)
     days = 2 if quick else 8
     reuse = keep and os.environ.get("BENCH_API_REUSE") == "1"
     parts = os.environ.get("BENCH_API_PARTS", "queries,push").split(",")
@@ -511,12 +494,10 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     load: dict[str, Any]
     if "queries" not in parts:
         # Pushes need no stored data: an empty store will do.
-        _psql(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        _psql(f'CREATE DATABASE "{DB_NAME}"')
+        create_database(DB_NAME, replace=True)
         devices, load = [], {"windows": 0}
     elif not reuse:
-        _psql(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        _psql(f'CREATE DATABASE "{DB_NAME}"')
+        create_database(DB_NAME, replace=True)
         load = asyncio.run(_load(store_url, quick))
         devices = load.pop("device_ids")
         load.pop("data_end")
@@ -566,7 +547,7 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
         stubs.stop()
         broker.stop()
         if not keep:
-            _psql(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+            drop_database(DB_NAME)
     plot = _plot(results_dir, queries, push)
     push.pop("latencies_ms", None)
     load_avg = [round(x, 1) for x in os.getloadavg()]

@@ -30,7 +30,6 @@ import json
 import os
 import pathlib
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -49,24 +48,20 @@ from redis.asyncio import Redis
 
 from iot_common.auth import JWTVerifier, publish_revocation
 from iot_common.errors import Unauthorized
+from iotctl.testinfra import (
+    create_database,
+    database_url,
+    drop_database,
+    drop_redis_namespace,
+    free_port,
+)
 
-ADMIN_URL = os.environ.get("IOT_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("IOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 ISSUER, AUDIENCE, KID = "iot-signing", "iot-platform", "bench-key"
 TARGET_PER_S = 20_000
 # Production defaults of signing (SigningSettings): Argon2id t=3, m=64 MiB, p=4.
 ARGON2 = {"time_cost": 3, "memory_cost": 65_536, "parallelism": 4}
 _PKCS1V15 = padding.PKCS1v15()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _psql(sql: str) -> None:
-    subprocess.run(["psql", ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True)
 
 
 def _b64(segment: str) -> bytes:
@@ -204,7 +199,7 @@ async def _bench_verification(quick: bool) -> dict[str, Any]:
         await cold.close()
         await cached.close()
     finally:
-        await _drop_namespace(redis, namespace)
+        await asyncio.to_thread(drop_redis_namespace, REDIS_URL, namespace)
         await redis.aclose()
     counts = {
         "rsa_only": n_cold,
@@ -235,12 +230,6 @@ def _timed(into: dict[str, tuple[float, float]], name: str) -> Iterator[None]:
     into[name] = (time.perf_counter() - wall0, time.process_time() - cpu0)
 
 
-async def _drop_namespace(redis: Redis, namespace: str) -> None:
-    keys = [k async for k in redis.scan_iter(match=f"{namespace}:*", count=1000)]
-    for i in range(0, len(keys), 500):
-        await redis.delete(*keys[i : i + 500])
-
-
 @contextlib.contextmanager
 def _signing_process(
     db_url: str, namespace: str, admin: tuple[str, str]
@@ -251,7 +240,7 @@ def _signing_process(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SIGNING_DATABASE_URL": db_url,
@@ -262,7 +251,7 @@ def _signing_process(
         "SIGNING_BOOTSTRAP_ADMIN_EMAIL": admin[0],
         "SIGNING_BOOTSTRAP_ADMIN_PASSWORD": admin[1],
         "SIGNING_LOGIN_LIMIT_PER_ADDRESS": "100000000",
-        "SIGNING_LOGIN_LIMIT_PER_EMAIL": "100000000",
+        "SIGNING_LOGIN_FREE_FAILURES": "100000000",
         "SIGNING_LOG_LEVEL": "WARNING",
     }
     subprocess.run([sys.executable, "-m", "signing", "migrate"], env=env, check=True)
@@ -332,9 +321,9 @@ def _bench_login(quick: bool) -> dict[str, Any]:
     db = f"iot_bench_auth_{run_id}"
     namespace = f"bench-auth-login-{run_id}"
     admin = ("bench-admin@example.com", password)
-    _psql(f'CREATE DATABASE "{db}"')
+    create_database(db)
     try:
-        db_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{db}"
+        db_url = database_url(db)
         with _signing_process(db_url, namespace, admin) as (url, server):
             ok = {"email": admin[0], "password": admin[1]}
             n_seq = 25 if quick else 150
@@ -352,13 +341,8 @@ def _bench_login(quick: bool) -> dict[str, Any]:
                 _logins(url, {**ok, "email": "nobody@example.com"}, n_fail, 1, 401)
             )
     finally:
-        _psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-        async def drop() -> None:
-            async with Redis.from_url(REDIS_URL) as redis:
-                await _drop_namespace(redis, namespace)
-
-        asyncio.run(drop())
+        drop_database(db)
+        drop_redis_namespace(REDIS_URL, namespace)
     return {
         "argon2": ARGON2,
         "bare_argon2_verify_ms": round(bare_ms, 1),

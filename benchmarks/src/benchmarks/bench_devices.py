@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -46,22 +45,18 @@ from jwt.algorithms import RSAAlgorithm
 from redis.asyncio import Redis
 
 from iot_common import redis_keys
+from iotctl.testinfra import (
+    create_database,
+    database_url,
+    drop_database,
+    drop_redis_namespace,
+    free_port,
+)
 
-ADMIN_URL = os.environ.get("IOT_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("IOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CONCURRENCY = 50
 KID = "bench-key"
 INTERNAL_TOKEN = "bench-internal-" + secrets.token_hex(8)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _psql(sql: str) -> None:
-    subprocess.run(["psql", ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True)
 
 
 def _cli() -> str:
@@ -377,11 +372,11 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     results_dir.mkdir(parents=True, exist_ok=True)
     run_id = secrets.token_hex(4)
     db = f"iot_bench_devices_{run_id}"
-    db_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{db}"
+    db_url = database_url(db)
     namespace = f"benchdm{run_id}"
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    port = _free_port()
-    _psql(f'CREATE DATABASE "{db}"')
+    port = free_port()
+    create_database(db)
     proc: subprocess.Popen[bytes] | None = None
     try:
         with _jwks_server(key) as jwks_url:
@@ -422,8 +417,8 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.kill()
         with contextlib.suppress(subprocess.CalledProcessError):
-            _psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        asyncio.run(_drop_namespace(namespace))
+            drop_database(db)
+        drop_redis_namespace(REDIS_URL, namespace)
 
     plot = _plot(results, results_dir)
     g_c, g_u = results["get_device_token_cached"], results["get_device_token_uncached"]
@@ -463,18 +458,6 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
         out["plot"] = plot
     (results_dir / "devices.json").write_text(json.dumps(out, indent=2))
     return out
-
-
-async def _drop_namespace(namespace: str) -> None:
-    async with Redis.from_url(REDIS_URL) as redis:
-        batch: list[Any] = []
-        async for k in redis.scan_iter(match=f"{namespace}:*", count=1000):
-            batch.append(k)
-            if len(batch) >= 500:
-                await redis.delete(*batch)
-                batch.clear()
-        if batch:
-            await redis.delete(*batch)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ import yaml
 
 from benchmarks.e2e_check import CheckResult, run_check
 from benchmarks.e2e_stack import ADMIN_EMAIL, ADMIN_PASSWORD, E2EStack
+from iotctl.testinfra import percentiles
 from simulator.fleet import Fleet
 from simulator.publisher import Device
 from simulator.registry import register_devices, save_devices
@@ -243,24 +244,11 @@ class Probes:
 # --------------------------------------------------------------------------- one run
 
 
-def _pcts(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.asarray(values)
-    return {
-        "n": len(a),
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p90": round(float(np.percentile(a, 90)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "max": round(float(a.max()), 3),
-    }
-
-
 def _by_size(pushes: list[tuple[int, float]]) -> dict[str, Any]:
     """Percentiles over all pushes, and per window size (``"10s"``, ``"60s"``)."""
-    out: dict[str, Any] = _pcts([lat for _, lat in pushes])
+    out: dict[str, Any] = percentiles([lat for _, lat in pushes], digits=3)
     for size in sorted({s for s, _ in pushes}):
-        out[f"{size}s"] = _pcts([lat for s, lat in pushes if s == size])
+        out[f"{size}s"] = percentiles([lat for s, lat in pushes if s == size], digits=3)
     return out
 
 
@@ -408,9 +396,9 @@ def run_pipeline(
         "publish_window": [t_start, t_pub1],
         "sustained_readings_per_s": round(readings_rate),
         "sustained_points_per_s": round(points_rate),
-        "latency_query_from_device_ts_s": _pcts(lat_all),
-        "latency_query_from_publish_s": _pcts(lat_pub),
-        "api_query_seconds": _pcts(probes.query_time),
+        "latency_query_from_device_ts_s": percentiles(lat_all, digits=3),
+        "latency_query_from_publish_s": percentiles(lat_pub, digits=3),
+        "api_query_seconds": percentiles(probes.query_time, digits=3),
         "latency_push_open_window_s": _by_size(probes.push_open),
         "latency_push_closed_window_s": _by_size(probes.push_final),
         "cpu_percent_of_one_core": _cpu(probes.series, t0, t1),

@@ -40,6 +40,8 @@ import msgspec
 import psutil
 
 from iotctl.broker import TansuBroker, free_port
+from iotctl.mosquitto import Mosquitto
+from iotctl.testinfra import drop_redis_namespace
 
 DEVICES = 500
 REDIS_URL = os.environ.get("IOT_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -47,48 +49,6 @@ PUBLISHERS = 3
 
 
 # --------------------------------------------------------------------------- infrastructure
-
-
-class Mosquitto:
-    """A private Mosquitto: no persistence, no queue caps (a lagging subscriber loses nothing)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-mosq-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        conf = Path(self.dir) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 0\n"
-            "max_queued_bytes 0\n"
-            "set_tcp_nodelay true\n"
-        )
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        _wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def _wait_port(port: int, timeout: float = 15) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def _make_devices(ns: str, n: int) -> list[tuple[str, str]]:
@@ -120,16 +80,6 @@ def _make_devices(ns: str, n: int) -> list[tuple[str, str]]:
     return out
 
 
-def _drop_namespace(ns: str) -> None:
-    import redis
-
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{ns}:*", count=1000))
-    for i in range(0, len(keys), 1000):
-        r.delete(*keys[i : i + 1000])
-    r.close()
-
-
 # --------------------------------------------------------------------------- publishers
 
 
@@ -146,13 +96,23 @@ def _payload(batch: int, seq: int) -> bytes:
 
 
 def _publisher(
-    port: int, topics: list[str], count: int, batch: int, out: Any, start_at: float
+    port: int,
+    topics: list[str],
+    count: int,
+    batch: int,
+    out: Any,
+    start_at: float,
+    credential: tuple[str, str] | None = None,
 ) -> None:
-    """Publish ``count`` QoS 1 messages round-robin over ``topics`` as fast as paho allows."""
+    """Publish ``count`` QoS 1 messages round-robin over ``topics`` as fast as paho allows
+    (as the device ``credential`` names, on a broker that authenticates)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client_id = credential[0] if credential else ""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    if credential is not None:
+        client.username_pw_set(*credential)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
@@ -177,15 +137,25 @@ def _publisher(
 
 
 def _publish(
-    port: int, topics: list[str], total: int, batch: int, procs: int = PUBLISHERS
+    port: int,
+    topics: list[str],
+    total: int,
+    batch: int,
+    procs: int = PUBLISHERS,
+    credentials: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Any], Any]:
+    """``procs`` publisher processes; with ``credentials``, process k is device k (its own
+    topic, ``topics[k]``, and its own authenticated connection)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     start_at = time.time() + 1.5
     ps = []
     for k in range(procs):
         mine = topics[k::procs]
-        p = ctx.Process(target=_publisher, args=(port, mine, total // procs, batch, q, start_at))
+        cred = credentials[k] if credentials else None
+        p = ctx.Process(
+            target=_publisher, args=(port, mine, total // procs, batch, q, start_at, cred)
+        )
         p.start()
         ps.append(p)
     return ps, q
@@ -510,12 +480,17 @@ def _mqtt_phase(
     naive: bool,
     backlog: bool,
     log: Path,
+    as_devices: bool = False,
 ) -> dict[str, Any]:
-    """One bridge process, fed by paho publishers at the same time (live) or beforehand."""
+    """One bridge process, fed by paho publishers at the same time (live) or beforehand.
+
+    ``as_devices``: each publisher is one of the first ``PUBLISHERS`` devices, connected with
+    its credential and publishing its own topic (what an authenticating broker allows)."""
     tag = f"b{secrets.token_hex(3)}"
     messages -= messages % PUBLISHERS  # every publisher sends the same share
     env = _base_env(bootstrap, mosq, ns, tag)
-    topics = [f"{tag}/devices/{d}/telemetry" for d, _ in devices]
+    credentials = devices[:PUBLISHERS] if as_devices else None
+    topics = [f"{tag}/devices/{d}/telemetry" for d, _ in (credentials or devices)]
     bridge = BridgeProc(env, log, naive=naive)
     pub_rate = 0.0
     try:
@@ -523,12 +498,12 @@ def _mqtt_phase(
         if backlog:
             # The broker keeps the session and queues everything while the bridge is away.
             bridge.stop()
-            ps, q = _publish(mosq.port, topics, messages, batch)
+            ps, q = _publish(mosq.port, topics, messages, batch, credentials=credentials)
             pub_rate = _publish_rate(ps, q)
             bridge = BridgeProc(env, log, naive=naive)
             t0, t1, n, cpu = _track(bridge, messages)
         else:
-            ps, q = _publish(mosq.port, topics, messages, batch)
+            ps, q = _publish(mosq.port, topics, messages, batch, credentials=credentials)
             t0, t1, n, cpu = _track(bridge, messages)
             pub_rate = _publish_rate(ps, q)
         rate = n / (t1 - t0) if t1 > t0 else 0.0
@@ -738,7 +713,7 @@ def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     n_naive = int(5_000 * scale)
     broker = TansuBroker(port=free_port())
     broker.start()
-    mosq = Mosquitto()
+    mosq = Mosquitto.for_benchmarks(accounts=None)
     mosq.start()
     ns = f"bench{secrets.token_hex(4)}"
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
@@ -773,9 +748,9 @@ def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         )
         print(results["http"], file=sys.stderr)
     finally:
-        mosq.stop()
+        mosq.cleanup()
         broker.stop()
-        _drop_namespace(ns)
+        drop_redis_namespace(REDIS_URL, ns)
     results["load_average"] = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     sl, sb = results["mqtt_single_live"], results["mqtt_single_backlog"]
     bl, bb = results["mqtt_batch50_live"], results["mqtt_batch50_backlog"]

@@ -3,7 +3,9 @@
 Everything a run creates is its own: a Tansu broker (or a given one) with a topic prefix, a
 private Mosquitto (queue limits lifted, so a lagging bridge never makes the broker drop QoS 1
 messages), a fresh PostgreSQL database for signing, device-management and the monitoring
-store, a Redis namespace, RabbitMQ exchange and queue names. Services run as
+store, a Redis namespace, a RabbitMQ virtual host with service accounts of its own (written by
+``device-management amqp-setup``, as ``iotctl up`` does; device users provisioned by
+device-management, so the simulator's devices publish as themselves). Services run as
 ``python -m <package>`` with logs in the run's directory; ``stop()`` ends them and drops the
 database. Used by ``bench_e2e`` and the end-to-end test.
 """
@@ -23,16 +25,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import psutil
 
 from iot_common.topics import Topics
-from iotctl.broker import TansuBroker, free_port, port_open
+from iotctl.broker import TansuBroker, free_port
+from iotctl.mosquitto import Mosquitto
+from iotctl.testinfra import create_database, database_url, drop_database
 
-PG_ADMIN_URL = os.environ.get("IOT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("IOT_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: The machine's RabbitMQ as its administrator: the run's vhost and accounts are made with it.
 RABBITMQ_URL = os.environ.get("IOT_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQ_MANAGEMENT_URL = os.environ.get("IOT_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
 ADMIN_EMAIL = os.environ.get("IOT_ADMIN_EMAIL", "admin@example.com")
 ADMIN_PASSWORD = os.environ.get("IOT_ADMIN_PASSWORD", "admin-password-change-me")
 
@@ -48,50 +54,6 @@ SERVICES = (
 
 class StackError(RuntimeError):
     """A component did not start; the message names it and the tail of its log."""
-
-
-def _psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", PG_ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
-        check=True,
-        capture_output=True,
-    )
-
-
-@dataclass
-class Mosquitto:
-    """A private Mosquitto: memory only, no queue caps."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 0\n"
-            "max_queued_bytes 0\n"
-            "max_inflight_messages 0\n"
-            "set_tcp_nodelay true\n"
-        )
-        log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - child owns it
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise StackError("mosquitto did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
 
 
 @dataclass
@@ -130,6 +92,10 @@ class E2EStack:
     services: dict[str, Service] = field(default_factory=dict)
     database: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    _amqp_passwords: tuple[str, str] = field(
+        default_factory=lambda: (secrets.token_urlsafe(16), secrets.token_urlsafe(16))
+    )
+    _amqp_ready: bool = False
 
     @property
     def topic_prefix(self) -> str:
@@ -141,7 +107,43 @@ class E2EStack:
 
     @property
     def database_url(self) -> str:
-        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.database}"
+        return database_url(self.database)
+
+    @property
+    def rabbitmq_vhost(self) -> str:
+        return f"iot-e2e-{self.run_id}"
+
+    def _amqp_url(self, username: str, password: str) -> str:
+        parts = urlsplit(RABBITMQ_URL)
+        host = f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}"
+        user = f"{quote(username, safe='')}:{quote(password, safe='')}"
+        return f"amqp://{user}@{host}/{quote(self.rabbitmq_vhost, safe='')}"
+
+    def _amqp_env(self) -> dict[str, str]:
+        """The run's AMQP: its own vhost, service accounts named after the run (users are
+        global on the shared broker), device users kept by device-management; messages the
+        simulator sends for devices it has no credential for go out as the administrator,
+        without ``user_id`` (the bridge dead-letters them ``unauthorized``)."""
+        rid = self.run_id
+        admin = urlsplit(RABBITMQ_URL)
+        bridge = (f"ingest-bridge-e2e{rid}", self._amqp_passwords[0])
+        publisher = (f"device-management-e2e{rid}", self._amqp_passwords[1])
+        return {
+            "IOT_RABBITMQ_URL": self._amqp_url(*publisher),
+            "DEVICE_MANAGEMENT_RABBITMQ_URL": self._amqp_url(*publisher),
+            "DEVICE_MANAGEMENT_AMQP_PROVISIONING": "true",
+            "DEVICE_MANAGEMENT_RABBITMQ_MANAGEMENT_URL": RABBITMQ_MANAGEMENT_URL,
+            "DEVICE_MANAGEMENT_RABBITMQ_ADMIN_USERNAME": unquote(admin.username or "guest"),
+            "DEVICE_MANAGEMENT_RABBITMQ_ADMIN_PASSWORD": unquote(admin.password or "guest"),
+            "DEVICE_MANAGEMENT_AMQP_BRIDGE_USERNAME": bridge[0],
+            "DEVICE_MANAGEMENT_AMQP_BRIDGE_PASSWORD": bridge[1],
+            "DEVICE_MANAGEMENT_AMQP_PUBLISHER_USERNAME": publisher[0],
+            "DEVICE_MANAGEMENT_AMQP_PUBLISHER_PASSWORD": publisher[1],
+            "INGEST_BRIDGE_RABBITMQ_URL": self._amqp_url(*bridge),
+            "SIMULATOR_RABBITMQ_URL": self._amqp_url(
+                unquote(admin.username or "guest"), unquote(admin.password or "guest")
+            ),
+        }
 
     def url(self, name: str) -> str:
         return self.services[name].url
@@ -165,15 +167,14 @@ class E2EStack:
         }
         env.update(
             {
+                # A throw-away stack on this machine's services, with the development secrets.
+                "IOT_ALLOW_DEV_DEFAULTS": "true",
                 "PYTHONUNBUFFERED": "1",
                 "IOT_LOG_LEVEL": self.log_level,
                 "IOT_KAFKA_BOOTSTRAP": str(self.kafka_bootstrap),
                 "IOT_TOPIC_PREFIX": self.topic_prefix,
                 "IOT_REDIS_URL": REDIS_URL,
                 "IOT_REDIS_NAMESPACE": self.namespace,
-                "IOT_RABBITMQ_URL": RABBITMQ_URL,
-                "IOT_TELEMETRY_EXCHANGE": f"telemetry.e2e{rid}",
-                "IOT_DEVICE_EVENTS_EXCHANGE": f"device.events.e2e{rid}",
                 "IOT_MQTT_HOST": "127.0.0.1",
                 "IOT_MQTT_PORT": str(self.mosquitto.port),
                 "IOT_MQTT_TOPIC_PREFIX": "",
@@ -190,14 +191,13 @@ class E2EStack:
                 "SIMULATOR_INGEST_URL": f"http://127.0.0.1:{ports['ingest-bridge']}",
                 "INGEST_BRIDGE_MQTT_CLIENT_ID": f"ingest-bridge-e2e{rid}",
                 "INGEST_BRIDGE_MQTT_SHARE_GROUP": f"ingest-bridge-e2e{rid}",
-                "INGEST_BRIDGE_AMQP_QUEUE": f"ingest-bridge.telemetry.e2e{rid}",
-                "INGEST_BRIDGE_DEVICE_EVENTS_QUEUE": f"ingest-bridge.device-events.e2e{rid}",
                 "AGENTS_APP_ID": f"stream-agents-e2e{rid}",
                 "AGENTS_TOPIC_PARTITIONS": str(self.partitions),
                 "AGENTS_WEB_HOST": "127.0.0.1",
                 "INGEST_BRIDGE_HTTP_HOST": "127.0.0.1",
             }
         )
+        env.update(self._amqp_env())
         for name, _, port_env in SERVICES:
             env[port_env] = str(ports[name])
         env.update(self.extra_env)
@@ -217,15 +217,21 @@ class E2EStack:
             self.broker.start()
             self.kafka_bootstrap = self.broker.bootstrap
         self._create_topics()
-        self.mosquitto = Mosquitto(self.workdir)
+        self.mosquitto = Mosquitto.for_benchmarks(
+            directory=self.workdir / "mosquitto", accounts=None
+        )
         self.mosquitto.start()
         self.database = f"iot_e2e_{self.run_id}"
-        _psql(f'CREATE DATABASE "{self.database}"')
+        create_database(self.database)
         ports = {name: free_port() for name, _, _ in SERVICES}
         self.env = self._env(ports)
         for name, package, _ in SERVICES:
             if name in ("signing", "device-management"):
                 self._run_once(name, [sys.executable, "-m", package, "migrate"])
+            if name == "device-management":
+                self._amqp_ready = True  # from here on, stop() removes the vhost and users
+                self._run_once(name, [sys.executable, "-m", package, "amqp-setup"])
+                self._grant_admin()
             for attempt in range(4):
                 self._spawn(name, package, ports[name])
                 try:
@@ -342,7 +348,7 @@ class E2EStack:
             self.broker.stop()
         if self.database:
             with contextlib.suppress(subprocess.CalledProcessError):
-                _psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+                drop_database(self.database)
         self._cleanup_rabbitmq()
         self._cleanup_redis()
         if not self.keep_logs:
@@ -360,24 +366,42 @@ class E2EStack:
                 client.delete(*keys[i : i + 500])
             client.close()
 
+    def _management(self) -> Any:
+        from iot_common.rabbitmq import Management
+
+        admin = urlsplit(RABBITMQ_URL)
+        return Management(
+            RABBITMQ_MANAGEMENT_URL,
+            username=unquote(admin.username or "guest"),
+            password=unquote(admin.password or "guest"),
+        )
+
+    def _grant_admin(self) -> None:
+        """The administrator may publish in the run's vhost (the simulator's messages for
+        devices it has no credential for) and inspect it."""
+        from iot_common.rabbitmq import Permissions
+
+        async def grant() -> None:
+            async with self._management() as api:
+                user = unquote(urlsplit(RABBITMQ_URL).username or "guest")
+                await api.grant(self.rabbitmq_vhost, user, Permissions(".*", ".*", ".*"))
+
+        asyncio.run(grant())
+
     def _cleanup_rabbitmq(self) -> None:
-        rid = self.run_id
+        """Delete the run's vhost and every user granted in it (service accounts and the
+        devices' users), except the administrator."""
+        if not self._amqp_ready:
+            return
 
         async def clean() -> None:
-            import aio_pika
+            admin = unquote(urlsplit(RABBITMQ_URL).username or "guest")
+            async with self._management() as api:
+                users = set(await api.vhost_users(self.rabbitmq_vhost)) - {admin}
+                await api.delete_vhost(self.rabbitmq_vhost)
+                await api.delete_users(sorted(users))
 
-            conn = await aio_pika.connect(RABBITMQ_URL)
-            async with conn:
-                ch = await conn.channel()
-                for q in (
-                    f"ingest-bridge.telemetry.e2e{rid}",
-                    f"ingest-bridge.device-events.e2e{rid}",
-                ):
-                    with contextlib.suppress(Exception):
-                        await ch.queue_delete(q)
-                for x in (f"telemetry.e2e{rid}", f"device.events.e2e{rid}"):
-                    with contextlib.suppress(Exception):
-                        await ch.exchange_delete(x)
-
-        with contextlib.suppress(Exception):
+        try:
             asyncio.run(clean())
+        except Exception as exc:  # cleanup must not hide the run's result
+            print(f"e2e stack: could not remove RabbitMQ vhost {self.rabbitmq_vhost}: {exc}")
