@@ -38,9 +38,9 @@ async def test_owner_sees_refused_readings_with_reason_and_counts(
     assert [i["reason"] for i in items] == ["non_finite", "non_finite", "not_json"]
     assert items[0]["payload"] == "x" * 1024 and items[0]["payload_truncated"] is True
     assert items[2]["payload"] == "temp=21" and items[2]["source"] == "mqtt"
-    assert r.json()["next_before"] is None
+    assert r.json()["next_cursor"] is None
 
-    # paged, newest first
+    # paged, newest first: exact positions, no record repeated or skipped at a page boundary
     page = (
         await c.get(
             "/monitoring/deadletters",
@@ -48,15 +48,31 @@ async def test_owner_sees_refused_readings_with_reason_and_counts(
             headers=alice.headers,
         )
     ).json()
-    assert len(page["items"]) == 2 and page["next_before"] == items[1]["ts"]
+    assert [i["id"] for i in page["items"]] == [items[0]["id"], items[1]["id"]]
     rest = (
         await c.get(
             "/monitoring/deadletters",
-            params={"device_id": dev_a, "before": page["next_before"]},
+            params={"device_id": dev_a, "cursor": page["next_cursor"]},
             headers=alice.headers,
         )
     ).json()
     assert [i["id"] for i in rest["items"]] == [items[2]["id"]]
+    assert rest["next_cursor"] is None
+    # `before` is a time filter: an exact epoch bound excludes the message refused at it
+    older = (
+        await c.get(
+            "/monitoring/deadletters",
+            params={"device_id": dev_a, "before": repr(items[1]["ts"])},
+            headers=alice.headers,
+        )
+    ).json()
+    assert [i["id"] for i in older["items"]] == [items[2]["id"]]
+    bad = await c.get(
+        "/monitoring/deadletters",
+        params={"device_id": dev_a, "cursor": "bm90IGEgY3Vyc29y"},
+        headers=alice.headers,
+    )
+    assert bad.status_code == 422
 
     # owner-scoped: no device filter = only one's own; another's device is 404 and shows nothing
     mine = (await c.get("/monitoring/deadletters", headers=alice.headers)).json()["items"]
@@ -74,3 +90,28 @@ async def test_owner_sees_refused_readings_with_reason_and_counts(
     assert stats["deadletters_by_reason"] == {"non_finite": 2, "not_json": 1}
     stats = (await c.get("/monitoring/stats", headers=bob.headers)).json()
     assert stats["deadletters_by_reason"] == {"too_old": 1}
+
+
+async def test_a_batch_refused_at_one_instant_pages_without_skipping(
+    app_factory: Any, make_user: Any, registry: Any, store: Any
+) -> None:
+    """Messages of one refused batch share a timestamp: page by page, each shows exactly once."""
+    alice = make_user("operator")
+    dev = await registry.add(alice)
+    now = time.time()
+    await store.insert_deadletters(
+        [refused(i, dev, "not_json", b"x", now - 1 if i < 5 else now - 2) for i in range(7)]
+    )
+    c = (await app_factory(kafka_enabled=False)).client
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"device_id": dev, "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await c.get("/monitoring/deadletters", params=params, headers=alice.headers)).json()
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 7 and len(set(seen)) == 7

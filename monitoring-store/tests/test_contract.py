@@ -755,6 +755,12 @@ async def test_deadletters_per_device_newest_first_and_counted(store: Monitoring
     assert recs[1].payload == "\ufffd\ufffd garbage"  # bytes that are no UTF-8 are replaced
     assert await store.query_deadletters(device_ids=["d1"], limit=1) == [recs[3]]
     assert await store.query_deadletters(device_ids=["d1"], before=T0 + 3) == recs[1::-1]
+    # the next page after an exact (ts, id): strictly older in that order
+    after = (recs[3].ts, recs[3].id)
+    assert await store.query_deadletters(device_ids=["d1"], after=after) == recs[1::-1]
+    assert await store.query_deadletters(device_ids=["d1"], after=(recs[1].ts, recs[1].id)) == [
+        recs[0]
+    ]
     assert await store.query_deadletters(device_ids=["d1"], reason="not_json") == [recs[1]]
     assert await store.query_deadletters(device_ids=[]) == []
     assert len(await store.query_deadletters(device_ids=None)) == 5

@@ -108,8 +108,8 @@ class DeadLetterPublic(BaseModel):
 
 class DeadLetterList(BaseModel):
     items: list[DeadLetterPublic]
-    #: Pass as ``before`` for the next (older) page; None when this page is the last.
-    next_before: float | None
+    #: Pass as ``cursor`` for the next (older) page; None when this page is the last.
+    next_cursor: str | None
 
 
 class AlertPublic(BaseModel):

@@ -469,10 +469,13 @@ class MonitoringStore(Protocol):
         device_ids: Sequence[str] | None,
         reason: str | None = None,
         before: float | None = None,
+        after: tuple[float, str] | None = None,
         limit: int = 100,
     ) -> list[DeadLetterRecord]:
-        """Refused messages newest first (by ts, then id); ``before`` bounds ts (exclusive)
-        for paging; ``device_ids`` None = every device, [] = none."""
+        """Refused messages newest first (by ts, then id); ``before`` bounds ts (exclusive);
+        ``after`` = the (ts, id) of the previous page's last record: the page goes on strictly
+        after it in that order (exact, and no record sharing a ts is skipped);
+        ``device_ids`` None = every device, [] = none."""
 
     async def deadletter_counts(
         self, *, device_ids: Sequence[str] | None, start: float, end: float

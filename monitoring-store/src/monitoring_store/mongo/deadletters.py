@@ -84,20 +84,25 @@ class MongoDeadLetters(MongoConnection):
         device_ids: Sequence[str] | None,
         reason: str | None = None,
         before: float | None = None,
+        after: tuple[float, str] | None = None,
         limit: int = 100,
     ) -> list[DeadLetterRecord]:
         if device_ids is not None and not device_ids:
             return []
+        query = _filter(device_ids, reason=reason, end=before)
+        if after is not None:
+            ts, last = after
+            query = {
+                **query,
+                "$or": [{"ts": {"$lt": ts}}, {"ts": ts, "_id": {"$lt": last}}],
+            }
         cursor = (
             self._c(DEADLETTERS)
-            .find(_filter(device_ids, reason=reason, end=before))
+            .find(query)
             .sort([("ts", DESCENDING), ("_id", DESCENDING)])
             .limit(limit)
         )
-        records = [_from(d) for d in await cursor.to_list()]
-        # Strictly before: SecantusDB 0.7 was seen answering the `$lt` bound inclusively once
-        # (the page's last record came back on the next page); real MongoDB never does.
-        return [r for r in records if before is None or r.ts < before]
+        return [_from(d) for d in await cursor.to_list()]
 
     async def deadletter_counts(
         self, *, device_ids: Sequence[str] | None, start: float, end: float

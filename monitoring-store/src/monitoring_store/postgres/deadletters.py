@@ -52,11 +52,16 @@ class PgDeadLetters(PgConnection):
         device_ids: Sequence[str] | None,
         reason: str | None = None,
         before: float | None = None,
+        after: tuple[float, str] | None = None,
         limit: int = 100,
     ) -> list[DeadLetterRecord]:
         if device_ids is not None and not device_ids:
             return []
         where, args = _filters(device_ids, reason=reason, end=before)
+        if after is not None:
+            args.extend(after)
+            key = f"(ts, id) < (${len(args) - 1}::float8, ${len(args)}::text)"
+            where = f"{where} AND {key}" if where else f"WHERE {key}"
         args.append(limit)
         rows = await self.pool.fetch(
             f"SELECT {_COLS} FROM monitoring_deadletters {where} "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from monitoring_api.api.deps import (
     CurrentUser,
@@ -33,7 +35,11 @@ async def list_deadletters(
     ] = None,
     reason: Annotated[str | None, Query(max_length=64, description="e.g. non_finite")] = None,
     before: Annotated[
-        datetime | None, Query(description="refused before this instant (the next page)")
+        float | datetime | None,
+        Query(description="only messages refused before this instant (epoch seconds or ISO 8601)"),
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="`next_cursor` of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> DeadLetterList:
@@ -43,8 +49,29 @@ async def list_deadletters(
     rows = await store.query_deadletters(
         device_ids=ids,
         reason=reason,
-        before=to_epoch(before, 0.0) if before is not None else None,
+        before=before if isinstance(before, float) else to_epoch(before, 0.0) if before else None,
+        after=_decode_cursor(cursor) if cursor else None,
         limit=limit,
     )
     items = [DeadLetterPublic.model_validate(r, from_attributes=True) for r in rows]
-    return DeadLetterList(items=items, next_before=items[-1].ts if len(items) == limit else None)
+    last = items[-1] if len(items) == limit else None
+    return DeadLetterList(
+        items=items, next_cursor=_encode_cursor(last.ts, last.id) if last else None
+    )
+
+
+# A page's position is the exact (ts, id) of its last record, not a rounded instant: a time
+# parsed back from a query string keeps microseconds only, and several messages refused in one
+# batch share a ts, so an instant alone repeats or skips records at a page boundary.
+def _encode_cursor(ts: float, record_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([ts, record_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        ts, record_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if isinstance(ts, int | float) and not isinstance(ts, bool) and isinstance(record_id, str):
+            return float(ts), record_id
+    except (ValueError, TypeError):
+        pass
+    raise HTTPException(422, "cursor: not a next_cursor this API returned")
