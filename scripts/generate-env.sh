@@ -42,6 +42,7 @@ write(root / ".env", "\n".join(lines) + "\n")
 dev = root / "infra" / "k8s" / "overlays" / "dev"
 if dev.is_dir():
     pg, mongo, rabbit, redis = fresh(), fresh(), fresh(), fresh()
+    publisher, bridge = fresh(), fresh()  # the AMQP service accounts amqp-setup writes
     write(
         dev / "infra-credentials.env",
         f"postgres-password={pg}\nmongo-user=iot\nmongo-password={mongo}\n"
@@ -51,6 +52,11 @@ if dev.is_dir():
         dev / "platform-secrets.env",
         f"IOT_DATABASE_URL=postgresql://postgres:{pg}@postgres:5432/iot\n"
         f"IOT_RABBITMQ_URL=amqp://iot:{rabbit}@rabbitmq:5672/\n"
+        f"DEVICE_MANAGEMENT_RABBITMQ_URL=amqp://device-management:{publisher}@rabbitmq:5672/\n"
+        f"DEVICE_MANAGEMENT_AMQP_PUBLISHER_PASSWORD={publisher}\n"
+        f"DEVICE_MANAGEMENT_AMQP_BRIDGE_PASSWORD={bridge}\n"
+        f"DEVICE_MANAGEMENT_RABBITMQ_ADMIN_PASSWORD={rabbit}\n"
+        f"INGEST_BRIDGE_RABBITMQ_URL=amqp://ingest-bridge:{bridge}@rabbitmq:5672/\n"
         f"IOT_REDIS_URL=redis://:{redis}@redis:6379/0\n"
         f"MONITORING_STORE_URL=mongodb://iot:{mongo}@mongodb:27017/iot?authSource=admin\n"
         f"IOT_INTERNAL_TOKEN={fresh()}\n"

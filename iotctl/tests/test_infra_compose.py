@@ -529,3 +529,20 @@ def test_mosquitto_refuses_anonymous_clients_and_gets_its_accounts_first(
     deps = services["mosquitto"]["depends_on"]
     assert deps["mosquitto-init"]["condition"] == "service_completed_successfully"
     assert "INGEST_BRIDGE_MQTT_PASSWORD" in services["ingest-bridge"]["environment"]
+
+
+def test_device_management_provisions_every_device_on_both_brokers(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker refuses anonymous clients, so a device registered through compose can
+    connect only if device-management creates its MQTT client and RabbitMQ user."""
+    from device_management.config import DeviceManagementSettings
+
+    for key in list(os.environ):
+        if key.startswith(("IOT_", "DEVICE_MANAGEMENT_")):
+            monkeypatch.delenv(key)
+    env = rendered(env_file)["services"]["device-management"]["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    settings = DeviceManagementSettings()
+    assert settings.mqtt_provisioning and settings.amqp_provisioning

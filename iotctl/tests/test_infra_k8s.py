@@ -284,3 +284,56 @@ def test_dev_mosquitto_runs_compose_s_config_with_its_accounts_written_first() -
     secrets = (ROOT / "infra" / "k8s" / "base" / "secrets.yaml").read_text()
     assert "DEVICE_MANAGEMENT_MQTT_ADMIN_PASSWORD" in secrets
     assert "INGEST_BRIDGE_MQTT_PASSWORD" in secrets
+
+
+def _container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The environment a container of the overlay starts with (envFrom, then env)."""
+    maps, secrets = of_kind(docs, "ConfigMap"), of_kind(docs, "Secret")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(maps[source["configMapRef"]["name"]]["data"])
+        else:
+            secret = secrets[source["secretRef"]["name"]]
+            env.update({k: base64.b64decode(v).decode() for k, v in secret["data"].items()})
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def test_dev_services_use_their_own_broker_accounts_and_provision_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """device-management keeps every device's MQTT client and RabbitMQ user, after its
+    amqp-setup step wrote the service accounts; the bridge and device-management each log in
+    to RabbitMQ as the account that step wrote for them, with the password it wrote."""
+    from urllib.parse import urlsplit
+
+    from device_management.config import DeviceManagementSettings
+    from ingest_bridge.config import IngestBridgeSettings
+
+    docs = kustomize("dev")
+    deployments = of_kind(docs, "Deployment")
+    dm_pod = deployments["device-management"]["spec"]["template"]["spec"]
+    assert [c["args"][0] for c in dm_pod["initContainers"]] == ["migrate", "amqp-setup"]
+    monkeypatch.delenv("IOT_ALLOW_DEV_DEFAULTS", raising=False)
+    for container in dm_pod["initContainers"] + dm_pod["containers"]:
+        env = _container_env(docs, container)
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            dm = DeviceManagementSettings()
+        assert dm.mqtt_provisioning and dm.amqp_provisioning, container["name"]
+        own = urlsplit(dm.rabbitmq_url.get_secret_value())
+        assert own.username == dm.amqp_publisher_username
+        assert own.password == dm.amqp_publisher_password.get_secret_value()
+        assert urlsplit(dm.rabbitmq_management_url).hostname == "rabbitmq"
+    bridge_env = _container_env(
+        docs, deployments["ingest-bridge"]["spec"]["template"]["spec"]["containers"][0]
+    )
+    with monkeypatch.context() as m:
+        for key, value in bridge_env.items():
+            m.setenv(key, value)
+        bridge = IngestBridgeSettings()
+    url = urlsplit(bridge.rabbitmq_url.get_secret_value())
+    assert url.username == dm.amqp_bridge_username
+    assert url.password == dm.amqp_bridge_password.get_secret_value()
