@@ -13,7 +13,9 @@ index picker).
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from iot_common.events import WindowStats
+from iotctl.sandbox import PrivateMongoDB
 from monitoring_store import SampleBatch
 from monitoring_store.mongo import MongoStore
 
@@ -191,3 +194,63 @@ async def test_samples_collection_is_time_series(mongodb_url: str) -> None:
     finally:
         await store.drop_database()
         await store.close()
+
+
+def _kill(server: PrivateMongoDB) -> None:
+    if server.proc is not None and server.proc.poll() is None:
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+    server.proc = None
+
+
+async def test_what_the_store_acknowledged_survives_a_killed_server() -> None:
+    """The agents commit offsets once a write is acknowledged: a SIGKILL of the server right
+    after must not lose it (without journaled writes the emulator lost the last few hundred
+    milliseconds of acknowledged samples)."""
+    server = PrivateMongoDB(cache_size="64M")
+    server.start()
+    try:
+        url = f"{server.url}/iot_durable"
+        store = MongoStore(url)
+        await store.start()
+        per, batches = 50, 20
+        stored = windows(devices=2, n=batches)
+        for b in range(batches):
+            i = np.arange(b * per, (b + 1) * per)
+            await store.insert_samples(
+                SampleBatch(
+                    device_id=np.array(["d1"] * per, dtype=object),
+                    metric=np.array(["temp"] * per, dtype=object),
+                    ts=T0 + i.astype(np.float64),
+                    value=i.astype(np.float64),
+                    seq=i.astype(np.int64),
+                )
+            )
+            await store.upsert_windows([w for w in stored if w.window_start == T0 + b * 10])
+        _kill(server)
+        await store.close()
+
+        server.start()
+        store = MongoStore(url)
+        await store.start()
+        try:
+            got = await store.query_samples(
+                "d1", metrics=None, start=T0, end=T0 + per * batches, limit=100_000
+            )
+            assert [s.seq for s in got] == list(range(per * batches))
+            kept = await store.query_windows(
+                "d1", metrics=None, window_seconds=10, start=T0, end=T0 + 3600
+            )
+            assert len(kept) == 2 * batches  # two metrics
+        finally:
+            await store.close()
+    finally:
+        _kill(server)  # nothing here needs a clean stop (which can take the emulator 20 s)
+        server.cleanup()
+
+
+def test_writes_are_journaled_unless_the_url_chooses_a_write_concern() -> None:
+    assert MongoStore("mongodb://h/db")._client_options == {"journal": True}
+    assert MongoStore("mongodb://h/db?w=majority")._client_options == {}
+    assert MongoStore("mongodb://h/db?journal=false")._client_options == {}
+    assert MongoStore("mongodb://h/db", w=0)._client_options == {"w": 0}

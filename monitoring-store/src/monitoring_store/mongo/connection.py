@@ -50,6 +50,24 @@ def _only_duplicate_keys(err: BulkWriteError) -> bool:
     return all(e.get("code") == DUPLICATE_KEY for e in err.details.get("writeErrors", []))
 
 
+def durable_writes(url: str, client_options: dict[str, Any]) -> dict[str, Any]:
+    """``client_options`` with journaled writes (``j: true``) unless ``url`` or the caller
+    chose a write concern.
+
+    The agents commit Kafka offsets once the store acknowledged what they cover, so an
+    acknowledgement must mean "on disk". With the default (``w: 1``, no ``j``) a standalone
+    MongoDB and the emulator acknowledge a write before its journal record is flushed, and a
+    server killed then loses it after the offsets past it were committed: of 2,000 sample
+    documents acknowledged in batches of 50, 350 to 450 (the last few hundred milliseconds)
+    were gone after a SIGKILL of the emulator, none with ``j: true``. Real MongoDB loses up to
+    its journal commit interval (100 ms) the same way.
+    """
+    chosen = {k.lower() for k in (*parse_uri(url).get("options", {}), *client_options)}
+    if chosen & {"w", "journal", "j"}:
+        return client_options
+    return {**client_options, "journal": True}
+
+
 class MongoConnection:
     """An ``AsyncMongoClient``, opened by :meth:`MongoStore.start`."""
 
@@ -71,7 +89,7 @@ class MongoConnection:
             client_options.setdefault("minPoolSize", min_pool)
         if max_pool is not None:
             client_options.setdefault("maxPoolSize", max_pool)
-        self._client_options = client_options
+        self._client_options = durable_writes(url, client_options)
         self._client: AsyncMongoClient[Doc] | None = None
 
     @property
