@@ -86,6 +86,8 @@ class E2EStack:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="iot-e2e-")))
     keep_logs: bool = False
     partitions: int = 8
+    #: The monitoring store (e.g. a MongoDB URL); empty: the run's PostgreSQL database.
+    store_url: str = ""
 
     broker: TansuBroker | None = None
     mosquitto: Mosquitto | None = None
@@ -108,6 +110,10 @@ class E2EStack:
     @property
     def database_url(self) -> str:
         return database_url(self.database)
+
+    @property
+    def monitoring_store_url(self) -> str:
+        return self.store_url or self.database_url
 
     @property
     def rabbitmq_vhost(self) -> str:
@@ -179,7 +185,7 @@ class E2EStack:
                 "IOT_MQTT_PORT": str(self.mosquitto.port),
                 "IOT_MQTT_TOPIC_PREFIX": "",
                 "IOT_DATABASE_URL": self.database_url,
-                "MONITORING_STORE_URL": self.database_url,
+                "MONITORING_STORE_URL": self.monitoring_store_url,
                 "IOT_ADMIN_EMAIL": ADMIN_EMAIL,
                 "IOT_ADMIN_PASSWORD": ADMIN_PASSWORD,
                 "SIGNING_BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
