@@ -5,6 +5,10 @@ The monitoring API never keeps its own copy of device ownership. It asks device-
 caller's devices with ``GET /devices/``. For records off the bus that lack an owner it asks
 ``GET /internal/devices/{id}`` with the internal token. Answers are cached for a few seconds
 so a dashboard polling a chart does not turn into one device-management call per request.
+
+Changes the dashboard makes to a device (its configuration, its credential) are relayed to
+device-management with the caller's own token too, so device-management alone decides who may
+make them and how a configuration is validated; its refusals are passed on as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ from typing import Any, Protocol
 
 import httpx
 
-from iot_common.errors import ServiceUnavailable
+from iot_common.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    PlatformError,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +47,24 @@ class DeviceDirectory(Protocol):
     async def owner_of(self, device_id: str) -> str | None:
         """The owner of a device (internal lookup), None if unknown."""
 
+    async def change_device(
+        self, token: str, device_id: str, *, method: str, path: str = "", body: Any = None
+    ) -> DeviceInfo:
+        """Relay a change of ``/devices/{id}{path}`` with the token's user's own rights; its
+        answer, or device-management's refusal raised as the same error."""
+
     async def close(self) -> None: ...
+
+
+#: device-management's refusals, raised here with their message and details unchanged.
+_REFUSALS: dict[int, type[PlatformError]] = {
+    400: BadRequest,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: ValidationFailed,
+}
 
 
 class _TTLCache:
@@ -59,6 +89,10 @@ class _TTLCache:
             if len(self._data) >= self.size:
                 self._data.clear()
         self._data[key] = (time.monotonic() + self.ttl, value)
+
+    def forget(self, *keys: Any) -> None:
+        for key in keys:
+            self._data.pop(key, None)
 
 
 class HttpDeviceDirectory:
@@ -132,6 +166,40 @@ class HttpDeviceDirectory:
             if "id" in dev:
                 self._cache.put(("dev", token, str(dev["id"])), dev)
         return devices
+
+    async def change_device(
+        self, token: str, device_id: str, *, method: str, path: str = "", body: Any = None
+    ) -> DeviceInfo:
+        try:
+            resp = await self._http.request(
+                method,
+                f"/devices/{device_id}{path}",
+                headers={"Authorization": f"Bearer {token}"},
+                json=body,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("device-management unreachable: %s", exc)
+            raise ServiceUnavailable("device-management is unreachable") from exc
+        # What this token saw of the device (and its list) is stale now, whatever the answer.
+        self._cache.forget(("dev", token, device_id), ("list", token))
+        if resp.is_success:
+            answer: DeviceInfo = resp.json()
+            return answer
+        refusal = _REFUSALS.get(resp.status_code)
+        if refusal is None:
+            log.warning(
+                "device-management answered %s to %s of device %s",
+                resp.status_code,
+                method,
+                device_id,
+            )
+            raise ServiceUnavailable("device-management did not answer")
+        try:
+            error = resp.json()["error"]
+            message, details = str(error["message"]), error.get("details")
+        except (ValueError, KeyError, TypeError):
+            message, details = "refused by device-management", None
+        raise refusal(message, details=details if isinstance(details, list) else None)
 
     async def owner_of(self, device_id: str) -> str | None:
         key = ("owner", device_id)

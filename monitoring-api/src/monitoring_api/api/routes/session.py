@@ -7,16 +7,44 @@ it forwards the user's credentials to signing and the user's token to device-man
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Path, Request
 
 from monitoring_api import session_service
-from monitoring_api.api.deps import CurrentUser, DirectoryDep, SigningHttpDep
+from monitoring_api.api.deps import (
+    CurrentUser,
+    DirectoryDep,
+    SigningHttpDep,
+    visible_device,
+)
+from monitoring_api.devices import DeviceInfo
 from monitoring_api.proxies import forwarded_chain
 from monitoring_api.schemas import SessionCreate
 
 router = APIRouter(prefix="/monitoring", tags=["session"])
+
+DeviceId = Annotated[uuid.UUID, Path()]
+
+#: What the dashboard shows of a device (device-management's ``DevicePublic`` minus dates).
+DEVICE_KEYS = (
+    "id",
+    "name",
+    "type",
+    "status",
+    "last_seen",
+    "active",
+    "owner_id",
+    "config",
+    "config_version",
+    "config_status",
+    "has_credentials",
+)
+
+
+def _shown(device: DeviceInfo) -> dict[str, Any]:
+    return {k: device.get(k) for k in DEVICE_KEYS}
 
 
 @router.post("/session")
@@ -30,6 +58,37 @@ async def sign_in(body: SessionCreate, request: Request, http: SigningHttpDep) -
 @router.get("/devices")
 async def my_devices(caller: CurrentUser, directory: DirectoryDep) -> list[dict[str, Any]]:
     """The caller's devices with their status, as device-management lists them."""
-    devices = await directory.list_devices(caller.token)
-    keys = ("id", "name", "type", "status", "last_seen", "active", "owner_id", "config")
-    return [{k: d.get(k) for k in keys} for d in devices]
+    return [_shown(d) for d in await directory.list_devices(caller.token)]
+
+
+@router.get("/devices/{device_id}")
+async def my_device(
+    device_id: DeviceId, caller: CurrentUser, directory: DirectoryDep
+) -> dict[str, Any]:
+    """One of the caller's devices: status, config and its desired/reported versions."""
+    return _shown(await visible_device(directory, caller, str(device_id)))
+
+
+@router.put("/devices/{device_id}/config")
+async def set_device_config(
+    device_id: DeviceId,
+    config: Annotated[dict[str, Any], Body(description="settings, metrics and rules")],
+    caller: CurrentUser,
+    directory: DirectoryDep,
+) -> dict[str, Any]:
+    """Replace the device's configuration (relayed to device-management ``PUT /devices/{id}``
+    with the caller's token); a refusal's details name the field (``body.config.rules.0…``)."""
+    device = await directory.change_device(
+        caller.token, str(device_id), method="PUT", body={"config": config}
+    )
+    return _shown(device)
+
+
+@router.post("/devices/{device_id}/credentials", status_code=201)
+async def rotate_device_credentials(
+    device_id: DeviceId, caller: CurrentUser, directory: DirectoryDep
+) -> dict[str, Any]:
+    """Issue a new device token (relayed to device-management); shown in this answer only."""
+    return await directory.change_device(
+        caller.token, str(device_id), method="POST", path="/credentials"
+    )
