@@ -1,23 +1,30 @@
-"""The dashboard in headless Chromium: sign in, see why a reading was refused, watch a chart
-update, acknowledge an alert."""
+"""The dashboard in headless Chromium against the real API: sign in, see why a reading was
+refused, watch a chart update; alerts (names, filters, acknowledge, clear); the fleet (sorted,
+paged, last values, phone width); viewers change nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import secrets
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from iot_common.events import Alert, WindowStats, json_encoder
 from iot_common.telemetry import DeadLetter
 from monitoring_api.config import STATIC_DIR
-from monitoring_store.base import deadletter_record
+from monitoring_store.base import SampleBatch, deadletter_record
 
 CHROMIUM = os.environ.get("IOT_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -37,6 +44,11 @@ async def browser() -> AsyncIterator[Browser]:
         )
         yield b
         await b.close()
+
+
+#: The front end does not depend on the store backend (the API's own tests run on both), and a
+#: browser test costs seconds: the tests of the dashboard's views run on PostgreSQL only.
+UI_ON_POSTGRES = pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 
 
 def window(device: str, metric: str, start: float, mean: float) -> WindowStats:
@@ -245,3 +257,324 @@ async def test_time_range_shows_a_day_of_five_metrics_with_bands(
 
 def _asdict(w: WindowStats) -> dict[str, Any]:
     return {f: getattr(w, f) for f in w.__struct_fields__}
+
+
+async def signed_in(
+    browser: Browser, url: str, email: str, password: str, *, width: int = 1280
+) -> Page:
+    """A page of the dashboard at ``url``, signed in (the live connection up)."""
+    page = await browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(15_000)
+    await page.goto(f"{url}/dashboard")
+    await page.fill("#email", email)
+    await page.fill("#password", password)
+    await page.click("#sign-in")
+    await expect(page.get_by_test_id("live-status")).to_have_text("live")
+    return page
+
+
+@UI_ON_POSTGRES
+async def test_alerts_show_device_names_filter_acknowledge_and_clear(
+    browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any
+) -> None:
+    alice, password = await signing.add_user("operator")
+    pump_a = await registry.add(alice, name="pump-a")
+    pump_b = await registry.add(alice, name="pump-b")
+    high = make_alert(pump_a, alice.id, "pressure high", "critical")
+    low = make_alert(pump_b, alice.id, "flow low", "warning")
+    door = msgspec.structs.replace(
+        make_alert(pump_b, alice.id, "door open", "info"), status="acknowledged"
+    )
+    await store.upsert_alerts([high, low, door])
+    app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
+    page = await signed_in(browser, app.url, alice.email, password)
+
+    feed = page.get_by_test_id("alerts")
+    alerts = feed.get_by_test_id("alert")
+    await expect(alerts).to_have_count(3)
+    # Every line names its device; no raw id shows anywhere in the feed.
+    for alert, name in ((high, "pump-a"), (low, "pump-b"), (door, "pump-b")):
+        line = feed.locator(f'li[data-alert-id="{alert.alert_id}"]')
+        await expect(line.locator(".device")).to_have_text(name)
+    text = await feed.inner_text()
+    assert pump_a not in text and pump_b not in text
+
+    # Filters: device, then status, then severity (each asks the API again).
+    await page.select_option("#alert-device", label="pump-b")
+    await expect(alerts).to_have_count(2)
+    await page.select_option("#alert-status", "acknowledged")
+    await expect(alerts).to_have_count(1)
+    await expect(alerts.first).to_contain_text("door open")
+    await page.select_option("#alert-status", "")
+    await page.select_option("#alert-severity", "warning")
+    await expect(alerts).to_have_count(1)
+    await expect(alerts.first).to_contain_text("flow low")
+    await page.select_option("#alert-device", "")
+    await page.select_option("#alert-severity", "info")
+    await expect(alerts).to_have_count(3)
+
+    # Acknowledge, then clear: the API's transitions, shown and stored.
+    line = feed.locator(f'li[data-alert-id="{high.alert_id}"]')
+    await line.get_by_role("button", name="Acknowledge").click()
+    await expect(line).to_have_attribute("data-status", "acknowledged")
+    await expect(line.get_by_role("button", name="Acknowledge")).to_have_count(0)
+    await line.get_by_role("button", name="Clear").click()
+    await expect(line).to_have_attribute("data-status", "cleared")
+    await expect(line.get_by_role("button")).to_have_count(0)
+    cleared = await store.get_alert(high.alert_id)
+    assert cleared.status == "cleared"
+    await page.close()
+
+
+@UI_ON_POSTGRES
+async def test_fleet_is_sorted_paged_shows_last_values_and_fits_a_phone(
+    browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any
+) -> None:
+    alice, password = await signing.add_user("operator")
+    # 60 devices: two pages of 50. The first three (by name) send temp readings.
+    names = [f"dev-{i:03d}" for i in range(60)]
+    ids = list(
+        await asyncio.gather(
+            *(
+                registry.add(alice, name=n, metrics=["temp"], online=i % 2 == 0)
+                for i, n in enumerate(names)
+            )
+        )
+    )
+    now = time.time()
+    temps = [30.5, 10.25, 20.0]
+    await store.insert_samples(
+        SampleBatch(
+            device_id=np.array(ids[:3] * 2, dtype=object),
+            metric=np.array(["temp"] * 6, dtype=object),
+            ts=np.array([now - 20] * 3 + [now - 10] * 3, dtype=np.float64),
+            value=np.array([0.0] * 3 + temps, dtype=np.float64),
+            seq=np.arange(6, dtype=np.int64),
+        )
+    )
+    app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
+    page = await signed_in(browser, app.url, alice.email, password)
+
+    rows = page.locator("#devices tbody tr")
+    await expect(page.get_by_test_id("devices-count")).to_have_text("(60)")
+    await expect(rows).to_have_count(50)
+    await expect(page.get_by_test_id("devices-page")).to_have_text("1–50 of 60")
+    await expect(rows.first.locator(".name")).to_have_text("dev-000")
+    # The last value of each metric (the newest reading, not an older one).
+    await expect(rows.nth(1).locator('td[data-metric="temp"]')).to_have_text("10.25")
+    await expect(rows.nth(3).locator('td[data-metric="temp"]')).to_have_text("–")
+
+    await page.get_by_role("button", name="Next ›").click()
+    await expect(rows).to_have_count(10)
+    await expect(page.get_by_test_id("devices-page")).to_have_text("51–60 of 60")
+    await expect(rows.first.locator(".name")).to_have_text("dev-050")
+    await page.get_by_role("button", name="‹ Prev").click()
+    await expect(rows).to_have_count(50)
+
+    # Sortable by column: name descending, status, a metric both ways.
+    header = page.locator("#devices thead")
+    await header.get_by_role("button", name="Name").click()  # already ascending: flips
+    await expect(rows.first.locator(".name")).to_have_text("dev-059")
+    await header.get_by_role("button", name="Status").click()
+    await expect(rows.first.locator(".status")).to_have_text("online")
+    await expect(rows.nth(29).locator(".status")).to_have_text("online")
+    await expect(rows.nth(30).locator(".status")).to_have_text("never seen")
+    await header.get_by_role("button", name="temp").click()
+    await expect(rows.first.locator(".name")).to_have_text("dev-001")  # 10.25
+    await expect(rows.nth(2).locator(".name")).to_have_text("dev-000")  # 30.5
+    await header.get_by_role("button", name="temp").click()
+    await expect(rows.first.locator(".name")).to_have_text("dev-000")
+
+    # Phone width (375 px): nothing wider than the screen, with a device page and alerts open.
+    await page.set_viewport_size({"width": 375, "height": 800})
+    await rows.first.click()
+    await expect(page.get_by_test_id("device-name")).to_have_text("dev-000")
+    await expect(page.get_by_test_id("chart")).to_have_attribute("data-range", "live")
+    overflow = await page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert overflow[0] <= overflow[1], f"page is {overflow[0]} px wide on a {overflow[1]} px screen"
+    await page.close()
+
+
+@UI_ON_POSTGRES
+async def test_viewers_see_but_change_nothing(
+    browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any
+) -> None:
+    viewer, password = await signing.add_user("viewer")
+    dev = await registry.add(viewer, name=f"viewed-{secrets.token_hex(2)}")
+    alert = make_alert(dev, viewer.id, "seen, not touched", "warning")
+    await store.upsert_alerts([alert])
+    app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
+    page = await signed_in(browser, app.url, viewer.email, password)
+    await expect(page.get_by_test_id("user-role")).to_have_text("viewer")
+
+    line = page.locator(f'#alerts li[data-alert-id="{alert.alert_id}"]')
+    await expect(line).to_contain_text("seen, not touched")
+    await expect(line.get_by_role("button")).to_have_count(0)
+    # No way to subscribe a webhook; the device page shows its config, read-only.
+    await expect(page.get_by_test_id("sub-form")).to_be_hidden()
+    await page.locator("#devices tbody tr").first.click()
+    await expect(page.get_by_test_id("device-config-version")).to_contain_text("desired 1")
+    await expect(page.locator("#config-settings")).to_have_js_property("readOnly", True)
+    await expect(page.get_by_role("button", name="Save config")).to_be_hidden()
+    await expect(page.get_by_role("button", name="Rotate credentials")).to_be_hidden()
+    # The API refuses the change too (device-management decides, the dashboard relays).
+    r = await app.client.put(
+        f"/monitoring/devices/{dev}/config", json={"settings": {"x": 1}}, headers=viewer.headers
+    )
+    assert r.status_code == 403, r.text
+    await page.close()
+
+
+@UI_ON_POSTGRES
+async def test_webhook_subscriptions_created_deleted_with_their_deliveries(
+    browser: Browser,
+    app_factory: Any,
+    signing: Any,
+    registry: Any,
+    store: Any,
+    serve_app: Any,
+    poll: Any,
+) -> None:
+    alice, password = await signing.add_user("operator")
+    dev = await registry.add(alice, name="hooked")
+    received: list[bytes] = []
+
+    async def receiver(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        received.append(body)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    hook_url = await serve_app(receiver)
+    app = await app_factory(
+        serve=True, signing_http=signing.client(), kafka_enabled=False, webhook_max_attempts=1
+    )
+    page = await signed_in(browser, app.url, alice.email, password)
+    subs = page.get_by_test_id("subscription")
+    await expect(page.get_by_test_id("subscriptions")).to_contain_text("No webhook subscriptions")
+
+    # The API's refusal is shown; then two subscriptions: one answered, one nobody listens to.
+    await page.fill("#sub-url", "ftp://example.com/hook")
+    await page.click("#sub-create")
+    await expect(page.get_by_test_id("sub-error")).to_contain_text("url")
+    closed = f"http://127.0.0.1:{_closed_port()}/down"
+    for url in (f"{hook_url}/up", closed):
+        await page.fill("#sub-url", url)
+        await page.select_option("#sub-device", label="hooked")
+        await page.click("#sub-create")
+        await expect(page.get_by_test_id("sub-secret")).to_be_visible()
+    assert len(await page.locator("#sub-secret-value").inner_text()) >= 16
+    await expect(page.get_by_test_id("sub-error")).to_have_text("")
+    await expect(subs).to_have_count(2)
+    await expect(subs.first).to_contain_text("hooked")
+
+    # An alert change is delivered to one and fails at the other (one attempt allowed).
+    await app.app.state.webhooks.enqueue([make_alert(dev, alice.id, "valve stuck")])
+    by_url = {s.url: s.id for s in await store.list_subscriptions(owner_id=alice.id)}
+
+    async def settled() -> bool:
+        done = []
+        for sid in by_url.values():
+            done += [d.status for d in await store.list_deliveries(subscription_id=sid)]
+        return sorted(done) == ["delivered", "failed"]
+
+    await poll(settled)
+    assert len(received) == 1
+    up = page.locator(f'li[data-subscription-id="{by_url[hook_url + "/up"]}"]')
+    down = page.locator(f'li[data-subscription-id="{by_url[closed]}"]')
+    await up.get_by_role("button", name="Deliveries").click()
+    await down.get_by_role("button", name="Deliveries").click()
+    await expect(up.get_by_test_id("delivery")).to_have_attribute("data-status", "delivered")
+    await expect(up.get_by_test_id("delivery")).to_contain_text("hooked: valve stuck")
+    await expect(down.get_by_test_id("delivery")).to_have_attribute("data-status", "failed")
+    await expect(up.locator(".counts")).to_have_text("1 delivered")
+
+    # Delete one: gone from the page and from the API.
+    await down.get_by_role("button", name="Delete").click()
+    await expect(subs).to_have_count(1)
+    assert await store.get_subscription(by_url[closed]) is None
+    await page.close()
+
+
+@UI_ON_POSTGRES
+async def test_device_config_editor_versions_and_credential_rotation(
+    browser: Browser, app_factory: Any, signing: Any, registry: Any
+) -> None:
+    alice, password = await signing.add_user("operator")
+    dev = await registry.add(alice, name="thermo", metrics=["temp"])
+    app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
+    page = await signed_in(browser, app.url, alice.email, password)
+    await page.locator("#devices tbody tr").first.click()
+    version = page.get_by_test_id("device-config-version")
+    await expect(version).to_contain_text("desired 1 · reported none")
+    await expect(page.locator("#config-metrics")).to_have_value(re.compile('"name": "temp"'))
+
+    # Not JSON: said next to the field, nothing sent.
+    await page.fill("#config-settings", "{")
+    await page.click("#config-save")
+    await expect(page.get_by_test_id("error-settings")).to_contain_text("not valid JSON")
+    # The API's validation errors, each next to its part of the config.
+    await page.fill("#config-settings", "[1, 2]")
+    bad_rule = [{"type": "threshold", "id": "hot", "metric": "temp", "op": "above", "value": "x"}]
+    await page.fill("#config-rules", json.dumps(bad_rule))
+    await page.click("#config-save")
+    await expect(page.get_by_test_id("error-settings")).to_contain_text("settings")
+    await expect(page.get_by_test_id("error-rules")).to_contain_text("rules[0]")
+    await expect(page.get_by_test_id("error-rules")).to_contain_text("value")
+    await expect(page.get_by_test_id("error-metrics")).to_have_text("")
+
+    # A valid change: saved as version 2, as device-management now holds it.
+    await page.fill("#config-settings", '{"interval_s": 5, "channel": "beta"}')
+    good_rule = [{"type": "threshold", "id": "hot", "metric": "temp", "op": "above", "value": 80}]
+    await page.fill("#config-rules", json.dumps(good_rule))
+    await page.click("#config-save")
+    await expect(page.get_by_test_id("config-saved")).to_have_text("Saved: version 2.")
+    for part in ("settings", "metrics", "rules"):
+        await expect(page.get_by_test_id(f"error-{part}")).to_have_text("")
+    await expect(version).to_contain_text("desired 2 · reported none (not applied yet)")
+    r = await registry.http.get(f"/devices/{dev}", headers=alice.headers)
+    held = r.json()
+    assert held["config_version"] == 2
+    assert held["config"]["settings"] == {"interval_s": 5, "channel": "beta"}
+    assert held["config"]["rules"][0]["value"] == 80
+
+    # The device reports it applied version 2: the device page says so when opened again.
+    r = await registry.http.put(
+        f"/internal/devices/{dev}/config/reported",
+        json={"version": 2},
+        headers={"X-Internal-Token": "dev-internal-token"},
+    )
+    assert r.status_code == 200, r.text
+    await page.locator("#devices tbody tr").first.click()
+    await expect(version).to_contain_text("desired 2 · reported 2 (in sync)")
+
+    # Credential rotation: asked first, the new token shown once, then gone.
+    await page.get_by_role("button", name="Rotate credentials").click()
+    await page.get_by_role("button", name="Rotate now").click()
+    token = page.get_by_test_id("new-token-value")
+    await expect(token).not_to_have_text("")
+    issued = await token.inner_text()
+    assert len(issued) >= 20
+    r = await registry.http.get(f"/devices/{dev}", headers=alice.headers)
+    assert r.json()["has_credentials"] is True
+    await page.get_by_role("button", name="Done").click()
+    await expect(page.get_by_test_id("new-token")).to_be_hidden()
+    assert issued not in await page.content()
+    await page.close()
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

@@ -43,8 +43,30 @@ export class Api {
   stats(range = "5m") { return this.request("GET", "/monitoring/stats", { params: { range } }); }
   alerts(params) { return this.request("GET", "/monitoring/alerts", { params }); }
   ack(id) { return this.request("POST", `/monitoring/alerts/${encodeURIComponent(id)}/ack`); }
+  clear(id) { return this.request("POST", `/monitoring/alerts/${encodeURIComponent(id)}/clear`); }
+  // The newest readings of one device (one sample per metric and reading, newest first).
+  recent(deviceId, limit = 64) {
+    return this.request("GET", "/monitoring/data", { params: { device_id: deviceId, limit } });
+  }
   deadletters(deviceId, limit = 20) {
     return this.request("GET", "/monitoring/deadletters", { params: { device_id: deviceId, limit } });
+  }
+  device(id) { return this.request("GET", `/monitoring/devices/${encodeURIComponent(id)}`); }
+  // Relayed to device-management with this user's token (it validates and authorises).
+  setConfig(id, config) {
+    return this.request("PUT", `/monitoring/devices/${encodeURIComponent(id)}/config`, { body: config });
+  }
+  rotateCredentials(id) {
+    return this.request("POST", `/monitoring/devices/${encodeURIComponent(id)}/credentials`);
+  }
+  subscriptions() { return this.request("GET", "/monitoring/subscriptions"); }
+  subscription(id) { return this.request("GET", `/monitoring/subscriptions/${encodeURIComponent(id)}`); }
+  subscribe(body) { return this.request("POST", "/monitoring/subscriptions", { body }); }
+  unsubscribe(id) { return this.request("DELETE", `/monitoring/subscriptions/${encodeURIComponent(id)}`); }
+  deliveries(id, limit = 20) {
+    return this.request("GET", `/monitoring/subscriptions/${encodeURIComponent(id)}/deliveries`, {
+      params: { limit },
+    });
   }
   deviceData(id, params) {
     return this.request("GET", `/monitoring/data/${encodeURIComponent(id)}`, { params });

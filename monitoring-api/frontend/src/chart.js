@@ -90,7 +90,7 @@ export class LiveChart {
     if (!this.plot || key !== this.metricsKey) {
       if (this.plot) this.plot.destroy();
       this.metricsKey = key;
-      const width = Math.max(320, this.el.clientWidth || 640);
+      const width = Math.max(200, this.el.clientWidth || 640);
       this.plot = new uPlot(
         {
           width,

@@ -1,12 +1,20 @@
-// The monitoring dashboard: sign in, devices with status, a live chart, alerts, fleet figures.
+// The monitoring dashboard: sign in, the fleet (paged, sortable, last values), a device page with
+// a live chart, alerts (filters, acknowledge, clear), fleet figures. Viewers see everything and
+// change nothing: every control that writes is left out (or hidden) for them.
 import { io } from "socket.io-client";
 import { Api, ApiError } from "./api.js";
 import { LiveChart } from "./chart.js";
+import { DeviceConfigEditor } from "./device_config.js";
+import { Subscriptions } from "./subscriptions.js";
 import "./style.css";
 
 const $ = (sel) => document.querySelector(sel);
 const TOKEN_KEY = "iot-monitoring-token";
 const DEVICE_REFRESH_MS = 30_000;
+const PAGE_SIZE = 50;
+const MAX_METRIC_COLUMNS = 8;
+const LATEST_MAX_AGE_MS = 30_000;
+const LATEST_CONCURRENCY = 6;
 
 const state = {
   api: null,
@@ -15,6 +23,12 @@ const state = {
   selected: null,
   alerts: new Map(),
   chart: new LiveChart($("#chart")),
+  canWrite: false,
+  // the fleet table: sort column and direction, page, name filter, last values per device
+  sort: { key: "name", dir: 1 },
+  page: 0,
+  filter: "",
+  latest: new Map(), // device id -> { at (ms), values: { metric: { value, ts } } }
 };
 
 function fmt(n, digits = 1) {
@@ -25,14 +39,42 @@ function when(ts) {
   return ts ? new Date(ts * 1000).toLocaleTimeString() : "";
 }
 
-function decodeEmail(token) {
+// The token's claims, for display and for hiding what the API would refuse (it still decides).
+function claims(token) {
   try {
-    const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-    return payload.email || payload.sub;
+    return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
   } catch {
-    return "";
+    return {};
   }
 }
+
+function ago(iso) {
+  const t = typeof iso === "number" ? iso * 1000 : Date.parse(iso || "");
+  if (!Number.isFinite(t)) return "never";
+  const s = Math.max(0, Math.round((Date.now() - t) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(t).toLocaleString();
+}
+
+// A device's name wherever one is shown; its id only when the name is not known.
+function deviceName(id) {
+  return state.devices.get(id)?.name || id;
+}
+
+const ctx = {
+  api: () => state.api,
+  canWrite: () => state.canWrite,
+  deviceName,
+  guarded: (fn) => guarded(fn),
+  updated: (device) => {
+    state.devices.set(device.id, { ...state.devices.get(device.id), ...device });
+    renderDevices();
+  },
+};
+const editor = new DeviceConfigEditor(ctx);
+const subscriptions = new Subscriptions(ctx);
 
 // -- sign-in -----------------------------------------------------------------------------------
 $("#login-form").addEventListener("submit", async (ev) => {
@@ -59,9 +101,13 @@ async function start(token) {
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#whoami").hidden = false;
-  $("#user-email").textContent = decodeEmail(token);
+  const who = claims(token);
+  $("#user-email").textContent = who.email || who.sub || "";
+  $("#user-role").textContent = who.role || "";
+  state.canWrite = who.role === "admin" || who.role === "operator";
+  document.body.classList.toggle("read-only", !state.canWrite);
   connect(token);
-  await Promise.all([loadDevices(), loadAlerts(), loadStats()]);
+  await Promise.all([loadDevices(), loadAlerts(), loadStats(), subscriptions.load()]);
   // Online/offline is derived from last-seen times, not announced: refresh it now and then.
   setInterval(() => { if (!$("#app").hidden) loadDevices(); }, DEVICE_REFRESH_MS);
 }
@@ -130,7 +176,7 @@ $("#alert-severity").addEventListener("change", async (ev) => {
   await loadAlerts();
 });
 
-// -- devices and the chart -------------------------------------------------------------------------
+// -- the fleet: every device with status and the last value of each metric, sorted, paged ---------
 async function loadDevices() {
   const devices = await guarded(() => state.api.devices());
   if (!devices) return;
@@ -138,22 +184,192 @@ async function loadDevices() {
   renderDevices();
 }
 
+const STATUS_ORDER = { online: 0, offline: 1, never_seen: 2 };
+
+// Metric columns: the metrics the devices declare (most common first), then those they send.
+function metricColumns() {
+  const counts = new Map();
+  for (const d of state.devices.values()) {
+    for (const m of d.config?.metrics || []) counts.set(m.name, (counts.get(m.name) || 0) + 1);
+  }
+  for (const l of state.latest.values()) {
+    for (const m of Object.keys(l.values)) if (!counts.has(m)) counts.set(m, 0);
+  }
+  return [...counts.entries()]
+    .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+    .slice(0, MAX_METRIC_COLUMNS)
+    .map(([m]) => m)
+    .sort();
+}
+
+function sortValue(d, key) {
+  if (key === "name") return (d.name || "").toLowerCase();
+  if (key === "type") return (d.type || "").toLowerCase();
+  if (key === "status") return STATUS_ORDER[d.status || "never_seen"] ?? 3;
+  if (key === "last_seen") {
+    const t = Date.parse(d.last_seen || "");
+    return Number.isFinite(t) ? -t : null; // most recent first when ascending
+  }
+  if (key.startsWith("m:")) return state.latest.get(d.id)?.values[key.slice(2)]?.value ?? null;
+  return null;
+}
+
+function sortedDevices() {
+  const { key, dir } = state.sort;
+  const needle = state.filter.trim().toLowerCase();
+  const list = [...state.devices.values()].filter(
+    (d) => !needle || (d.name || "").toLowerCase().includes(needle),
+  );
+  return list.sort((a, b) => {
+    const va = sortValue(a, key);
+    const vb = sortValue(b, key);
+    // devices without a value go last in either direction
+    if (va === null || vb === null) return va === null ? (vb === null ? 0 : 1) : -1;
+    const c = typeof va === "number" ? va - vb : String(va).localeCompare(String(vb));
+    return c * dir || (a.name || "").localeCompare(b.name || "");
+  });
+}
+
 function renderDevices() {
+  const metrics = metricColumns();
+  const columns = [
+    ["name", "Name"],
+    ["type", "Type"],
+    ["status", "Status"],
+    ["last_seen", "Last seen"],
+    ...metrics.map((m) => [`m:${m}`, m]),
+  ];
+  const head = $("#devices thead tr");
+  head.replaceChildren();
+  for (const [key, label] of columns) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.dataset.sort = key;
+    th.setAttribute("aria-sort", state.sort.key === key ? (state.sort.dir > 0 ? "ascending" : "descending") : "none");
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "sort";
+    btn.textContent = label + (state.sort.key === key ? (state.sort.dir > 0 ? " ▲" : " ▼") : "");
+    btn.addEventListener("click", () => {
+      state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : 1 };
+      state.page = 0;
+      renderDevices();
+    });
+    th.appendChild(btn);
+    head.appendChild(th);
+  }
+
+  const all = sortedDevices();
+  const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
+  state.page = Math.min(state.page, pages - 1);
+  const first = state.page * PAGE_SIZE;
+  const shown = all.slice(first, first + PAGE_SIZE);
   const body = $("#devices tbody");
   body.replaceChildren();
-  const devices = [...state.devices.values()].sort((a, b) => (a.name || "").localeCompare(b.name || ""));
-  for (const d of devices) {
+  for (const d of shown) {
     const tr = document.createElement("tr");
     tr.dataset.deviceId = d.id;
     tr.dataset.testid = "device-row";
     if (d.id === state.selected) tr.classList.add("selected");
     const status = d.status || "never_seen";
-    tr.innerHTML = `<td class="name"></td><td class="type"></td><td><span class="badge ${status}">${status.replace("_", " ")}</span></td>`;
-    tr.querySelector(".name").textContent = d.name || d.id;
-    tr.querySelector(".type").textContent = d.type || "";
+    const cell = (label, cls) => {
+      const td = document.createElement("td");
+      td.dataset.label = label;
+      if (cls) td.className = cls;
+      tr.appendChild(td);
+      return td;
+    };
+    cell("Name", "name").textContent = d.name || d.id;
+    cell("Type", "type").textContent = d.type || "";
+    const badge = document.createElement("span");
+    badge.className = `badge ${status}`;
+    badge.textContent = status.replace("_", " ");
+    cell("Status", "status").appendChild(badge);
+    cell("Last seen", "last-seen").textContent = ago(d.last_seen);
+    const latest = state.latest.get(d.id)?.values || {};
+    for (const m of metrics) {
+      const td = cell(m, "metric");
+      td.dataset.metric = m;
+      const v = latest[m];
+      td.textContent = v ? fmt(v.value, 2) : "–";
+      if (v) td.title = new Date(v.ts * 1000).toLocaleString();
+    }
     tr.addEventListener("click", () => selectDevice(d.id));
     body.appendChild(tr);
   }
+  $("#devices-count").textContent = `(${all.length.toLocaleString()})`;
+  $("#devices-page").textContent = all.length
+    ? `${(first + 1).toLocaleString()}–${(first + shown.length).toLocaleString()} of ${all.length.toLocaleString()}`
+    : "no devices";
+  $("#devices-prev").disabled = state.page === 0;
+  $("#devices-next").disabled = state.page >= pages - 1;
+  renderDeviceOptions();
+  renderAlerts(); // names may have arrived after the alerts
+  subscriptions.render();
+  if (state.selected) renderDeviceCard();
+  loadLatest(shown);
+}
+
+// Last values of the devices on the page (one small query each, a few at a time), kept for a
+// while so that paging back and forth does not ask again.
+let latestSeq = 0;
+async function loadLatest(devices) {
+  const seq = ++latestSeq;
+  const now = Date.now();
+  const due = devices.filter((d) => !(now - (state.latest.get(d.id)?.at || 0) < LATEST_MAX_AGE_MS));
+  if (!due.length) return;
+  let changed = false;
+  const queue = [...due];
+  const worker = async () => {
+    while (queue.length && seq === latestSeq) {
+      const d = queue.shift();
+      const page = await guarded(() => state.api.recent(d.id));
+      if (!page) continue;
+      const values = {};
+      for (const s of page.items) {
+        if (!values[s.metric] || values[s.metric].ts < s.ts) values[s.metric] = { value: s.value, ts: s.ts };
+      }
+      state.latest.set(d.id, { at: Date.now(), values });
+      changed = true;
+    }
+  };
+  await Promise.all(Array.from({ length: LATEST_CONCURRENCY }, worker));
+  if (changed && seq === latestSeq) {
+    $("#devices").dataset.latest = String(++latestRenders);
+    renderDevices();
+  }
+}
+let latestRenders = 0;
+
+$("#devices-prev").addEventListener("click", () => { state.page -= 1; renderDevices(); });
+$("#devices-next").addEventListener("click", () => { state.page += 1; renderDevices(); });
+$("#devices-filter").addEventListener("input", (ev) => {
+  state.filter = ev.target.value;
+  state.page = 0;
+  renderDevices();
+});
+
+// Device pickers (alert filter, subscription scope) list names, in name order.
+function renderDeviceOptions() {
+  const devices = [...state.devices.values()].sort((a, b) => (a.name || "").localeCompare(b.name || ""));
+  for (const [sel, all] of [["#alert-device", "all devices"], ["#sub-device", "all my devices"]]) {
+    const select = $(sel);
+    const current = select.value;
+    select.replaceChildren(new Option(all, ""));
+    for (const d of devices) select.appendChild(new Option(d.name || d.id, d.id));
+    select.value = state.devices.has(current) ? current : "";
+  }
+}
+
+function renderDeviceCard() {
+  const d = state.devices.get(state.selected);
+  if (!d) return;
+  $("#device-card").hidden = false;
+  $("#device-name").textContent = d.name || d.id;
+  const status = d.status || "never_seen";
+  $("#device-status").textContent = status.replace("_", " ");
+  $("#device-last-seen").textContent = ago(d.last_seen);
+  editor.show(d);
 }
 
 async function selectDevice(id) {
@@ -171,6 +387,10 @@ async function selectDevice(id) {
     });
   }
   loadRefused(id);
+  // The list may be half a minute old: the device page shows its current config versions.
+  guarded(() => state.api.device(id)).then((fresh) => {
+    if (fresh && state.selected === id) ctx.updated(fresh);
+  });
   await loadHistory(id);
 }
 
@@ -246,20 +466,54 @@ async function loadRefused(id) {
 // -- alerts -------------------------------------------------------------------------------------------
 const RANK = { info: 0, warning: 1, critical: 2 };
 
+function alertFilters() {
+  return {
+    status: $("#alert-status").value || undefined,
+    severity: $("#alert-severity").value,
+    device_id: $("#alert-device").value || undefined,
+  };
+}
+
+let alertsSeq = 0;
 async function loadAlerts() {
-  const severity = $("#alert-severity").value;
-  const page = await guarded(() => state.api.alerts({ severity, limit: 100 }));
-  if (!page) return;
+  const seq = ++alertsSeq;
+  const page = await guarded(() => state.api.alerts({ ...alertFilters(), limit: 100 }));
+  if (!page || seq !== alertsSeq) return;
   state.alerts = new Map(page.items.map((a) => [a.alert_id, a]));
   renderAlerts();
+}
+
+for (const id of ["#alert-status", "#alert-device"]) $(id).addEventListener("change", loadAlerts);
+
+// Live alerts arrive whatever the filters: the same filters apply to what is shown.
+function alertShown(a, f) {
+  return (
+    (RANK[a.severity] ?? 0) >= (RANK[f.severity] ?? 0) &&
+    (!f.status || a.status === f.status) &&
+    (!f.device_id || a.device_id === f.device_id)
+  );
+}
+
+function alertButton(a, label, cls, call) {
+  const btn = document.createElement("button");
+  btn.type = "button";
+  btn.textContent = label;
+  btn.className = cls;
+  btn.addEventListener("click", async () => {
+    btn.disabled = true;
+    const updated = await guarded(() => call(a.alert_id));
+    if (updated) state.alerts.set(updated.alert_id, updated);
+    renderAlerts();
+  });
+  return btn;
 }
 
 function renderAlerts() {
   const list = $("#alerts");
   list.replaceChildren();
-  const min = RANK[$("#alert-severity").value] ?? 0;
+  const f = alertFilters();
   const alerts = [...state.alerts.values()]
-    .filter((a) => (RANK[a.severity] ?? 0) >= min)
+    .filter((a) => alertShown(a, f))
     .sort((a, b) => b.updated_at - a.updated_at)
     .slice(0, 200);
   if (!alerts.length) {
@@ -273,24 +527,16 @@ function renderAlerts() {
     li.className = a.status;
     li.dataset.alertId = a.alert_id;
     li.dataset.status = a.status;
+    li.dataset.deviceId = a.device_id;
     li.dataset.testid = "alert";
-    const dev = state.devices.get(a.device_id);
-    li.innerHTML = `<span class="badge ${a.severity}"></span><span class="msg"></span><span class="status"></span>`;
+    li.innerHTML = `<span class="badge ${a.severity}"></span><span class="msg"><strong class="device"></strong>: <span class="text"></span></span><span class="status"></span>`;
     li.querySelector(".badge").textContent = a.severity;
-    li.querySelector(".msg").textContent = `${dev ? dev.name : a.device_id}: ${a.message} (${when(a.started_at)})`;
+    li.querySelector(".device").textContent = deviceName(a.device_id);
+    li.querySelector(".text").textContent = `${a.message} (${when(a.started_at)})`;
     li.querySelector(".status").textContent = a.status;
-    if (a.status === "active") {
-      const btn = document.createElement("button");
-      btn.type = "button";
-      btn.textContent = "Acknowledge";
-      btn.className = "ack";
-      btn.addEventListener("click", async () => {
-        btn.disabled = true;
-        const updated = await guarded(() => state.api.ack(a.alert_id));
-        if (updated) state.alerts.set(updated.alert_id, updated);
-        renderAlerts();
-      });
-      li.appendChild(btn);
+    if (state.canWrite) {
+      if (a.status === "active") li.appendChild(alertButton(a, "Acknowledge", "ack", (id) => state.api.ack(id)));
+      if (a.status !== "cleared") li.appendChild(alertButton(a, "Clear", "clear", (id) => state.api.clear(id)));
     }
     list.appendChild(li);
   }
