@@ -349,3 +349,35 @@ async def test_simulator_devices_apply_their_config_and_report_it(
         assert device.config_version == 2 and device.sample_interval == 2.5
     finally:
         await transport.close()
+
+
+async def test_simulator_http_devices_poll_their_config_and_report_it(
+    service: Any, start_bridge: Any, users: dict[str, Any]
+) -> None:
+    from simulator.transports import HttpTransport, TransportConfig
+
+    alice = users["alice"]
+    bridge = await start_bridge(service.client)
+    did, token = await _device(service, alice, {"settings": SETTINGS})
+    # Polled by hand here (interval 0: fetched once at start); the bridge's client is the
+    # fixture's, closed by it.
+    transport = HttpTransport(TransportConfig(kind="http", config_poll_interval=0), [(did, token)])
+    transport._client = bridge
+    await transport.start()
+    status = await _config_status(service, alice, did)
+    assert status["reported_version"] == 1 and status["in_sync"] is True
+    assert transport.configs[did].config.settings == SETTINGS
+    assert transport.sample_intervals == {did: 15.0}
+
+    await transport.poll_configs()  # unchanged: a 304, nothing reported again
+    assert (await _config_status(service, alice, did))["reported_version"] == 1
+
+    new = {"settings": {**SETTINGS, "sample_interval_s": 2.5}}
+    r = await service.client.put(f"/devices/{did}", json={"config": new}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    await transport.poll_configs()
+    status = await _config_status(service, alice, did)
+    assert status["desired_version"] == status["reported_version"] == 2
+    assert status["in_sync"] is True
+    assert transport.sample_intervals == {did: 2.5}
+    assert transport.config_errors == 0

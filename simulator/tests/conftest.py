@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,22 @@ from simulator.transports import TransportConfig
 
 
 class RecordingTransport:
-    """Keeps every published message (device id, payload) in order."""
+    """Keeps every published message (device id, payload) in order.
 
-    def __init__(self) -> None:
+    ``sample_intervals`` stand for the devices' applied configurations; ``on_message(self,
+    device_id)`` runs after each message (a test changes a configuration mid-run there).
+    """
+
+    def __init__(
+        self,
+        sample_intervals: dict[str, float] | None = None,
+        on_message: Callable[[RecordingTransport, str], None] | None = None,
+    ) -> None:
         self.sent = self.acked = self.failed = self.rejected = 0
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.sample_intervals: dict[str, float] = dict(sample_intervals or {})
+        self.config_changes = 0
+        self.on_message = on_message
 
     async def start(self) -> None:
         return None
@@ -29,6 +41,8 @@ class RecordingTransport:
         self.sent += 1
         self.acked += 1
         self.messages.append((device_id, payload, expect_reject))
+        if self.on_message is not None:
+            self.on_message(self, device_id)
 
     async def flush(self, limit: float) -> None:
         return None
@@ -91,6 +105,8 @@ def run_publisher(
     ledger_dir: Path | None = None,
     seed: int = 3,
     start_wall: float | None = None,
+    sample_intervals: dict[str, float] | None = None,
+    on_message: Callable[[RecordingTransport, str], None] | None = None,
 ) -> tuple[RecordingTransport, Publisher, list[Device]]:
     f = Fleet.model_validate(fleet)
     devices = local_devices(f, seed)
@@ -108,7 +124,7 @@ def run_publisher(
         start_wall=time.time() if start_wall is None else start_wall,
         ledger_dir=ledger_dir,
     )
-    transport = RecordingTransport()
+    transport = RecordingTransport(sample_intervals, on_message)
     pub = Publisher(spec, transport=transport)
     asyncio.run(pub.run())
     return transport, pub, devices

@@ -144,6 +144,7 @@ def run_cmd(
         telemetry_exchange=settings.telemetry_exchange,
         ingest_url=settings.ingest_url,
         give_up_after=give_up_after,
+        config_poll_interval=settings.config_poll_interval,
     )
     opts = RunOptions(
         fleet=fleet,

@@ -17,6 +17,8 @@ class SimulatorSettings(ServiceSettings):
     admin_email: str = "admin@example.com"
     admin_password: SecretStr = SecretStr("admin-password-change-me")
     ingest_url: str = "http://127.0.0.1:8004"
+    #: Seconds between two polls of an HTTP device's configuration (0: only at start).
+    config_poll_interval: float = 30.0
 
 
 @lru_cache

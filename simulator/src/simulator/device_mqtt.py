@@ -14,8 +14,9 @@ As with :class:`simulator.transports.MqttTransport`: QoS 1, a persistent session
 per process, and a message unacknowledged for ``give_up_after`` seconds counts as failed.
 Each device also does what a real one does with its configuration: it subscribes to its own
 retained ``devices/<id>/config`` (delivered on every connect and on every change), applies it
-(:attr:`_Device.config`; ``settings.sample_interval_s`` is kept as the interval the device
-asks for) and reports the version it applied on ``devices/<id>/config/reported``.
+(:attr:`_Device.config`; ``settings.sample_interval_s`` becomes the device's interval between
+readings, see :class:`simulator.publisher.Publisher`) and reports the version it applied on
+``devices/<id>/config/reported``.
 
 A message for an id the process has no credential for (the injected ``unknown_device``
 fault) goes out on the first device's connection: a device publishing for another id, which
@@ -102,11 +103,10 @@ class _Device:
         except ValidationError as exc:
             log.warning("device %s got a config it cannot read: %s", self.id, exc)
             return
-        self.config = desired.config
-        self.config_version = desired.version
-        interval = desired.config.settings.get("sample_interval_s")
-        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
-            self.sample_interval = float(interval)
+        applied = self.transport.apply_config(self.id, desired)
+        self.config = applied.config
+        self.config_version = applied.version
+        self.sample_interval = applied.sample_interval
         info = client.publish(self.reported_topic, f'{{"version": {desired.version}}}', qos=1)
         self._report_mids.add(info.mid)
         self.flush_later()

@@ -2,6 +2,14 @@
 
 The runner starts one of these per process (``--processes``); each owns every P-th device of
 the fleet and publishes ``rate / P`` readings per second for them.
+
+A device whose configuration sets ``settings.sample_interval_s`` sends less often: the schedule
+stays the process's round robin (every device has a slot every ``devices / rate`` seconds, the
+base interval), and such a device uses only every ``f``-th of its slots, ``f`` = its interval
+over the base interval, rounded (at least 1: a device cannot send faster than its slot comes
+round). The skip is one vectorised mask over a chunk's readings, and values are generated for
+every slot as before, so a device's values and sequence numbers do not depend on its interval
+and a fleet without intervals costs nothing more.
 """
 
 from __future__ import annotations
@@ -151,6 +159,29 @@ class Publisher:
         self.ledger = LedgerWriter(spec.ledger_dir, spec.shard) if spec.ledger_dir else None
         self._unconfirmed = 0
         self._held: dict[int, tuple[bytes, int]] = {}  # device → (payload, msg) out of order
+        #: Per device slot: use every n-th slot (its sample interval over the base interval).
+        self.every = np.ones(len(self.devices), dtype=np.int64)
+        self._config_changes = -1
+
+    @property
+    def base_interval(self) -> float:
+        """Seconds between two slots of one device: the shortest interval it can send at."""
+        return self.schedule.n_devices / self.schedule.rate
+
+    def _sync_intervals(self) -> None:
+        """Take up the sample intervals the devices' configurations ask for, when they changed."""
+        tr = self.transport
+        if tr.config_changes == self._config_changes:
+            return
+        self._config_changes = tr.config_changes
+        base = self.base_interval
+        intervals = tr.sample_intervals
+        every = np.ones(len(self.devices), dtype=np.int64)
+        for slot, device in enumerate(self.devices):
+            interval = intervals.get(device.id)
+            if interval is not None:
+                every[slot] = max(1, round(interval / base))
+        self.every = every
 
     # -- building messages ------------------------------------------------------------------
     def _build(self, m0: int, m1: int, wall0: float) -> list[tuple[int, bytes, int, bool]]:
@@ -158,6 +189,9 @@ class Publisher:
         spec = self.spec
         nb = spec.batch
         dev, step, offs, exists = self.schedule.readings(m0, m1)
+        every = self.every[dev]
+        if (every > 1).any():  # devices configured to send less often skip slots
+            exists &= step % every[:, None] == 0
         counts = exists.sum(axis=1).tolist()
         ts = np.round(wall0 + offs, 6)
         n_msgs = len(dev)
@@ -188,6 +222,7 @@ class Publisher:
         unknown = u[:, 2] < f.unknown_device
 
         out: list[tuple[int, bytes, int, bool]] = []
+        sent_msgs = 0
         records = np.zeros(n_msgs * nb + int(malformed.sum()) + int(unknown.sum()), RECORD_DTYPE)
         r = 0
         for i in range(n_msgs):
@@ -199,10 +234,16 @@ class Publisher:
             p = present[t][row]
             fault = int(main[i])
             k = counts[i]
-            if k < nb:
-                v, p = v[:k], p[:k]
-            mts = ts[i, :k] - f.late_seconds if fault == Fault.LATE else ts[i, :k]
-            seqs = step[i, :k]
+            if k == 0:  # every slot of this message skipped: the device sends nothing now
+                continue
+            sent_msgs += 1
+            if k < nb:  # a final partial batch, or slots skipped for a sample interval
+                keep = exists[i]
+                v, p, mts, seqs = v[keep], p[keep], ts[i, keep], step[i, keep]
+            else:
+                mts, seqs = ts[i], step[i]
+            if fault == Fault.LATE:
+                mts = mts - f.late_seconds
             readings = []
             vl = v.tolist()
             pl = p.tolist()
@@ -230,19 +271,18 @@ class Publisher:
             block["ts"] = mts
             block["digest"] = digest_values(v, p, self.keys[t])
             r += k
+            last_ts = float(ts[i, -1])
             if malformed[i]:
                 kind = MALFORMED[min(int(u[i, 3] * len(MALFORMED)), len(MALFORMED) - 1)]
-                out.append(
-                    (d, self._malformed(kind, m, float(ts[i, -1]), metric_names[0]), kind, True)
-                )
+                out.append((d, self._malformed(kind, m, last_ts, metric_names[0]), kind, True))
                 rec = records[r]
                 rec["msg"], rec["device"], rec["fault"] = m, self.dev_global[d], kind
-                rec["seq"], rec["ts"] = -1, ts[i, -1]
+                rec["seq"], rec["ts"] = -1, last_ts
                 r += 1
             if unknown[i]:
                 body = _encode(
                     {
-                        "ts": float(ts[i, -1]),
+                        "ts": last_ts,
                         "metrics": {metric_names[0]: 1.0},
                         "seq": 0,
                         "sim": marker(spec.run_id, spec.shard, m, Fault.UNKNOWN_DEVICE),
@@ -251,17 +291,20 @@ class Publisher:
                 out.append((-1 - m, body, Fault.UNKNOWN_DEVICE, True))
                 rec = records[r]
                 rec["msg"], rec["device"], rec["fault"] = m, -1, Fault.UNKNOWN_DEVICE
-                rec["seq"], rec["ts"], rec["points"] = 0, ts[i, -1], 1
+                rec["seq"], rec["ts"], rec["points"] = 0, last_ts, 1
                 r += 1
         records = records[:r]
         if self.ledger is not None:
             self.ledger.append(records)
         self.progress.readings += int(exists.sum())
-        self.progress.messages += n_msgs
+        self.progress.messages += sent_msgs
         self.progress.points += int(
             records["points"][records["fault"] < Fault.MALFORMED_JSON].sum()
         )
-        self.progress.faults += int((main != 0).sum() + malformed.sum() + unknown.sum())
+        sending = np.asarray(counts) > 0
+        self.progress.faults += int(
+            ((main != 0) & sending).sum() + (malformed & sending).sum() + (unknown & sending).sum()
+        )
         return out
 
     def _malformed(self, kind: int, m: int, ts: float, metric: str) -> bytes:
@@ -328,6 +371,7 @@ class Publisher:
                     self.progress.forfeited_readings += lost * spec.batch
                     due = min(sched.due(now), total)
                 if due > sent:
+                    self._sync_intervals()
                     take = min(due - sent, CHUNK)
                     await self._publish(self._build(sent, sent + take, wall0))
                     sent += take

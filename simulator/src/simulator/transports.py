@@ -8,6 +8,13 @@ errors and 5xx are retried with backoff). A message only counts as failed once i
 after ``give_up_after`` seconds of trying. The number of unconfirmed messages is bounded (the
 window), so a broker that is slow or away slows the publisher (the pacer shows it) instead of
 filling memory or dropping messages.
+
+Devices also receive their configuration: MQTT devices from their retained config topic
+(:mod:`simulator.device_mqtt`), HTTP devices by polling ``GET /ingest/{id}/config`` with
+``If-None-Match`` (:class:`HttpTransport`). Either way the transport records what each device
+applied (:meth:`_Counts.apply_config`), reports the version back, and keeps the sampling
+interval the configuration asks for (``settings.sample_interval_s``) where the publisher reads
+it (:attr:`_Counts.sample_intervals`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
+
+from iot_common.device_config import DesiredConfig, DeviceConfig, config_etag
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ class TransportConfig:
     #: Backoff between retries / reconnects: starts at ``retry_min``, doubles up to ``retry_max``.
     retry_min: float = 0.1
     retry_max: float = 2.0
+    #: Seconds between two polls of an HTTP device's configuration (0: fetch once, at start).
+    config_poll_interval: float = 30.0
 
 
 class Transport(Protocol):
@@ -53,6 +64,10 @@ class Transport(Protocol):
     failed: int
     #: Messages the far side refused as the simulator meant it to (injected faults, HTTP 4xx).
     rejected: int
+    #: Device id → seconds between readings its applied configuration asks for.
+    sample_intervals: dict[str, float]
+    #: Bumped whenever :attr:`sample_intervals` changes (the publisher re-reads it then).
+    config_changes: int
 
     async def start(self) -> None: ...
 
@@ -88,6 +103,30 @@ def take_expired(pending: dict[Any, float], given_up: set[Any], limit: float) ->
     return expired
 
 
+def sample_interval_of(config: DeviceConfig) -> float | None:
+    """``settings.sample_interval_s`` of a device configuration, when it is a positive number.
+
+    The platform does not interpret settings; this is the simulated device's own reading of
+    them, as a real device's firmware would read its own keys.
+    """
+    value = config.settings.get("sample_interval_s")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class AppliedConfig:
+    """The configuration a simulated device applied, and the version that names it."""
+
+    version: int
+    config: DeviceConfig
+
+    @property
+    def sample_interval(self) -> float | None:
+        return sample_interval_of(self.config)
+
+
 class _Counts:
     def __init__(self, window: int) -> None:
         self.sent = 0
@@ -95,6 +134,23 @@ class _Counts:
         self.failed = 0
         self.rejected = 0
         self.window = window
+        #: Device id → the configuration it applied last.
+        self.configs: dict[str, AppliedConfig] = {}
+        self.sample_intervals: dict[str, float] = {}
+        self.config_changes = 0
+
+    def apply_config(self, device_id: str, desired: DesiredConfig) -> AppliedConfig:
+        """Record that ``device_id`` applied ``desired``; returns what it now runs."""
+        applied = AppliedConfig(version=desired.version, config=desired.config)
+        self.configs[device_id] = applied
+        interval = applied.sample_interval
+        if self.sample_intervals.get(device_id) != interval:
+            if interval is None:
+                self.sample_intervals.pop(device_id, None)
+            else:
+                self.sample_intervals[device_id] = interval
+            self.config_changes += 1
+        return applied
 
     @property
     def in_flight(self) -> int:
@@ -458,21 +514,100 @@ class HttpTransport(_Retrying):
 
     Connection errors, timeouts, 5xx and 429 are retried with backoff until ``give_up_after``
     seconds; any other 4xx is final (rejected if the simulator meant it, failed otherwise).
+
+    Each device with a token also fetches its configuration at start and then polls it every
+    ``config_poll_interval`` seconds, as a device that has no downlink would:
+    ``GET /ingest/{id}/config`` with ``If-None-Match`` of the version it runs (so an unchanged
+    configuration costs a 304 and no body), and after applying a new one
+    ``PUT /ingest/{id}/config/reported``. The polls are bounded: one round at a time, at most
+    :attr:`CONFIG_CONCURRENCY` requests at once per process, each with its own timeout; a
+    failed poll only logs (the readings go on; the next round tries again). A report that did
+    not go through leaves the device's tag unset, so the next round fetches and reports that
+    version again.
     """
 
-    def __init__(self, cfg: TransportConfig) -> None:
+    #: Config requests in flight at once (per process): polling never crowds out readings.
+    CONFIG_CONCURRENCY = 8
+    CONFIG_TIMEOUT = 10.0
+
+    def __init__(self, cfg: TransportConfig, credentials: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(min(cfg.window, 256))
         self.cfg = cfg
+        self.credentials = [(d, t) for d, t in credentials if t]
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
+        self._poller: asyncio.Task[None] | None = None
+        #: Device id → ETag of the configuration it applied and reported.
+        self._etags: dict[str, str] = {}
+        self.config_polls = 0
+        self.config_errors = 0
 
     async def start(self) -> None:
         import httpx
 
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(
-            base_url=self.cfg.ingest_url, limits=limits, timeout=httpx.Timeout(30.0)
-        )
+        if self._client is None:
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(
+                base_url=self.cfg.ingest_url, limits=limits, timeout=httpx.Timeout(30.0)
+            )
+        if self.credentials:
+            # The first round runs at once; the readings wait for it, but not for long: an
+            # endpoint that does not answer delays the start by CONFIG_TIMEOUT at most.
+            first = asyncio.Event()
+            self._poller = asyncio.create_task(self._poll_forever(first))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first.wait(), self.CONFIG_TIMEOUT)
+
+    # -- configuration ------------------------------------------------------------------
+    async def _poll_forever(self, first: asyncio.Event) -> None:
+        while True:
+            await self.poll_configs()
+            first.set()
+            if self.cfg.config_poll_interval <= 0:
+                return
+            await asyncio.sleep(self.cfg.config_poll_interval)
+
+    async def poll_configs(self) -> None:
+        """One round: every device asks for its configuration (bounded concurrency)."""
+        gate = asyncio.Semaphore(self.CONFIG_CONCURRENCY)
+
+        async def one(device_id: str, token: str) -> None:
+            async with gate:
+                await self._poll_config(device_id, token)
+
+        await asyncio.gather(*(one(d, t) for d, t in self.credentials))
+
+    async def _poll_config(self, device_id: str, token: str) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"}
+        etag = self._etags.get(device_id)
+        if etag is not None:
+            headers["If-None-Match"] = etag
+        self.config_polls += 1
+        try:
+            resp = await self._client.get(
+                f"/ingest/{device_id}/config", headers=headers, timeout=self.CONFIG_TIMEOUT
+            )
+            if resp.status_code == 304:
+                return
+            if resp.status_code != 200:
+                raise ValueError(f"GET config answered {resp.status_code}")
+            desired = DesiredConfig.model_validate_json(resp.content)
+            self.apply_config(device_id, desired)
+            report = await self._client.put(
+                f"/ingest/{device_id}/config/reported",
+                json={"version": desired.version},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=self.CONFIG_TIMEOUT,
+            )
+            if report.status_code != 200:
+                raise ValueError(f"PUT config/reported answered {report.status_code}")
+        except (httpx.HTTPError, ValueError) as exc:  # pydantic's ValidationError included
+            self.config_errors += 1
+            log.warning("config poll of HTTP device %s failed: %s", device_id, exc)
+            return
+        self._etags[device_id] = resp.headers.get("ETag") or config_etag(desired.version)
 
     async def _send(self, device_id: str, payload: bytes, token: str | None, reject: bool) -> None:
         import httpx
@@ -518,6 +653,10 @@ class HttpTransport(_Retrying):
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -530,15 +669,17 @@ class HttpTransport(_Retrying):
 def make_transport(cfg: TransportConfig, credentials: Sequence[tuple[str, str]] = ()) -> Transport:
     """The transport of ``cfg.kind``. MQTT with device credentials (id, token) connects each
     device on its own authenticated connection; without any, one shared connection (load
-    generation against a broker that takes anonymous clients, ``--no-register``)."""
+    generation against a broker that takes anonymous clients, ``--no-register``). HTTP
+    devices with credentials poll their configuration."""
     if cfg.kind == "mqtt" and credentials:
         from simulator.device_mqtt import DeviceMqttTransport
 
         return DeviceMqttTransport(cfg, credentials)
+    if cfg.kind == "http":
+        return HttpTransport(cfg, credentials)
     kinds: dict[str, type[Any]] = {
         "mqtt": MqttTransport,
         "amqp": AmqpTransport,
-        "http": HttpTransport,
     }
     if cfg.kind == "null":
         return NullTransport(cfg.window)
