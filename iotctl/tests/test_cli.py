@@ -303,50 +303,5 @@ def test_reuses_a_broker_that_already_runs(iotctl: Runner) -> None:
         broker.stop()
 
 
-MONITORING_BUILT = landed(COMPONENTS["monitoring-api"]) and SIGNING_BUILT
-
-
-@pytest.mark.skipif(not MONITORING_BUILT, reason="needs signing and monitoring-api")
-async def test_gateway_in_front_of_the_real_services(iotctl: Runner) -> None:
-    import socketio
-
-    up = iotctl("up", "gateway", "monitoring-api", "--detach")
-    assert up.returncode == 0, up.stdout[-3000:] + up.stderr
-    # The dashboard is built (or found current) before monitoring-api starts, in one line.
-    said = [ln for ln in up.stdout.splitlines() if "dashboard built in" in ln or "up to date" in ln]
-    assert len(said) == 1 and said[0].startswith("monitoring-api"), up.stdout[-3000:]
-    base = f"http://127.0.0.1:{iotctl.ports['gateway']}"
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-        login = await http.post(
-            "/users/auth",
-            json={"email": "admin@example.com", "password": "admin-password-change-me"},
-            headers={"X-Request-ID": "gw-real-1"},
-        )
-        assert login.status_code == 200, login.text
-        assert login.headers["x-request-id"] == "gw-real-1"
-        token = login.json()["access_token"]
-        dashboard = await http.get("/dashboard", follow_redirects=True)
-        assert dashboard.status_code == 200
-        # Redirects from the service keep the client on the gateway.
-        assert str(dashboard.url).startswith(base)
-        assert "text/html" in dashboard.headers["content-type"]
-        denied = await http.get("/monitoring/alerts")
-        assert denied.status_code == 401
-        alerts = await http.get("/monitoring/alerts", headers={"Authorization": f"Bearer {token}"})
-        assert alerts.status_code == 200, alerts.text
-
-    # Socket.IO over a real WebSocket upgrade through nginx.
-    sio = socketio.AsyncClient(reconnection=False)
-    await sio.connect(
-        base,
-        socketio_path="/ws/monitoring",
-        auth={"token": token},
-        transports=["websocket"],
-        wait_timeout=10,
-    )
-    try:
-        assert sio.transport() == "websocket"
-        ack = await sio.call("join", {"room": "fleet"}, timeout=10)
-        assert ack["ok"] is True, ack
-    finally:
-        await sio.disconnect()
+# The gateway in front of the real services (request ids, redirects, the dashboard built in one
+# line, Socket.IO over WebSocket) is checked on the full stack of test_first_hour.py.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # System tools the infra tests use: nginx (the gateway, run for real), promtool (Prometheus
 # config and rules), docker-compose (validates docker-compose.yml without an engine) and
-# hadolint (Dockerfile lint; from the workspace's dev group when Debian has none).
+# hadolint (Dockerfile lint; from the workspace's dev group when Debian has none); and what the
+# README's first-hour walkthrough has a newcomer type (curl, jq, mosquitto_pub), which
+# iotctl/tests/test_first_hour.py runs.
 # Installs only what is missing; a machine that has everything runs no apt at all.
 set -euo pipefail
 
@@ -9,6 +11,9 @@ declare -A want=(
   [nginx]=nginx
   [promtool]=prometheus
   [docker-compose]=docker-compose
+  [curl]=curl
+  [jq]=jq
+  [mosquitto_pub]=mosquitto-clients
 )
 
 missing=()
@@ -17,7 +22,7 @@ for cmd in "${!want[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system packages: nginx, promtool and docker-compose are present"
+  echo "system packages: ${!want[*]} are present"
   exit 0
 fi
 
