@@ -350,8 +350,13 @@ $("#devices-filter").addEventListener("input", (ev) => {
 });
 
 // Device pickers (alert filter, subscription scope) list names, in name order.
+// Rebuilt only when the devices or their names change (a thousand options each time is slow).
+let optionsKey = "";
 function renderDeviceOptions() {
   const devices = [...state.devices.values()].sort((a, b) => (a.name || "").localeCompare(b.name || ""));
+  const key = devices.map((d) => `${d.id}:${d.name}`).join("|");
+  if (key === optionsKey) return;
+  optionsKey = key;
   for (const [sel, all] of [["#alert-device", "all devices"], ["#sub-device", "all my devices"]]) {
     const select = $(sel);
     const current = select.value;

@@ -106,7 +106,7 @@ class HttpDeviceDirectory:
         http: httpx.AsyncClient | None = None,
         cache_ttl: float = 15.0,
         timeout: float = 5.0,
-        page_size: int = 100,
+        page_size: int = 500,
     ) -> None:
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._own_http = http is None
