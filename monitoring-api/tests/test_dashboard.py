@@ -230,7 +230,7 @@ async def test_time_range_shows_a_day_of_five_metrics_with_bands(
     ]
     await store.upsert_windows(day)
     app = await app_factory(serve=True, signing_http=signing.client())
-    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page = await browser.new_page(viewport={"width": 1280, "height": 900}, timezone_id="UTC")
     page.set_default_timeout(20_000)
     await page.goto(f"{app.url}/dashboard")
     await page.fill("#email", alice.email)
@@ -257,6 +257,27 @@ async def test_time_range_shows_a_day_of_five_metrics_with_bands(
     await page.select_option("#range", "1h")
     await expect(chart).to_have_attribute("data-range", "1h")
     assert 54 <= int(await chart.get_attribute("data-points") or 0) <= 61  # 5-min-aligned data
+
+    # The metric picker: two metrics left out of the chart (and of the query).
+    picker = page.get_by_test_id("metric-picker")
+    for m in ("m2", "m5"):
+        await picker.get_by_label(m).uncheck()
+    await expect(chart).to_have_attribute("data-metrics", "m1,m3,m4")
+    assert await chart.get_attribute("data-bands") == "3"
+
+    # A custom range in the past: 3 h, so 1-minute buckets (the browser's clock is UTC here).
+    def utc(ts: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(ts))
+
+    await page.select_option("#range", "custom")
+    await page.fill("#range-from", utc(end - 8 * 3600))
+    await page.fill("#range-to", utc(end - 5 * 3600))
+    await page.click("#range-apply")
+    await expect(chart).to_have_attribute("data-points", "180")
+    await expect(chart).to_have_attribute("data-metrics", "m1,m3,m4")
+    await page.fill("#range-to", utc(end - 9 * 3600))
+    await page.click("#range-apply")
+    await expect(page.get_by_test_id("range-error")).to_have_text("Choose a start before the end.")
     await page.close()
 
 

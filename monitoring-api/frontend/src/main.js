@@ -29,6 +29,7 @@ const state = {
   page: 0,
   filter: "",
   latest: new Map(), // device id -> { at (ms), values: { metric: { value, ts } } }
+  hiddenMetrics: new Set(), // metrics of the chosen device left out of its chart
 };
 
 function fmt(n, digits = 1) {
@@ -155,7 +156,7 @@ function connect(token) {
     }
   });
   socket.on("window", (w) => {
-    if (w.device_id !== state.selected) return;
+    if (w.device_id !== state.selected || state.hiddenMetrics.has(w.metric) || !rangeIncludesNow()) return;
     state.chart.addWindow(w);
     $("#chart-last").textContent = `${w.metric}: ${fmt(w.mean, 2)} (window ${when(w.window_start)}, ${w.count} readings)`;
   });
@@ -379,6 +380,7 @@ function renderDeviceCard() {
 
 async function selectDevice(id) {
   if (state.socket && state.selected) state.socket.emit("leave", { device_id: state.selected });
+  if (state.selected !== id) state.hiddenMetrics = new Set();
   state.selected = id;
   state.chart.reset();
   renderDevices();
@@ -410,36 +412,135 @@ const RANGES = {
   "7d": [7 * 86400, "1h", 3600],
 };
 
+// A custom range: the finest bucket giving at most ~720 points (the API caps each size's span).
+const CUSTOM_BUCKETS = [[10, "10s"], [60, "1m"], [300, "5m"], [3600, "1h"], [86400, "1d"]];
+
+function customRange() {
+  const from = Date.parse($("#range-from").value) / 1000;
+  const to = Date.parse($("#range-to").value) / 1000;
+  if (!Number.isFinite(from) || !Number.isFinite(to) || from >= to) return null;
+  const span = to - from;
+  const [seconds, interval] = CUSTOM_BUCKETS.find(([b]) => span / b <= 720) || CUSTOM_BUCKETS.at(-1);
+  return { start: from, end: to, interval, seconds };
+}
+
+// Live windows are appended when the range ends now (every preset; a custom one only if so).
+function rangeIncludesNow() {
+  if ($("#range").value !== "custom") return true;
+  const r = customRange();
+  return Boolean(r) && r.end >= Date.now() / 1000 - 10;
+}
+
+// -- metric picker: which of the device's metrics the chart shows (all by default) ------------------
+function deviceMetrics(id) {
+  const declared = (state.devices.get(id)?.config?.metrics || []).map((m) => m.name);
+  const seen = [...state.chart.series.keys()];
+  return [...new Set([...declared, ...seen, ...state.hiddenMetrics])].sort();
+}
+
+function renderMetricPicker() {
+  const box = $("#metric-picker");
+  box.replaceChildren();
+  if (!state.selected) return;
+  const metrics = deviceMetrics(state.selected);
+  if (metrics.length < 2) return;
+  for (const m of metrics) {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "checkbox";
+    input.value = m;
+    input.checked = !state.hiddenMetrics.has(m);
+    input.addEventListener("change", () => {
+      if (input.checked) state.hiddenMetrics.delete(m);
+      else state.hiddenMetrics.add(m);
+      state.chart.reset();
+      loadHistory(state.selected);
+    });
+    label.append(input, ` ${m}`);
+    box.appendChild(label);
+  }
+}
+
+function shownMetrics(id) {
+  if (!state.hiddenMetrics.size) return undefined; // all
+  // A device that declares its metrics may be asked for those only.
+  const declared = new Set((state.devices.get(id)?.config?.metrics || []).map((m) => m.name));
+  return deviceMetrics(id).filter((m) => !state.hiddenMetrics.has(m) && (!declared.size || declared.has(m)));
+}
+
 let historySeq = 0;
 
 async function loadHistory(id) {
   const seq = ++historySeq; // a slower, older answer (another range) is dropped
   const range = $("#range").value;
-  const [span, interval, seconds] = RANGES[range] || RANGES.live;
-  const now = Date.now() / 1000;
-  const history = await guarded(() =>
-    state.api.deviceData(id, {
-      start: now - span,
-      end: now,
-      interval,
-      aggregate: ["mean", "min", "max"],
-    }),
-  );
+  let query;
+  let seconds;
+  if (range === "custom") {
+    const r = customRange();
+    $("#range-error").textContent = r ? "" : "Choose a start before the end.";
+    if (!r) return;
+    query = { start: r.start, end: r.end, interval: r.interval };
+    seconds = r.seconds;
+  } else {
+    const [span, interval, size] = RANGES[range] || RANGES.live;
+    const now = Date.now() / 1000;
+    query = { start: now - span, end: now, interval };
+    seconds = size;
+  }
+  const metric = shownMetrics(id);
+  if (metric && !metric.length) {
+    // every metric unticked: nothing to ask for
+    state.chart.reset();
+    $("#chart").dataset.range = range;
+    return;
+  }
+  let history = null;
+  try {
+    history = await state.api.deviceData(id, { ...query, metric, aggregate: ["mean", "min", "max"] });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return signedOut();
+    if (range === "custom" && seq === historySeq) $("#range-error").textContent = err.message;
+    else console.error(err);
+    return;
+  }
   if (history && state.selected === id && seq === historySeq) {
     state.chart.seed(history.series, seconds, range !== "live");
     $("#chart").dataset.range = range;
+    renderMetricPicker();
   }
 }
 
+// datetime-local wants local time without a zone: "YYYY-MM-DDTHH:MM"
+function localInput(epochSeconds) {
+  const d = new Date(epochSeconds * 1000);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
 $("#range").addEventListener("change", () => {
+  const custom = $("#range").value === "custom";
+  $("#custom-range").hidden = !custom;
+  if (custom && !$("#range-from").value) {
+    const now = Date.now() / 1000;
+    $("#range-from").value = localInput(now - 3600);
+    $("#range-to").value = localInput(now);
+  }
+  if (!state.selected) return;
+  state.chart.reset();
+  loadHistory(state.selected);
+});
+$("#custom-range").addEventListener("submit", (ev) => {
+  ev.preventDefault();
   if (!state.selected) return;
   state.chart.reset();
   loadHistory(state.selected);
 });
 // Buckets coarser than the stored windows (5 min, 1 h) are not pushed: refetch them.
 setInterval(() => {
-  const [, , seconds] = RANGES[$("#range").value] || RANGES.live;
-  if (state.selected && seconds > 60) loadHistory(state.selected);
+  const range = $("#range").value;
+  if (!state.selected || range === "custom") return;
+  const [, , seconds] = RANGES[range] || RANGES.live;
+  if (seconds > 60) loadHistory(state.selected);
 }, 60_000);
 
 // -- refused readings of the chosen device (why was my reading refused?) ---------------------------
