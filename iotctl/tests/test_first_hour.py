@@ -20,8 +20,9 @@ What differs from a newcomer's machine, and only this:
   against the Makefile here); the test runs that ``iotctl up`` with every component but the
   simulator: syncing the environment the tests run in, and the demo fleet's load and its device
   cache in ``~/.cache``, are not the walkthrough's business;
-* MQTT is this session's Mosquitto (dynamic security, anonymous clients refused) with
-  device-management keeping the device accounts, so the device's credential is really checked.
+* MQTT is the platform's Mosquitto that ``iotctl up`` runs (dynamic security, anonymous
+  clients refused, device accounts kept by device-management), on a port of its own, so the
+  device's credential is really checked.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ import pytest
 
 from iotctl.broker import free_port
 from iotctl.components import COMPONENTS, landed
-from iotctl.mosquitto import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -61,6 +61,7 @@ BLOCK_TIMEOUT = 90.0
 READY_TIMEOUT = 180.0
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(
         not all(landed(COMPONENTS[n]) for n in COMPONENTS_UP if n != "gateway"),
         reason="needs every service",
@@ -195,9 +196,9 @@ def stack_env(
     tmp_path: Path,
     infra_env: dict[str, str],
     pg_database_factory: Callable[[str], str],
-    mosquitto: Mosquitto,
     rabbitmq_vhost: Any,
     run_id: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IOTCTL_", "IOT_"))}
     env.update(infra_env)
@@ -211,15 +212,21 @@ def stack_env(
             "IOTCTL_ROOT": str(ROOT),
             "IOT_DATABASE_URL": pg_database_factory("firsthour"),
             "SIGNING_KEY_FILE": str(tmp_path / "signing-key.pem"),
-            "IOT_MQTT_HOST": mosquitto.host,
-            "IOT_MQTT_PORT": str(mosquitto.port),
-            "DEVICE_MANAGEMENT_MQTT_PROVISIONING": "true",
-            # The bridge's MQTT session is this run's own.
-            "INGEST_BRIDGE_MQTT_INSTANCE": f"firsthour-{run_id}",
-            "INGEST_BRIDGE_MQTT_SHARE_GROUP": f"firsthour{run_id}",
             "COLUMNS": "200",
         }
     )
+    if "mosquitto" in COMPONENTS:
+        # iotctl runs the platform's own Mosquitto, as `make run` does (on a port of its own).
+        env["IOTCTL_MOSQUITTO_PORT"] = str(free_port())
+    else:
+        # Before it did, `make run` used the machine's anonymous one: this session's own
+        # Mosquitto checks the device's credential instead.
+        mosquitto = request.getfixturevalue("mosquitto")
+        env["IOT_MQTT_HOST"], env["IOT_MQTT_PORT"] = mosquitto.host, str(mosquitto.port)
+        env["DEVICE_MANAGEMENT_MQTT_PROVISIONING"] = "true"
+        # The bridge's session and share group are this run's own on the session's broker.
+        env["INGEST_BRIDGE_MQTT_INSTANCE"] = f"firsthour-{run_id}"
+        env["INGEST_BRIDGE_MQTT_SHARE_GROUP"] = f"firsthour{run_id}"
     for name in [*COMPONENTS_UP, "broker"]:
         env[f"IOTCTL_{name.upper().replace('-', '_')}_PORT"] = str(free_port())
     yield env
@@ -329,7 +336,7 @@ def mqtt_port(stack: Terminal, env: dict[str, str]) -> int:
         found = re.search(pattern, out)
         if found:
             return int(found.group(1))
-    return int(env["IOT_MQTT_PORT"])
+    return int(env.get("IOT_MQTT_PORT") or env["IOTCTL_MOSQUITTO_PORT"])
 
 
 def read_state(path: Path) -> dict[str, str]:
