@@ -269,7 +269,9 @@ async def test_time_range_shows_a_day_of_five_metrics_with_bands(
     def utc(ts: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(ts))
 
+    await expect(page.get_by_test_id("custom-range")).to_be_hidden()
     await page.select_option("#range", "custom")
+    await expect(page.get_by_test_id("custom-range")).to_be_visible()
     await page.fill("#range-from", utc(end - 8 * 3600))
     await page.fill("#range-to", utc(end - 5 * 3600))
     await page.click("#range-apply")
