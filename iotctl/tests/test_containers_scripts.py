@@ -117,3 +117,31 @@ def test_shell_scripts_parse() -> None:
     for script in sorted(SCRIPTS.glob("**/*.sh")):
         subprocess.run(["bash", "-n", str(script)], check=True)
     assert sys.executable
+
+
+def test_every_file_the_scripts_use_from_the_repository_is_committed() -> None:
+    """Each ``$HERE/...`` path the scripts name exists in git (a `build/` line in .gitignore
+    once kept the build-time uv and npm configuration out of the repository)."""
+    import re
+
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files", "scripts/containers"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )
+    named = set()
+    for script in SCRIPTS.glob("*.sh"):
+        for rel in re.findall(r"\$HERE/([\w./-]+)", script.read_text()):
+            if not rel.startswith(".."):
+                named.add(f"scripts/containers/{rel}")
+    assert "scripts/containers/build/uv.toml" in named
+    missing = sorted(
+        n
+        for n in named
+        if n not in tracked and not any(t.startswith(n.rstrip("/") + "/") for t in tracked)
+    )
+    assert missing == []
