@@ -8,7 +8,9 @@
 # service_completed_successfully), which Debian's podman-compose 1.0 does not.
 source "$(dirname "$0")/common.sh"
 need=()
-for p in podman runc debootstrap docker-compose bc; do
+# iptables: netavark (podman's network backend) sets up each network with it ("netavark: No
+# such file or directory" without it); a Recommends, which --no-install-recommends skips.
+for p in podman runc debootstrap docker-compose bc iptables; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
