@@ -273,3 +273,54 @@ async def test_amqp_setup_writes_least_privilege_service_accounts(
         await api.delete_vhost(vhost)
         await api.delete_users([bridge, publisher])
         await api.aclose()
+
+
+async def test_amqp_setup_waits_for_a_management_api_still_starting(
+    settings_factory: Callable[..., Any], rabbitmq_vhost: Any, run_id: str
+) -> None:
+    """The broker answers AMQP before its management listener is up: the one-shot step waits
+    for the API instead of failing the stack's start; a wrong password fails at once."""
+    from device_management.__main__ import amqp_setup
+    from iot_common.rabbitmq import Management, ManagementError
+    from iotctl.tcp_proxy import TcpProxy
+
+    _, _, port = rabbitmq_vhost.management_url.rpartition(":")
+    proxy = TcpProxy("127.0.0.1", int(port))
+    await proxy.start()  # only to own a port: the API is "not up yet"
+    await proxy.stop()
+    vhost = f"iot-wait-{run_id}"
+    bridge, publisher = f"ib-wait-{run_id}", f"dm-wait-{run_id}"
+    fields = dict(
+        rabbitmq_url=f"amqp://{publisher}:pub-pw@127.0.0.1:5672/{vhost}",
+        rabbitmq_management_url=proxy.via(rabbitmq_vhost.management_url),
+        rabbitmq_admin_username=rabbitmq_vhost.admin_username,
+        rabbitmq_admin_password=rabbitmq_vhost.admin_password,
+        amqp_bridge_username=bridge,
+        amqp_bridge_password="bridge-pw",
+        amqp_publisher_username=publisher,
+        amqp_publisher_password="pub-pw",
+        amqp_setup_wait_seconds=30.0,
+    )
+    api = Management(
+        rabbitmq_vhost.management_url,
+        username=rabbitmq_vhost.admin_username,
+        password=rabbitmq_vhost.admin_password,
+    )
+    try:
+        setup = asyncio.create_task(amqp_setup(settings_factory(**fields)))
+        await asyncio.sleep(1.5)
+        assert not setup.done()
+        await proxy.start()
+        await asyncio.wait_for(setup, 20)
+        assert await api.user_exists(bridge) and await api.user_exists(publisher)
+
+        with pytest.raises(ManagementError):
+            await amqp_setup(settings_factory(**{**fields, "rabbitmq_admin_password": "wrong"}))
+        await proxy.stop()
+        with pytest.raises(SystemExit, match="did not answer within"):
+            await amqp_setup(settings_factory(**{**fields, "amqp_setup_wait_seconds": 0.5}))
+    finally:
+        await proxy.stop()
+        await api.delete_vhost(vhost)
+        await api.delete_users([bridge, publisher])
+        await api.aclose()

@@ -10,8 +10,10 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from device_management.config import DeviceManagementSettings, get_settings
@@ -65,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def amqp_setup(settings: DeviceManagementSettings) -> None:
-    """The platform's part of RabbitMQ's definitions, through the management API."""
+    """The platform's part of RabbitMQ's definitions, through the management API.
+
+    A one-shot step that starts with the broker (compose's ``rabbitmq-setup``, the Kubernetes
+    init container) may find the broker up but its management listener not yet: it waits for
+    the API (``amqp_setup_wait_seconds``); a refusal (wrong administrator password, 4xx) fails
+    at once with the broker's reason."""
     definitions = rabbitmq.definitions(
         vhost=settings.rabbitmq_vhost,
         telemetry_exchange=settings.telemetry_exchange,
@@ -76,13 +83,28 @@ async def amqp_setup(settings: DeviceManagementSettings) -> None:
         bridge_username=settings.amqp_bridge_username,
         publisher_username=settings.amqp_publisher_username,
     )
-    async with rabbitmq.Management(
-        settings.rabbitmq_management_url,
-        username=settings.rabbitmq_admin_username,
-        password=settings.rabbitmq_admin_password.get_secret_value(),
-        timeout=settings.rabbitmq_management_timeout,
-    ) as api:
-        await api.import_definitions(definitions)
+    deadline = time.monotonic() + settings.amqp_setup_wait_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with rabbitmq.Management(
+                settings.rabbitmq_management_url,
+                username=settings.rabbitmq_admin_username,
+                password=settings.rabbitmq_admin_password.get_secret_value(),
+                timeout=settings.rabbitmq_management_timeout,
+            ) as api:
+                await api.import_definitions(definitions)
+            break
+        except (httpx.TransportError, ConnectionError) as exc:
+            if time.monotonic() >= deadline:
+                raise SystemExit(
+                    f"amqp-setup: RabbitMQ's management API at "
+                    f"{settings.rabbitmq_management_url} did not answer within "
+                    f"{settings.amqp_setup_wait_seconds:.0f} s: {exc!r}"
+                ) from exc
+            log.warning("RabbitMQ management API not answering yet (%r); retrying", exc)
+            await asyncio.sleep(min(0.5 * attempt, 5.0))
     log.info(
         "RabbitMQ vhost %s: exchanges and service accounts %s, %s written",
         settings.rabbitmq_vhost,

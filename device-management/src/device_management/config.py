@@ -56,6 +56,8 @@ class DeviceManagementSettings(ServiceSettings):
     rabbitmq_admin_username: str = "guest"
     rabbitmq_admin_password: SecretStr = SecretStr("guest")
     rabbitmq_management_timeout: float = 10.0
+    #: How long ``amqp-setup`` waits for the management API (a broker still starting).
+    amqp_setup_wait_seconds: float = 120.0
     #: The service accounts ``device-management amqp-setup`` (re)writes: the bridge's, and
     #: this service's own publisher account (the user of ``rabbitmq_url``).
     amqp_bridge_username: str = rabbitmq.BRIDGE_USERNAME
