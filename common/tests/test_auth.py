@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from iot_common import redis_keys
 from iot_common.auth import JWTVerifier, Principal, bearer_token, publish_revocation
 from iot_common.errors import Unauthorized
+from iotctl.testinfra import drop_redis_namespace
 
 ISS, AUD, KID = "iot-signing", "iot-platform", "k1"
 
@@ -115,10 +116,8 @@ async def env(redis_url: str, redis_namespace: str):
     finally:
         for verifier in env.verifiers:
             await verifier.close()
-        keys = [k async for k in redis.scan_iter(match=f"{env.ns}:*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
         await redis.aclose()
+        drop_redis_namespace(redis_url, env.ns)
 
 
 def test_bearer_token_parsing():

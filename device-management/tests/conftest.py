@@ -25,6 +25,7 @@ from device_management.migrations import upgrade_sync
 from iot_common.auth import JWTVerifier
 from iot_common.events import DeviceEvent, device_event_decoder
 from iotctl.mosquitto import Mosquitto
+from iotctl.testinfra import drop_redis_namespace
 
 KID = "test-key-1"
 ISSUER = "iot-signing"
@@ -122,15 +123,7 @@ def settings_factory(
 def _forget_redis_namespace(redis_url: str, redis_namespace: str) -> Iterator[None]:
     """Remove this run's Redis keys (cache entries, last-seen hash, revocations) at the end."""
     yield
-    import redis as sync_redis
-
-    client = sync_redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{redis_namespace}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-    finally:
-        client.close()
+    drop_redis_namespace(redis_url, redis_namespace)
 
 
 @pytest.fixture

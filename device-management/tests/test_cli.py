@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import asyncpg
 import httpx
 
 from device_management.migrations import upgrade
+from iotctl.testinfra import free_port
 
 
 def _cli() -> str:
@@ -37,9 +37,7 @@ async def test_migrate_then_serve(pg_database_factory: Any, infra_env: dict[str,
     finally:
         await conn.close()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [_cli(), "serve", "--port", str(port)],
         env={**env, "DEVICE_MANAGEMENT_RELAY_ENABLED": "false"},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,7 @@ import uvicorn
 
 from device_management.main import create_app
 from iot_common.auth import JWTVerifier
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from iotctl.testinfra import free_port
 
 
 async def test_no_server_errors(
@@ -34,7 +28,7 @@ async def test_no_server_errors(
         jwks_min_refresh=3600,
     )
     verifier.add_key("test-key-1", signing_key.public_key())
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, verifier=verifier),

@@ -30,6 +30,7 @@ from iot_common import redis_keys
 from iot_common.telemetry import deadletter_decoder, envelope_decoder
 from iot_common.topics import Topics
 from iotctl.mosquitto import Mosquitto
+from iotctl.testinfra import drop_redis_namespace
 
 INTERNAL_TOKEN = "test-internal-token"
 
@@ -157,13 +158,9 @@ def _cleanup_infra(redis_url: str, redis_namespace: str, rabbitmq_url: str) -> I
                 except Exception:
                     pass
         await conn.close()
-        client = Redis.from_url(redis_url)
-        keys = [k async for k in client.scan_iter(f"{redis_namespace}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i : i + 1000])
-        await client.aclose()
 
     asyncio.run(cleanup())
+    drop_redis_namespace(redis_url, redis_namespace)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from bson import json_util
 from pymongo import AsyncMongoClient
 
 from iot_common.events import Alert
+from iotctl.testinfra import psql_file
 from monitoring_store import MonitoringStore, migrate, open_store
 from monitoring_store.mongo.migrations import HEAD
 from monitoring_store.mongo.migrations import StoreNotMigrated as MongoNotMigrated
@@ -98,11 +99,7 @@ async def test_postgres_store_of_the_unversioned_code_upgrades_and_reads_back(
     pg_database_factory: Callable[[str], str],
 ) -> None:
     url = pg_database_factory("legacy")
-    subprocess.run(
-        ["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(LEGACY / "postgres-v0.sql")],
-        check=True,
-        capture_output=True,
-    )
+    psql_file(LEGACY / "postgres-v0.sql", url=url)
     refused = open_store(url, migrate=False)
     with pytest.raises(PgNotMigrated, match="monitoring-store migrate"):
         await refused.start()

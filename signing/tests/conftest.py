@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from iot_common.auth import JWTVerifier
+from iotctl.testinfra import drop_redis_namespace, free_port
 from signing.config import SigningSettings
 from signing.main import create_app
 from signing.migrations import upgrade_head
@@ -58,17 +58,11 @@ def private_key_pem(private_key: rsa.RSAPrivateKey) -> str:
 
 
 @pytest.fixture
-async def namespace(redis_url: str, redis_namespace: str) -> AsyncIterator[str]:
+def namespace(redis_url: str, redis_namespace: str) -> Iterator[str]:
     """A Redis key namespace of this test alone (rate-limit counters start at zero)."""
     ns = f"{redis_namespace}-{secrets.token_hex(3)}"
     yield ns
-    redis = Redis.from_url(redis_url)
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"{ns}:*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
-    finally:
-        await redis.aclose()
+    drop_redis_namespace(redis_url, ns)
 
 
 @pytest.fixture
@@ -172,12 +166,6 @@ def unique_email(prefix: str = "user") -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

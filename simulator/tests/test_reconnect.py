@@ -8,7 +8,6 @@ subscriber and none may count as failed. HTTP and AMQP retries are checked again
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,12 +27,6 @@ from simulator.runner import RunOptions, run
 from simulator.transports import AmqpTransport, HttpTransport, MqttTransport, TransportConfig
 
 _decode = msgspec.json.Decoder()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:

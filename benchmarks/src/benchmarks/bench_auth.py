@@ -54,6 +54,7 @@ from iotctl.testinfra import (
     drop_database,
     drop_redis_namespace,
     free_port,
+    percentiles,
 )
 
 REDIS_URL = os.environ.get("IOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -68,8 +69,9 @@ def _b64(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _pct(values: list[float], q: float) -> float:
-    return round(float(np.percentile(np.asarray(values), q)) * 1000, 2)
+def _pct(values: list[float], q: int) -> float:
+    """The ``q``-th percentile of latencies in seconds, in milliseconds."""
+    return percentiles([v * 1000 for v in values], (q,), unit="_ms")[f"p{q}_ms"]
 
 
 @contextlib.contextmanager

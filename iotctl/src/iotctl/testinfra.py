@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from iot_common.settings import DEFAULT_DATABASE_URL
 from iotctl.broker import TansuBroker, free_port
@@ -29,6 +30,7 @@ __all__ = [
     "percentiles",
     "pg_admin_url",
     "psql",
+    "psql_file",
 ]
 
 #: The one variable naming the PostgreSQL server (and a database to connect to as a superuser)
@@ -58,7 +60,16 @@ class PsqlError(subprocess.CalledProcessError):
 
 def psql(sql: str, *, url: str | None = None) -> str:
     """Run ``sql`` on the admin database (or ``url``), stopping at the first error."""
-    cmd = ["psql", url or pg_admin_url(), "-v", "ON_ERROR_STOP=1", "-q", "-c", sql]
+    return _psql(["-c", sql], url)
+
+
+def psql_file(path: Path, *, url: str | None = None) -> str:
+    """Run the script at ``path`` like :func:`psql`, ``pg_dump`` output included (``COPY``)."""
+    return _psql(["-f", str(path)], url)
+
+
+def _psql(args: list[str], url: str | None) -> str:
+    cmd = ["psql", url or pg_admin_url(), "-v", "ON_ERROR_STOP=1", "-q", *args]
     done = subprocess.run(cmd, capture_output=True, check=False)
     if done.returncode:
         raise PsqlError(done.returncode, cmd, done.stdout, done.stderr)
