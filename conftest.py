@@ -16,7 +16,9 @@ import os
 import secrets
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,13 @@ import pytest
 from iotctl.broker import TansuBroker, free_port, port_open
 from iotctl.mosquitto import Accounts, Mosquitto
 from iotctl.sandbox import PrivateMongoDB
-from iotctl.testinfra import PsqlError, create_database, drop_database
+from iotctl.testinfra import (
+    PsqlError,
+    coverage_by_package,
+    coverage_lines,
+    create_database,
+    drop_database,
+)
 
 # pytest's importlib mode names a test module after its folders ("signing.tests.conftest") and,
 # when the top package is not imported yet, stands in a namespace module built from the folder
@@ -38,6 +46,8 @@ for _package in ("signing", "simulator", "benchmarks"):
 # RabbitMQ with the repository's development secrets; services (and subprocesses the tests
 # start) refuse those without this flag. Tests of the refusal itself unset it.
 os.environ.setdefault("IOT_ALLOW_DEV_DEFAULTS", "true")
+
+_SESSION_START = pytest.StashKey[float]()
 
 
 @pytest.fixture(scope="session")
@@ -421,3 +431,22 @@ def infra_env(
         "IOT_TOPIC_PREFIX": topic_prefix,
         "IOT_RABBITMQ_URL": rabbitmq_url,
     }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_START] = time.time()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """A line per workspace package from the ``coverage.xml`` this run wrote (``make test``)."""
+    reports = config.getoption("cov_report", default=None)
+    if not isinstance(reports, dict) or "xml" not in reports:
+        return
+    xml = Path(reports["xml"] or "coverage.xml")
+    # Only a report written by this session: not one left by an earlier run (``--no-cov``, or a
+    # report that coverage failed to write).
+    if not xml.exists() or xml.stat().st_mtime < config.stash.get(_SESSION_START, 0.0):
+        return
+    for line in coverage_lines(coverage_by_package(xml, root=Path.cwd())):
+        terminalreporter.write_line(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import asyncpg
 import numpy as np
@@ -11,6 +12,8 @@ import redis
 
 from iotctl.testinfra import (
     PsqlError,
+    coverage_by_package,
+    coverage_lines,
     create_database,
     database_url,
     drop_database,
@@ -125,3 +128,47 @@ def test_make_test_s_broker_runs_until_told_to_stop_and_takes_tansu_with_it() ->
     finally:
         proc.kill()
         proc.wait()
+
+
+_COBERTURA = """<?xml version="1.0" ?>
+<coverage version="7.17.5" lines-valid="6" lines-covered="3" line-rate="0.5">
+  <sources><source>alpha/src</source><source>beta-pkg/src</source></sources>
+  <packages>
+    <package name="alpha">
+      <classes>
+        <class name="a.py" filename="alpha/a.py">
+          <lines><line number="1" hits="3"/><line number="2" hits="0"/></lines>
+        </class>
+        <class name="__init__.py" filename="alpha/__init__.py"><lines/></class>
+      </classes>
+    </package>
+    <package name="beta">
+      <classes>
+        <class name="b.py" filename="beta/b.py">
+          <lines>
+            <line number="1" hits="1"/><line number="2" hits="1"/>
+            <line number="3" hits="0"/><line number="4" hits="0"/>
+          </lines>
+        </class>
+      </classes>
+    </package>
+  </packages>
+</coverage>
+"""
+
+
+def test_coverage_totals_are_per_workspace_folder(tmp_path: Path) -> None:
+    for folder, package, module in (("alpha", "alpha", "a.py"), ("beta-pkg", "beta", "b.py")):
+        (tmp_path / folder / "src" / package).mkdir(parents=True)
+        (tmp_path / folder / "src" / package / module).touch()
+    (tmp_path / "alpha" / "src" / "alpha" / "__init__.py").touch()
+    (tmp_path / "coverage.xml").write_text(_COBERTURA)
+    totals = coverage_by_package(tmp_path / "coverage.xml")
+    # Named by the folder (``beta-pkg``), not the import name (``beta``).
+    assert totals == {"alpha": (1, 2), "beta-pkg": (2, 4)}
+    assert coverage_lines(totals) == [
+        "coverage alpha: 50.0 % (1 of 2 lines)",
+        "coverage beta-pkg: 50.0 % (2 of 4 lines)",
+        "coverage total: 50.0 % (3 of 6 lines)",
+    ]
+    assert coverage_lines({}) == []
