@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +33,14 @@ class Runner:
         self.env = env
         self.ports = {
             name: int(env[f"IOTCTL_{name.upper().replace('-', '_')}_PORT"])
-            for name in ("broker", "gateway", "signing", "device-management", "monitoring-api")
+            for name in (
+                "broker",
+                "mosquitto",
+                "gateway",
+                "signing",
+                "device-management",
+                "monitoring-api",
+            )
         }
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -84,6 +92,7 @@ def iotctl(
     env["COLUMNS"] = "200"
     for name in (
         "broker",
+        "mosquitto",
         "gateway",
         "signing",
         "device-management",
@@ -255,6 +264,41 @@ def test_down_stops_a_foreground_stack_from_another_terminal(iotctl: Runner) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_own_mosquitto_refuses_strangers_and_keeps_device_clients_across_stacks(
+    iotctl: Runner, mqtt_connect: Any
+) -> None:
+    from iot_common import dynsec
+    from iotctl.mosquitto import Accounts, Mosquitto
+
+    port = iotctl.ports["mosquitto"]
+    up = iotctl("up", "mosquitto", "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"mqtt://127.0.0.1:{port}" in up.stdout
+    rows = status(iotctl)
+    assert rows["mosquitto"]["health"] == "healthy"
+    assert isinstance(rows["mosquitto"]["pid"], int)
+    at = ("127.0.0.1", port)
+    assert not mqtt_connect(address=at).accepted
+    assert mqtt_connect(
+        dynsec.BRIDGE_USERNAME, dynsec.DEV_BRIDGE_PASSWORD, client_id="cli-b1", address=at
+    ).accepted
+    # A device client created at run time (as device-management does) outlives the stack.
+    run = Path(iotctl.env["IOTCTL_RUN_DIR"])
+    handle = Mosquitto(directory=run / "mosquitto", port=port, accounts=Accounts())
+    device, token = "cli-device-1", "cli-device-token"
+    handle.add_devices([(device, token)])
+    assert mqtt_connect(device, token, client_id=device, address=at).accepted
+    assert iotctl("down").returncode == 0
+    assert wait_until(lambda: closed(port), 15)
+
+    again = iotctl("up", "mosquitto", "--detach")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert mqtt_connect(device, token, client_id=device, address=at).accepted
+    assert not mqtt_connect(device, "wrong", client_id=device, address=at).accepted
+    assert iotctl("down").returncode == 0
+    assert wait_until(lambda: closed(port), 15)
 
 
 def test_missing_dependency_is_one_clear_line(iotctl: Runner) -> None:

@@ -18,6 +18,7 @@ def test_all_components_by_default_in_start_order() -> None:
     assert names(resolve([])) == list(ORDER)
     assert ORDER == (
         "broker",
+        "mosquitto",
         "signing",
         "device-management",
         "ingest-bridge",
@@ -32,8 +33,11 @@ def test_dependencies_are_added_before_what_needs_them() -> None:
     assert names(resolve(["signing"])) == ["signing"]
     assert names(resolve(["stream-agents"])) == ["broker", "stream-agents"]
     assert names(resolve(["monitoring-api"])) == ["broker", "signing", "monitoring-api"]
+    # Whatever talks MQTT gets the platform's own Mosquitto, as Kafka users get the broker.
+    assert names(resolve(["device-management"])) == ["mosquitto", "signing", "device-management"]
     assert names(resolve(["simulator"])) == [
         "broker",
+        "mosquitto",
         "signing",
         "device-management",
         "ingest-bridge",

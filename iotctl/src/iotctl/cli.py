@@ -24,6 +24,7 @@ from iotctl.stack import (
     DEFAULT_HEALTH_TIMEOUT,
     StopSignals,
     component_up,
+    mqtt_address,
     preflight,
     run_up,
 )
@@ -170,6 +171,9 @@ def _component_status(name: str, stacks: list[StackState]) -> dict[str, object]:
     where = None
     if comp.kind == "broker":
         where = f"127.0.0.1:{comp.port}"
+    elif comp.kind == "mqtt":
+        host, port = mqtt_address()
+        where = f"mqtt://{host}:{port}"
     elif comp.health_url:
         where = comp.health_url
     return {"component": name, "health": health, "pid": pid, "built": available, "where": where}

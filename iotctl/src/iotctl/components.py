@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["broker", "service", "gateway", "simulator"]
+Kind = Literal["broker", "mqtt", "service", "gateway", "simulator"]
 Need = Literal["postgres", "redis", "rabbitmq", "mqtt", "kafka"]
 
 
@@ -83,6 +83,9 @@ COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
         Component("broker", "broker", default_port=9092, health_path=None, needs=()),
+        # The platform's own Mosquitto (dynamic security, anonymous clients refused), on a
+        # port of its own: the machine's Mosquitto on 1883 keeps its default configuration.
+        Component("mosquitto", "mqtt", default_port=1884, health_path=None, needs=()),
         _service(
             "signing",
             8001,
@@ -95,7 +98,8 @@ COMPONENTS: dict[str, Component] = {
             "device-management",
             8002,
             port_env="DEVICE_MANAGEMENT_PORT",
-            needs=("postgres", "redis", "rabbitmq"),
+            # "mqtt": it keeps the devices' MQTT clients (dynamic security's control topic).
+            needs=("postgres", "redis", "rabbitmq", "mqtt"),
             after=("signing",),
             migrate=True,
             extra_urls=(("API docs", "/docs"),),
@@ -157,6 +161,8 @@ def resolve(names: list[str]) -> list[Component]:
         deps = list(comp.after)
         if "kafka" in comp.needs:
             deps.append("broker")
+        if "mqtt" in comp.needs:
+            deps.append("mosquitto")
         for dep in deps:
             if dep not in wanted:
                 wanted.add(dep)

@@ -51,6 +51,16 @@ def database_url() -> str:
     return os.environ.get("IOT_DATABASE_URL", DEFAULT_DATABASE_URL)
 
 
+def mqtt_external() -> bool:
+    """Whether this run's MQTT broker is given (``IOT_MQTT_HOST``/``IOT_MQTT_PORT``).
+
+    Otherwise ``iotctl up`` runs the platform's own Mosquitto (component ``mosquitto``); a
+    given broker is used as it is and must carry the platform's accounts (the reliability
+    suite hands in a private one it restarts itself).
+    """
+    return bool(os.environ.get("IOT_MQTT_HOST") or os.environ.get("IOT_MQTT_PORT"))
+
+
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or default_port
@@ -85,11 +95,15 @@ def infra(need: Need) -> Infra:
 def ensure_infra(needs: set[Need], root: Path) -> list[str]:
     """Make sure every need except Kafka is reachable, starting local services when down.
 
+    MQTT is checked only when the broker is given (:func:`mqtt_external`); otherwise it is
+    the ``mosquitto`` component, which ``iotctl up`` starts like the Kafka broker.
+
     Returns notes to print; raises :class:`MissingDependency` with one line when something
     stays unreachable.
     """
     notes: list[str] = []
-    down = [infra(n) for n in sorted(needs) if n != "kafka" and not _reachable(infra(n))]
+    checked = [n for n in sorted(needs) if n != "kafka" and (n != "mqtt" or mqtt_external())]
+    down = [infra(n) for n in checked if not _reachable(infra(n))]
     if not down:
         return notes
     script = root / "scripts" / "ensure-services.sh"

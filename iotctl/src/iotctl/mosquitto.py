@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import shutil
+import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,54 @@ def mosquitto_binary() -> str:
     return binary
 
 
+def _reachable_by(path: Path, user: str) -> bool:
+    """Whether ``user`` can get to ``path`` (search permission on every directory above it)."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    for parent in path.resolve().parents:
+        st = parent.stat()
+        if st.st_uid == entry.pw_uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == entry.pw_gid:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return False
+    return True
+
+
+def login_accepted(
+    host: str, port: int, username: str, password: str, *, timeout: float = 3.0
+) -> bool:
+    """Whether the MQTT broker at ``host:port`` accepts this login (a CONNACK with success)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    answer: list[Any] = []
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"iotctl-probe-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv311,
+    )
+    client.username_pw_set(username, password)
+    client.on_connect = lambda _c, _u, _f, rc, _p: answer.append(rc)
+    try:
+        client.connect(host, port, keepalive=5)
+        deadline = time.monotonic() + timeout
+        while not answer and time.monotonic() < deadline:
+            if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+    return bool(answer) and not answer[0].is_failure
+
+
 @dataclass(frozen=True)
 class Accounts:
     """The service accounts the broker starts with (see :mod:`iot_common.dynsec`)."""
@@ -88,6 +139,8 @@ class Mosquitto(_Instance):
     max_inflight_messages: int = 1000
     max_packet_size: int = MAX_PACKET_SIZE
     tcp_nodelay: bool = False
+    #: Log to standard output (``iotctl up`` echoes it) instead of ``mosquitto.log``.
+    log_stdout: bool = False
     #: Device clients (id, token) written into the plugin's file before the first start.
     devices: Sequence[tuple[str, str]] = ()
     host: str = "127.0.0.1"
@@ -167,14 +220,19 @@ class Mosquitto(_Instance):
         if self.tcp_nodelay:
             lines.append("set_tcp_nodelay true")
         lines += [
-            f"log_dest file {self.log_path}",
+            "log_dest stdout" if self.log_stdout else f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
             "log_type notice",
             "connection_messages false",
         ]
+        as_root = os.geteuid() == 0 and not _reachable_by(self.directory, "mosquitto")
+        if as_root:
+            # Under a directory private to root (pytest's tmp_path, a 0700 home) the broker's
+            # own user could not even read its config: it stays root (loopback only).
+            lines.append("user root")
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not as_root:
             # Mosquitto drops to its own user when started as root; it must write its files.
             _chown(self.directory, "mosquitto")
 

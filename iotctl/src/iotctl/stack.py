@@ -24,11 +24,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from iot_common import rabbitmq
+from iot_common import dynsec, rabbitmq
 from iotctl import deps, gateway
 from iotctl.broker import BrokerUnavailable, TansuBroker, port_open, speaks_kafka
 from iotctl.components import COMPONENTS, Component, Need, landed, resolve, script_path
 from iotctl.deps import MissingDependency
+from iotctl.mosquitto import Accounts, Mosquitto, login_accepted, mosquitto_binary, plugin_path
 from iotctl.procs import Proc, StackState, Supervisor, create_time, stacks_dir
 from iotctl.sandbox import SandboxUnavailable, mongodb_server_binary
 from iotctl.topics import ensure_topics, topic_partitions
@@ -63,10 +64,47 @@ def healthy(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def mqtt_address() -> tuple[str, int]:
+    """Where this run's MQTT broker is: the given one, else the ``mosquitto`` component."""
+    if deps.mqtt_external():
+        item = deps.infra("mqtt")
+        return item.host, item.port
+    port = COMPONENTS["mosquitto"].port
+    assert port is not None
+    return "127.0.0.1", port
+
+
+def mqtt_accounts() -> Accounts:
+    """The service accounts of the local broker, with the passwords the bridge and
+    device-management are given (their development defaults unless set)."""
+    env = os.environ
+    return Accounts(
+        admin_username=env.get("DEVICE_MANAGEMENT_MQTT_ADMIN_USERNAME", dynsec.ADMIN_USERNAME),
+        admin_password=env.get("DEVICE_MANAGEMENT_MQTT_ADMIN_PASSWORD", dynsec.DEV_ADMIN_PASSWORD),
+        bridge_username=env.get("INGEST_BRIDGE_MQTT_USERNAME", dynsec.BRIDGE_USERNAME),
+        bridge_password=env.get("INGEST_BRIDGE_MQTT_PASSWORD", dynsec.DEV_BRIDGE_PASSWORD),
+    )
+
+
+def local_mqtt_env(accounts: Accounts) -> dict[str, str]:
+    """A local run's MQTT: device-management keeps every device's client on the broker (as
+    its admin account), the bridge logs in as its own account; the simulator's devices log
+    in as themselves with the tokens they are issued."""
+    return {
+        "DEVICE_MANAGEMENT_MQTT_PROVISIONING": "true",
+        "DEVICE_MANAGEMENT_MQTT_ADMIN_USERNAME": accounts.admin_username,
+        "DEVICE_MANAGEMENT_MQTT_ADMIN_PASSWORD": accounts.admin_password,
+        "INGEST_BRIDGE_MQTT_USERNAME": accounts.bridge_username,
+        "INGEST_BRIDGE_MQTT_PASSWORD": accounts.bridge_password,
+    }
+
+
 def component_up(comp: Component) -> bool:
     """Whether ``comp`` already answers on its port (started by us or by someone else)."""
     if comp.kind == "broker":
         return comp.port is not None and speaks_kafka("127.0.0.1", comp.port)
+    if comp.kind == "mqtt":
+        return port_open(*mqtt_address())
     if comp.health_url is None:
         return False
     return healthy(comp.health_url)
@@ -77,6 +115,15 @@ def unavailable(comp: Component, root: Path) -> str | None:
     if comp.kind == "gateway":
         if gateway.nginx_binary() is None:
             return "nginx is not installed (apt-get install nginx)"
+        return None
+    if comp.kind == "mqtt":
+        if deps.mqtt_external():
+            return None
+        try:
+            mosquitto_binary()
+            plugin_path()
+        except SandboxUnavailable as exc:
+            return str(exc)
         return None
     if comp.kind == "simulator":
         if not landed(comp):
@@ -172,6 +219,7 @@ class Stack:
     reused: list[str] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     broker: TansuBroker | None = None
+    mosquitto: Mosquitto | None = None
     bootstrap: str = ""
     ready: bool = False
     #: Components waiting to be restarted: name -> monotonic time when due.
@@ -220,6 +268,10 @@ class Stack:
         env.setdefault("MONITORING_STORE_URL", self.store_url or deps.database_url())
         for var, value in LOCAL_AMQP_ENV.items():
             env.setdefault(var, value)
+        host, port = mqtt_address()
+        env["IOT_MQTT_HOST"], env["IOT_MQTT_PORT"] = host, str(port)
+        for var, value in local_mqtt_env(mqtt_accounts()).items():
+            env.setdefault(var, value)
         email, password = admin_credentials()
         env.setdefault("IOT_ADMIN_EMAIL", email)
         env.setdefault("IOT_ADMIN_PASSWORD", password)
@@ -254,6 +306,9 @@ class Stack:
         self.save_state()
 
     def start_component(self, comp: Component) -> None:
+        if comp.kind == "mqtt":
+            self.start_mosquitto(comp)
+            return
         if component_up(comp):
             self.reused.append(comp.name)
             where = f"127.0.0.1:{comp.port}"
@@ -294,6 +349,60 @@ class Stack:
             comp.name,
             f"Tansu (memory storage) listening on {self.bootstrap}; "
             f"created {len(created)} topics with {topic_partitions()} partitions",
+            "green",
+        )
+
+    def start_mosquitto(self, comp: Component) -> None:
+        """The platform's Mosquitto, supervised like a service; its plugin state (the device
+        clients device-management created) and sessions stay in ``.run/mosquitto`` across
+        stacks. A broker given by ``IOT_MQTT_HOST``/``IOT_MQTT_PORT`` is used as it is."""
+        accounts = mqtt_accounts()
+        if deps.mqtt_external():
+            host, port = mqtt_address()
+            self.reused.append(comp.name)
+            self.say(comp.name, f"using the MQTT broker at {host}:{port} (IOT_MQTT_PORT)", "dim")
+            return
+        assert comp.port is not None
+        if port_open("127.0.0.1", comp.port):
+            if login_accepted(
+                "127.0.0.1", comp.port, accounts.admin_username, accounts.admin_password
+            ):
+                self.reused.append(comp.name)
+                self.say(comp.name, f"already running on 127.0.0.1:{comp.port}, reusing it", "dim")
+                return
+            raise ComponentFailed(
+                f"port {comp.port} is in use by something that does not take the platform's "
+                "MQTT accounts (set IOTCTL_MOSQUITTO_PORT to a free port)"
+            )
+        self.mosquitto = Mosquitto(
+            directory=self.run / "mosquitto", port=comp.port, accounts=accounts, log_stdout=True
+        )
+        try:
+            binary = mosquitto_binary()
+            self.mosquitto.write_config()
+        except (SandboxUnavailable, OSError) as exc:
+            raise ComponentFailed(str(exc)) from exc
+        t0 = time.monotonic()
+        self.supervisor.start(
+            comp.name,
+            [binary, "-c", str(self.mosquitto.config_path)],
+            env=dict(os.environ),
+            cwd=self.root,
+            port=comp.port,
+        )
+        child = self.supervisor.children[comp.name]
+        deadline = t0 + 10
+        while not port_open("127.0.0.1", comp.port):
+            code = child.poll()
+            if code is not None or time.monotonic() > deadline:
+                why = f"exited with code {code}" if code is not None else "did not listen in 10 s"
+                raise ComponentFailed(f"Mosquitto {why}")
+            time.sleep(0.05)
+        self.started.append(comp.name)
+        self.say(
+            comp.name,
+            f"Mosquitto (dynamic security, anonymous refused) on mqtt://127.0.0.1:{comp.port} "
+            f"in {time.monotonic() - t0:.2f} s; device clients kept in {self.mosquitto.directory}",
             "green",
         )
 
@@ -425,7 +534,11 @@ class Stack:
             "0",
             "--no-live",
             # Publish as the devices an earlier `make run` registered (registers when none).
+            # Their file lives with the broker's state: a device reused must have its client
+            # in this run's Mosquitto, which keeps them in the same directory.
             "--reuse-devices",
+            "--devices-file",
+            str(self.run / "simulator-devices.json"),
         ]
         self.supervisor.start(comp.name, cmd, env=self.child_env(), cwd=self.root)
         deadline = time.monotonic() + 3
@@ -552,6 +665,9 @@ class Stack:
                 state = "[green]running[/]" if name in self.started else "[cyan]reused[/]"
                 if comp.kind == "broker":
                     where = f"kafka://{self.bootstrap or f'127.0.0.1:{comp.port}'}"
+                elif comp.kind == "mqtt":
+                    host, port = mqtt_address()
+                    where = f"mqtt://{host}:{port} (accounts only, no anonymous clients)"
                 elif comp.base_url:
                     where = comp.base_url
                     for label, path in comp.extra_urls:
