@@ -8,7 +8,9 @@ windows contain every stored reading, and every service is healthy again, restar
 supervisor without manual action.
 
 The infrastructure here is a private instance of each server (``iotctl.sandbox``), so the
-restarts do not disturb anything else using the machine's own services.
+restarts do not disturb anything else using the machine's own services. The Mosquitto is the
+platform's own (:class:`iotctl.mosquitto.Mosquitto`: device clients kept by device-management,
+anonymous clients refused), so the readings go through the authenticated path.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 class Infra:
     def __init__(self) -> None:
         self.redis = PrivateRedis()
-        # Persistent, so QoS 1 sessions survive its restart.
-        self.mqtt = Mosquitto(accounts=None)
+        # The platform's accounts (dynamic security, anonymous clients refused; iotctl turns
+        # device-management's provisioning on), persistent, so QoS 1 sessions and the device
+        # clients survive its restart.
+        self.mqtt = Mosquitto()
         self.pg = PrivatePostgres()
         self.rabbit = PrivateRabbitMQ()
         self.all = {

@@ -245,3 +245,32 @@ def test_a_device_whose_token_the_broker_does_not_know_is_refused(
     )
     with pytest.raises(ConnectionError, match="refused 1 device"):
         asyncio.run(transport.start())
+
+
+def test_the_broker_refusing_a_publish_for_another_device_is_counted(
+    mosquitto: Mosquitto,
+) -> None:
+    """A device publishing for an id it has no credential for is refused by the broker (MQTT
+    v5 PUBACK "Not authorized"): counted as rejected when the simulator meant it (an
+    injected unknown-device fault), as failed otherwise; its own readings are confirmed."""
+    device, token = str(uuid.uuid4()), secrets.token_urlsafe(24)
+    mosquitto.add_devices([(device, token)])
+    transport = DeviceMqttTransport(
+        TransportConfig(kind="mqtt", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port),
+        [(device, token)],
+    )
+
+    async def go() -> None:
+        await transport.start()
+        try:
+            body = b'{"ts": 1, "metrics": {"t": 1.0}}'
+            await transport.publish(device, body, token=token, expect_reject=False)
+            await transport.publish("stranger-1", body, token=None, expect_reject=True)
+            await transport.publish("stranger-2", body, token=None, expect_reject=True)
+            await transport.publish("stranger-3", body, token=None, expect_reject=False)
+            await transport.flush(10)
+        finally:
+            await transport.close()
+
+    asyncio.run(go())
+    assert (transport.sent, transport.acked, transport.rejected, transport.failed) == (4, 1, 2, 1)

@@ -7,7 +7,10 @@ What it proves, per reading the simulator sent (``simulator.ledger``):
 * every injected fault is accounted for: malformed payloads and unknown devices are on
   ``telemetry.deadletter`` with the right reason (matched by the marker the simulator put in
   them), late readings are dead-lettered as ``late``/``too_old`` (or, when inside the allowed
-  lateness after all, stored once — counted separately);
+  lateness after all, stored once — counted separately); over MQTT an unknown device's
+  message never reaches the bridge: the broker refuses it (it goes out on another device's
+  connection, and a device may publish only its own topic), and the simulator counts those
+  refusals (PUBACK "Not authorized") — accounted as ``refused_at_broker``;
 * nothing else was stored for the run's devices in the run's time range.
 
 Usage: ``python -m benchmarks.e2e_check LEDGER_DIR --store-url … --kafka … --topic-prefix …``.
@@ -272,12 +275,18 @@ def check(
     deadletters: list[bytes],
     *,
     http_rejected: int | None = None,
+    mqtt_refused: int | None = None,
     since: float | None = None,
 ) -> CheckResult:
     """Compare what was sent with what was stored and dead-lettered.
 
     ``stored`` must cover the run's time range (:func:`time_range`); dead letters written
-    before ``since`` (an earlier run of the same devices) are ignored."""
+    before ``since`` (an earlier run of the same devices) are ignored. ``mqtt_refused``: the
+    messages the MQTT broker refused that the simulator meant it to (its
+    ``rejected_as_expected``); over MQTT only unknown-device faults are sent where a device
+    may not publish (malformed ones go to the device's own topic, and the bridge
+    dead-letters them), so they account for that many unknown-device faults not
+    dead-lettered — never more than were injected."""
     recs = ledger.records
     shards = ledger.shards
     run_id = str(ledger.manifest.get("run_id", ""))
@@ -385,6 +394,11 @@ def check(
         else:
             acc = int(accounted[rows_k].sum())
         faults[kind.label] = {"injected": n, "accounted": acc}
+    unknown = faults.get(Fault.UNKNOWN_DEVICE.label)
+    if mqtt_refused is not None and unknown is not None:
+        refused = max(0, min(mqtt_refused, unknown["injected"] - unknown["accounted"]))
+        unknown["refused_at_broker"] = refused
+        unknown["accounted"] += refused
     if http_rejected is not None:
         # Over HTTP the bridge answers 4xx to refused messages; count those as accounted.
         for kind in (*MALFORMED, Fault.UNKNOWN_DEVICE):
@@ -482,6 +496,7 @@ async def run_check(
         stored,
         deadletters,
         http_rejected=rejected if transport == "http" else None,
+        mqtt_refused=rejected if transport == "mqtt" else None,
         since=float(started) - 5.0 if started else None,
     )
     result.timings = {

@@ -1,8 +1,10 @@
 """The whole platform as child processes, isolated for one end-to-end run.
 
 Everything a run creates is its own: a Tansu broker (or a given one) with a topic prefix, a
-private Mosquitto (queue limits lifted, so a lagging bridge never makes the broker drop QoS 1
-messages), a fresh PostgreSQL database for signing, device-management and the monitoring
+private Mosquitto configured as the platform's (dynamic security with service accounts of the
+run's own, anonymous clients refused, device clients kept by device-management, so every
+device publishes as itself; queue limits lifted, so a lagging bridge never makes the broker
+drop QoS 1 messages), a fresh PostgreSQL database for signing, device-management and the monitoring
 store, a Redis namespace, a RabbitMQ virtual host with service accounts of its own (written by
 ``device-management amqp-setup``, as ``iotctl up`` does; device users provisioned by
 device-management, so the simulator's devices publish as themselves). Services run as
@@ -32,7 +34,7 @@ import psutil
 
 from iot_common.topics import Topics
 from iotctl.broker import TansuBroker, free_port
-from iotctl.mosquitto import Mosquitto
+from iotctl.mosquitto import Accounts, Mosquitto
 from iotctl.testinfra import create_database, database_url, drop_database
 
 REDIS_URL = os.environ.get("IOT_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -98,6 +100,9 @@ class E2EStack:
         default_factory=lambda: (secrets.token_urlsafe(16), secrets.token_urlsafe(16))
     )
     _amqp_ready: bool = False
+    _mqtt_passwords: tuple[str, str] = field(
+        default_factory=lambda: (secrets.token_urlsafe(16), secrets.token_urlsafe(16))
+    )
 
     @property
     def topic_prefix(self) -> str:
@@ -151,6 +156,28 @@ class E2EStack:
             ),
         }
 
+    @property
+    def mqtt_accounts(self) -> Accounts:
+        """The run's broker accounts: device-management's (the plugin's admin) and the
+        bridge's, with passwords of the run's own and the run's share group."""
+        admin, bridge = self._mqtt_passwords
+        return Accounts(
+            admin_password=admin,
+            bridge_password=bridge,
+            share_group=f"ingest-bridge-e2e{self.run_id}",
+        )
+
+    def _mqtt_env(self) -> dict[str, str]:
+        a = self.mqtt_accounts
+        return {
+            "DEVICE_MANAGEMENT_MQTT_PROVISIONING": "true",
+            "DEVICE_MANAGEMENT_MQTT_ADMIN_USERNAME": a.admin_username,
+            "DEVICE_MANAGEMENT_MQTT_ADMIN_PASSWORD": a.admin_password,
+            "INGEST_BRIDGE_MQTT_USERNAME": a.bridge_username,
+            "INGEST_BRIDGE_MQTT_PASSWORD": a.bridge_password,
+            "INGEST_BRIDGE_MQTT_SHARE_GROUP": a.share_group,
+        }
+
     def url(self, name: str) -> str:
         return self.services[name].url
 
@@ -196,7 +223,6 @@ class E2EStack:
                 "IOT_DEVICE_MANAGEMENT_URL": f"http://127.0.0.1:{ports['device-management']}",
                 "SIMULATOR_INGEST_URL": f"http://127.0.0.1:{ports['ingest-bridge']}",
                 "INGEST_BRIDGE_MQTT_CLIENT_ID": f"ingest-bridge-e2e{rid}",
-                "INGEST_BRIDGE_MQTT_SHARE_GROUP": f"ingest-bridge-e2e{rid}",
                 "AGENTS_APP_ID": f"stream-agents-e2e{rid}",
                 "AGENTS_TOPIC_PARTITIONS": str(self.partitions),
                 "AGENTS_WEB_HOST": "127.0.0.1",
@@ -204,6 +230,7 @@ class E2EStack:
             }
         )
         env.update(self._amqp_env())
+        env.update(self._mqtt_env())
         for name, _, port_env in SERVICES:
             env[port_env] = str(ports[name])
         env.update(self.extra_env)
@@ -224,7 +251,7 @@ class E2EStack:
             self.kafka_bootstrap = self.broker.bootstrap
         self._create_topics()
         self.mosquitto = Mosquitto.for_benchmarks(
-            directory=self.workdir / "mosquitto", accounts=None
+            directory=self.workdir / "mosquitto", accounts=self.mqtt_accounts
         )
         self.mosquitto.start()
         self.database = f"iot_e2e_{self.run_id}"

@@ -20,7 +20,10 @@ readings, see :class:`simulator.publisher.Publisher`) and reports the version it
 
 A message for an id the process has no credential for (the injected ``unknown_device``
 fault) goes out on the first device's connection: a device publishing for another id, which
-an authenticating broker refuses.
+the broker refuses. The connections speak MQTT v5 so that the refusal is seen: Mosquitto
+answers such a publish with PUBACK reason 0x87 (Not authorized), where MQTT 3.1.1 has no
+reason code and the broker acknowledges and drops it silently. A refusal of a message meant
+to be refused counts as ``rejected`` (as an HTTP 4xx does), of any other as ``failed``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from iot_common.device_config import (
@@ -44,6 +49,10 @@ from iot_common.device_config import (
 from simulator.transports import TransportConfig, _Counts, take_expired
 
 log = logging.getLogger(__name__)
+
+#: How long the broker keeps a device's session (and its unacknowledged messages) after a
+#: disconnect; MQTT v5 ends a session at disconnect unless told otherwise.
+SESSION_EXPIRY_S = 3600
 
 
 class _Device:
@@ -67,8 +76,7 @@ class _Device:
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
             client_id=device_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=False,
+            protocol=mqtt.MQTTv5,
         )
         c.username_pw_set(device_id, token)
         c.max_inflight_messages_set(transport.window)
@@ -120,7 +128,8 @@ class _Device:
         if mid in self._report_mids:  # a config report, not a reading
             self._report_mids.discard(mid)
             return
-        self.transport._acked((self.id, mid))
+        # 0x10 "No matching subscribers" is a success: the broker took the message.
+        self.transport._acked((self.id, mid), str(rc) if rc.is_failure else None)
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         self.sock = sock
@@ -175,22 +184,37 @@ class DeviceMqttTransport(_Counts):
         self.devices: dict[str, _Device] = {}
         #: (device id, mid) → monotonic time of the first publish, oldest first.
         self._pending: dict[tuple[str, int], float] = {}
-        self._early: set[tuple[str, int]] = set()
+        #: Answers that came before ``publish`` recorded the message: key → refusal or None.
+        self._early: dict[tuple[str, int], str | None] = {}
         self._given_up: set[tuple[str, int]] = set()
+        #: Messages the simulator means the broker to refuse (``expect_reject``).
+        self._rejectable: set[tuple[str, int]] = set()
         self.reconnects = 0
         self.closing = False
         self._ticker: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop
 
-    def _acked(self, key: tuple[str, int]) -> None:
+    def _acked(self, key: tuple[str, int], refusal: str | None = None) -> None:
+        """The broker answered message ``key``: taken (``refusal`` None) or refused."""
         if self._pending.pop(key, None) is not None:
-            self.acked += 1
-        elif key in self._given_up:  # confirmed after all: it did arrive
+            self._settle(key, refusal)
+        elif key in self._given_up:  # answered after all
             self._given_up.discard(key)
             self.failed -= 1
-            self.acked += 1
+            self._settle(key, refusal)
         else:
-            self._early.add(key)
+            self._early[key] = refusal
+
+    def _settle(self, key: tuple[str, int], refusal: str | None) -> None:
+        expected = key in self._rejectable
+        self._rejectable.discard(key)
+        if refusal is None:
+            self.acked += 1
+        elif expected:
+            self.rejected += 1
+        else:
+            self.failed += 1
+            log.error("MQTT: the broker refused a reading of device %s: %s", key[0], refusal)
 
     async def start(self) -> None:
         """Connect every device, waiting for the broker up to ``give_up_after`` seconds."""
@@ -200,7 +224,16 @@ class DeviceMqttTransport(_Counts):
         for dev in self.devices.values():
             while True:
                 try:
-                    dev.client.connect(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=30)
+                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                    props.SessionExpiryInterval = SESSION_EXPIRY_S
+                    # A persistent session: the broker keeps what was not acknowledged.
+                    dev.client.connect(
+                        self.cfg.mqtt_host,
+                        self.cfg.mqtt_port,
+                        keepalive=30,
+                        clean_start=False,
+                        properties=props,
+                    )
                     break
                 except OSError as exc:
                     if time.monotonic() > deadline:
@@ -264,9 +297,11 @@ class DeviceMqttTransport(_Counts):
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN: paho keeps the message and sends it once reconnected.
             key = (dev.id, info.mid)
+            self._rejectable.discard(key)  # a message id is reused once answered
+            if expect_reject:
+                self._rejectable.add(key)
             if key in self._early:
-                self._early.discard(key)
-                self.acked += 1
+                self._settle(key, self._early.pop(key))
             else:
                 self._given_up.discard(key)
                 self._pending[key] = time.monotonic()
@@ -305,11 +340,13 @@ class DeviceMqttTransport(_Counts):
             client = mqtt.Client(
                 mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
                 client_id=device_id,
-                protocol=mqtt.MQTTv311,
-                clean_session=True,
+                protocol=mqtt.MQTTv5,
             )
             client.username_pw_set(device_id, token)
             with contextlib.suppress(Exception):
-                client.connect(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=5)
+                # Clean start, session expiry 0: the broker drops the session at disconnect.
+                client.connect(
+                    self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=5, clean_start=True
+                )
                 client.disconnect()
                 client.loop_write()
