@@ -37,6 +37,8 @@ PLUGIN_PATHS = (
 #: The largest MQTT packet the platform's brokers accept (and the bridge announces in CONNECT):
 #: readings are capped at 64 KiB by the bridge; 256 KiB leaves room for topic and properties.
 MAX_PACKET_SIZE = 256 * 1024
+#: A queue bound no benchmark reaches (see :meth:`Mosquitto.for_benchmarks`).
+UNLIMITED_QUEUE = 1_000_000_000
 
 
 class MosquittoError(RuntimeError):
@@ -133,7 +135,8 @@ class Mosquitto(_Instance):
     persistence: bool = True
     #: Seconds between saves of the in-memory state (sessions, queues) when persistent.
     autosave_interval: int = 30
-    #: Per-client queue bounds while a subscriber lags or is away (0 = no limit).
+    #: Per-client queue bounds while a subscriber lags or is away (0 = no limit, but with
+    #: 0 a refused publish disconnects its client: see :meth:`for_benchmarks`).
     max_queued_messages: int = 1_000_000
     max_queued_bytes: int = 0
     max_inflight_messages: int = 1000
@@ -150,7 +153,11 @@ class Mosquitto(_Instance):
         """Memory only, no queue or in-flight caps: a lagging subscriber loses nothing and the
         broker never throttles the measured client."""
         kw.setdefault("persistence", False)
-        kw.setdefault("max_queued_messages", 0)
+        # Not 0 ("no limit"): Mosquitto 2.0 compares a client's outgoing packet count with
+        # this after refusing a publish (ACL denied), and with 0 disconnects the client for
+        # "quota exceeded" every time — a device that published one refused message lost
+        # its connection and its other messages waited for the reconnect.
+        kw.setdefault("max_queued_messages", UNLIMITED_QUEUE)
         kw.setdefault("max_queued_bytes", 0)
         kw.setdefault("max_inflight_messages", 0)
         kw.setdefault("tcp_nodelay", True)
