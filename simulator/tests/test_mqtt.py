@@ -240,11 +240,36 @@ def test_a_device_whose_token_the_broker_does_not_know_is_refused(
     # Every device but the last is provisioned on the broker.
     mosquitto.add_devices((d.id, str(d.token)) for d in devices[:-1])
     transport = DeviceMqttTransport(
-        TransportConfig(kind="mqtt", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port),
+        # A refused login is retried for at most give_up_after (here 1 s), then it is final.
+        TransportConfig(
+            kind="mqtt", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port, give_up_after=1
+        ),
         [(d.id, str(d.token)) for d in devices],
     )
     with pytest.raises(ConnectionError, match="refused 1 device"):
         asyncio.run(transport.start())
+
+
+def test_a_device_provisioned_a_moment_after_its_first_login_connects(
+    mosquitto: Mosquitto,
+) -> None:
+    """device-management may answer a credential request before the broker applied it: the
+    device's refused login is retried, and it connects once its client exists."""
+    device, token = str(uuid.uuid4()), secrets.token_urlsafe(24)
+    transport = DeviceMqttTransport(
+        TransportConfig(kind="mqtt", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port),
+        [(device, token)],
+    )
+
+    async def go() -> None:
+        starting = asyncio.create_task(transport.start())
+        await asyncio.sleep(0.5)  # refused at least once by now
+        await asyncio.to_thread(mosquitto.add_devices, [(device, token)])
+        await asyncio.wait_for(starting, 10)
+        await transport.close()
+
+    asyncio.run(go())
+    assert transport.devices[device].ever_connected
 
 
 def test_the_broker_refusing_a_publish_for_another_device_is_counted(

@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: How long the broker keeps a device's session (and its unacknowledged messages) after a
 #: disconnect; MQTT v5 ends a session at disconnect unless told otherwise.
 SESSION_EXPIRY_S = 3600
+#: How long a device whose login the broker refuses keeps retrying before the run gives up:
+#: device-management answers a credential request after at most ``credential_wait_seconds``
+#: (5 s by default) even when the broker has not applied it yet, and applies it as soon as
+#: it can, so a freshly registered device may be refused for a moment.
+PROVISIONING_GRACE_S = 15.0
 
 
 class _Device:
@@ -243,9 +248,11 @@ class DeviceMqttTransport(_Counts):
                     await asyncio.sleep(self.cfg.retry_min)
             dev.flush_later()
         self._ticker = asyncio.create_task(self._tick())
+        # A refused device is retried by the ticker (every 0.5 s) until the grace is over.
+        grace_end = time.monotonic() + min(self.cfg.give_up_after, PROVISIONING_GRACE_S)
         while not all(d.connected for d in self.devices.values()):
             refused = [d for d in self.devices.values() if d.refused]
-            if refused:
+            if refused and time.monotonic() > grace_end:
                 raise ConnectionError(
                     f"MQTT refused {len(refused)} device(s), e.g. {refused[0].id}: "
                     f"{refused[0].refused} (is each device's token provisioned on the broker?)"
