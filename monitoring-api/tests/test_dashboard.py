@@ -615,3 +615,79 @@ def _closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+@pytest.mark.skipif(
+    not os.environ.get("IOT_DASHBOARD_SCREENSHOT"),
+    reason="makes the README's screenshot (scripts/dashboard-screenshot.sh)",
+)
+@UI_ON_POSTGRES
+async def test_readme_screenshot(
+    browser: Browser,
+    app_factory: Any,
+    signing: Any,
+    registry: Any,
+    store: Any,
+    dns: dict[str, list[str]],
+) -> None:
+    """The README's picture of the dashboard: a small greenhouse fleet with history, last
+    values, alerts and a webhook, at desktop width (``<path>``) and phone width
+    (``<path>-phone.png``)."""
+    shot = os.environ["IOT_DASHBOARD_SCREENSHOT"]
+    alice, password = await signing.add_user("operator")
+    names = [f"greenhouse-{i}" for i in range(1, 7)]
+    ids = [
+        await registry.add(alice, name=n, metrics=["temp", "hum"], online=i != 5)
+        for i, n in enumerate(names)
+    ]
+    now = time.time()
+    t0 = (now // 10) * 10 - 600
+    history = [
+        WindowStats(
+            **{
+                **_asdict(window(ids[0], m, t0 + 10 * k, base + amp * np.sin(k / 9))),
+                "min": base + amp * np.sin(k / 9) - spread,
+                "max": base + amp * np.sin(k / 9) + spread,
+            }
+        )
+        for m, base, amp, spread in (("temp", 24.0, 3.0, 0.8), ("hum", 55.0, 6.0, 2.0))
+        for k in range(60)
+    ]
+    await store.upsert_windows(history)
+    n = len(ids) - 1  # the last one has never sent anything
+    await store.insert_samples(
+        SampleBatch(
+            device_id=np.array(ids[:n] * 2, dtype=object),
+            metric=np.array(["temp"] * n + ["hum"] * n, dtype=object),
+            ts=np.full(2 * n, now - 3, dtype=np.float64),
+            value=np.array([24.1, 22.8, 26.4, 31.2, 23.5, 54.0, 61.5, 48.2, 39.9, 57.3]),
+            seq=np.arange(2 * n, dtype=np.int64),
+        )
+    )
+    hot = make_alert(ids[3], alice.id, "temp above 30 for 3 windows", "critical")
+    dry = msgspec.structs.replace(
+        make_alert(ids[3], alice.id, "hum below 40 for 6 windows", "warning"),
+        status="acknowledged",
+    )
+    silent = msgspec.structs.replace(
+        make_alert(ids[2], alice.id, "no reading for 120 s", "info"), status="cleared"
+    )
+    await store.upsert_alerts([silent, dry, hot])
+    dns["hooks.example.com"] = ["127.0.0.1"]
+    app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
+    r = await app.client.post(
+        "/monitoring/subscriptions",
+        json={"url": "https://hooks.example.com/greenhouse", "min_severity": "warning"},
+        headers=alice.headers,
+    )
+    assert r.status_code == 201, r.text
+    for width, path in ((1280, shot), (375, shot.removesuffix(".png") + "-phone.png")):
+        page = await signed_in(browser, app.url, alice.email, password, width=width)
+        await expect(page.locator('#devices td[data-metric="temp"]').first).not_to_have_text("–")
+        await page.locator("#devices tbody tr").first.click()
+        # 60 windows, the oldest at the edge of the live range
+        chart = page.get_by_test_id("chart")
+        await expect(chart).to_have_attribute("data-points", re.compile(r"^(59|60)$"))
+        await expect(page.get_by_test_id("device-config-version")).to_contain_text("desired 1")
+        await page.screenshot(path=path, full_page=True)
+        await page.close()
