@@ -691,3 +691,59 @@ async def test_readme_screenshot(
         await expect(page.get_by_test_id("device-config-version")).to_contain_text("desired 1")
         await page.screenshot(path=path, full_page=True)
         await page.close()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("IOT_DASHBOARD_FLEET_BENCH"),
+    reason="a timing run at 1,000 devices (figures in benchmarks/RESULTS.md), not a test",
+)
+@UI_ON_POSTGRES
+async def test_fleet_of_a_thousand_devices_timing(
+    browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any
+) -> None:
+    """1,000 devices with 3 metrics each: sign-in → list shown, → the first page's last
+    values, and the time to re-sort and to page (browser marks and clocks)."""
+    alice, password = await signing.add_user("operator")
+    ids: list[str] = []
+    for chunk in range(10):  # device-management in bursts of 100
+        ids += await asyncio.gather(
+            *(
+                registry.add(alice, name=f"d-{chunk * 100 + i:04d}", metrics=["temp", "hum", "co2"])
+                for i in range(100)
+            )
+        )
+    n = len(ids)
+    await store.insert_samples(
+        SampleBatch(
+            device_id=np.array(ids * 3, dtype=object),
+            metric=np.array(["temp"] * n + ["hum"] * n + ["co2"] * n, dtype=object),
+            ts=np.full(3 * n, time.time() - 5, dtype=np.float64),
+            value=np.arange(3 * n, dtype=np.float64),
+            seq=np.arange(3 * n, dtype=np.int64),
+        )
+    )
+    app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
+    page = await signed_in(browser, app.url, alice.email, password)
+    await expect(page.get_by_test_id("devices-count")).to_have_text("(1,000)")
+    rows = page.locator("#devices tbody tr")
+    await expect(rows.nth(49).locator('td[data-metric="co2"]')).not_to_have_text("–")
+    marks = await page.evaluate(
+        "() => Object.fromEntries(performance.getEntriesByType('mark')"
+        ".map((m) => [m.name, m.startTime]))"
+    )
+    # Sorting and paging render synchronously in the click handler: timed around the click.
+    timed_click = """(sel) => {
+        const t = performance.now();
+        document.querySelector(sel).click();
+        return performance.now() - t;
+    }"""
+    sort_ms = await page.evaluate(timed_click, '#devices th[data-sort="m:co2"] button')
+    next_ms = await page.evaluate(timed_click, "#devices-next")
+    await expect(page.get_by_test_id("devices-page")).to_have_text("51–100 of 1,000")
+    print(
+        "\n1,000 devices (ms): "
+        f"sign-in → list shown {marks['devices-listed'] - marks['sign-in']:.0f}; "
+        f"→ last values of the first 50 {marks['latest-shown'] - marks['sign-in']:.0f}; "
+        f"sort by a metric {sort_ms:.0f}; next page {next_ms:.0f}"
+    )
+    await page.close()

@@ -342,6 +342,7 @@ async function loadLatest(devices) {
   if (changed && seq === latestSeq) {
     $("#devices").dataset.latest = String(++latestRenders);
     renderDevices();
+    performance.mark("latest-shown");
   }
 }
 let latestRenders = 0;
