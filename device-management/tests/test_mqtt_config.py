@@ -109,3 +109,16 @@ def test_the_init_step_refuses_to_run_without_the_bridge_password(
     with pytest.raises(SystemExit, match="INGEST_BRIDGE_MQTT_PASSWORD"):
         write_mqtt_config(tmp_path)
     assert not (tmp_path / "dynamic-security.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root")
+def test_the_init_step_hands_the_data_directory_to_the_broker_s_user(
+    secrets_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Mosquitto writes its persistence file into the directory itself: a root-owned fresh
+    volume left it failing every autosave ("Error: Permission denied")."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_mqtt_config(data, owner="1883:1883")
+    for path in (data, data / "dynamic-security.json", data / "acl"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (1883, 1883), path

@@ -108,7 +108,8 @@ async def main(work: Path) -> None:
         readings = [
             {"ts": t0 + i, "metrics": {"temperature": 30.0 + i % 5}, "seq": i} for i in range(61)
         ]
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"smoke-{device_id}")
+        # The broker binds each device account to its client id (= the device id).
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
         client.username_pw_set(device_id, device_token)
         connected: list[Any] = []
         client.on_connect = lambda c, u, f, rc, p: connected.append(rc)

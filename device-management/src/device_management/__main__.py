@@ -142,8 +142,10 @@ def write_mqtt_config(directory: Path, *, owner: str | None = None) -> None:
     acl = directory / "acl"
     acl.write_text(dynsec.acl_file((settings.mqtt_topic_prefix,)), encoding="utf-8")
     if owner:
+        # The directory too: the broker keeps its persistence file there and rewrites the
+        # plugin's file through it (a fresh volume is root's; Mosquitto runs as its own user).
         uid, _, gid = owner.partition(":")
-        for f in (tmp, acl):
+        for f in (tmp, acl, directory):
             os.chown(f, int(uid), int(gid or uid))
     tmp.replace(path)
     log.info("wrote %s and %s", path, acl)
