@@ -9,6 +9,8 @@ EXAMPLE="$(cd "$(dirname "$0")/.." && pwd)/.env.example"
 python3 - "$ROOT" "$EXAMPLE" <<'PY'
 import os
 import secrets
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,8 +41,33 @@ for line in example.read_text().splitlines():
     lines.append(line)
 write(root / ".env", "\n".join(lines) + "\n")
 
+def self_signed(cert: Path, key: Path) -> None:
+    """A self-signed server certificate for Mosquitto's TLS listener (10 years, P-256)."""
+    if cert.exists() and key.exists():
+        print(f"kept {cert} (exists)")
+        return
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    names = "DNS:localhost,DNS:mosquitto,IP:127.0.0.1"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "3650", "-subj", "/CN=mosquitto", "-addext",
+         f"subjectAltName={names}", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    key.chmod(0o600)
+    print(f"wrote {cert} and {key} (self-signed; replace them with your own)")
+
+
+if shutil.which("openssl"):
+    self_signed(root / "infra" / "mosquitto" / "tls" / "tls.crt",
+                root / "infra" / "mosquitto" / "tls" / "tls.key")
+else:
+    print("openssl not found: put Mosquitto's tls.crt and tls.key in infra/mosquitto/tls")
+
 dev = root / "infra" / "k8s" / "overlays" / "dev"
 if dev.is_dir():
+    if shutil.which("openssl"):
+        self_signed(dev / "mqtt-tls.crt", dev / "mqtt-tls.key")
     pg, mongo, rabbit, redis = fresh(), fresh(), fresh(), fresh()
     publisher, bridge = fresh(), fresh()  # the AMQP service accounts amqp-setup writes
     write(

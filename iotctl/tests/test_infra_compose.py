@@ -214,7 +214,11 @@ def test_infrastructure_ports_are_not_published(env_file: Path) -> None:
         if svc.get("ports")
     }
     # Devices (MQTT), users (the gateway) and operators (Grafana, with its password) only.
-    assert published == {"gateway": ["8080"], "mosquitto": ["1883"], "grafana": ["3000"]}
+    assert published == {
+        "gateway": ["8080"],
+        "mosquitto": ["1883", "8883"],  # MQTT, and MQTT over TLS
+        "grafana": ["3000"],
+    }
 
 
 def test_infrastructure_ports_are_opt_in_and_on_loopback(env_file: Path) -> None:
@@ -312,7 +316,8 @@ def test_stateful_services_use_named_volumes(compose: dict[str, Any]) -> None:
     declared = set(compose["volumes"])
     for name in ("redpanda", "mongodb", "postgres", "redis", "rabbitmq", "mosquitto"):
         mounts = compose["services"][name]["volumes"]
-        named = [m.split(":")[0] for m in mounts if not m.startswith(".")]
+        # Bind mounts: ./files of the repository, ${VAR} directories from the environment.
+        named = [m.split(":")[0] for m in mounts if not m.startswith((".", "$"))]
         assert named, f"{name} keeps its data in no named volume"
         assert set(named) <= declared
     for svc in compose["services"].values():
@@ -320,7 +325,7 @@ def test_stateful_services_use_named_volumes(compose: dict[str, Any]) -> None:
             source = mount.split(":")[0]
             if source.startswith("."):
                 assert (ROOT / source).exists(), f"bind mount {source} does not exist"
-            else:
+            elif not source.startswith("$"):  # a directory the environment names
                 assert source in declared, f"volume {source} is not declared"
 
 
@@ -529,6 +534,27 @@ def test_mosquitto_refuses_anonymous_clients_and_gets_its_accounts_first(
     deps = services["mosquitto"]["depends_on"]
     assert deps["mosquitto-init"]["condition"] == "service_completed_successfully"
     assert "INGEST_BRIDGE_MQTT_PASSWORD" in services["ingest-bridge"]["environment"]
+
+
+def test_mosquitto_serves_tls_on_8883_with_the_certificate_from_the_environment(
+    env_file: Path, tmp_path: Path
+) -> None:
+    """The broker's TLS listener takes its certificate and key from MQTT_TLS_DIR (a live TLS
+    client against the shipped config: iotctl/tests/test_mosquitto.py); compose refuses to
+    start without it."""
+    conf = (ROOT / "infra" / "mosquitto" / "mosquitto.conf").read_text()
+    assert "listener 8883 0.0.0.0" in conf and "certfile /mosquitto/tls/tls.crt" in conf
+    mosquitto = rendered(env_file)["services"]["mosquitto"]
+    (tls,) = [v for v in mosquitto["volumes"] if ":/run/mqtt-tls:" in v]
+    assert tls == f"{ROOT}/infra/mosquitto/tls:/run/mqtt-tls:ro"
+    assert "/run/mqtt-tls/tls.key /mosquitto/tls/" in mosquitto["command"][-1]
+    assert env_values(env_file)["MQTT_TLS_DIR"] == "./infra/mosquitto/tls"
+    assert (env_file.parent / "infra" / "mosquitto" / "tls" / "tls.key").stat().st_mode & 0o077 == 0
+    values = {**env_values(env_file), "MQTT_TLS_DIR": ""}
+    partial = tmp_path / ".env"
+    partial.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = compose_config(partial)
+    assert result.returncode != 0 and "set MQTT_TLS_DIR in .env" in result.stderr
 
 
 def test_device_management_provisions_every_device_on_both_brokers(

@@ -281,6 +281,20 @@ def test_dev_mosquitto_runs_compose_s_config_with_its_accounts_written_first() -
     assert init["image"].startswith("iot/device-management") and init["args"][0] == "mqtt-config"
     assert {"secretRef": {"name": "platform-secrets"}} in init["envFrom"]
     assert pod["containers"][0]["args"] == ["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]
+    # MQTT over TLS: the certificate and key from the mosquitto-tls Secret, group-readable by
+    # the broker only; the Service publishes 8883 beside 1883.
+    (container,) = pod["containers"]
+    assert {"name": "tls", "containerPort": 8883} in container["ports"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["tls"] == "/mosquitto/tls"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"] == {"secretName": "mosquitto-tls", "defaultMode": 0o440}
+    assert pod["securityContext"]["fsGroup"] == 1883
+    secret = of_kind(docs, "Secret")["mosquitto-tls"]
+    assert secret["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key"} <= set(secret["data"])
+    assert b"BEGIN CERTIFICATE" in base64.b64decode(secret["data"]["tls.crt"])
+    ports = {p["port"] for p in of_kind(docs, "Service")["mosquitto"]["spec"]["ports"]}
+    assert ports == {1883, 8883}
     secrets = (ROOT / "infra" / "k8s" / "base" / "secrets.yaml").read_text()
     assert "DEVICE_MANAGEMENT_MQTT_ADMIN_PASSWORD" in secrets
     assert "INGEST_BRIDGE_MQTT_PASSWORD" in secrets
