@@ -27,6 +27,11 @@ if ! [ -s "$WORK/health-ticker.pid" ] || ! kill -0 "$(cat "$WORK/health-ticker.p
 fi
 
 [ -f "$WORK/.env" ] || bash "$REPO/scripts/generate-env.sh" "$WORK" >/dev/null
+# The TLS pair generate-env.sh made for this run (compose resolves a relative MQTT_TLS_DIR
+# against the repository). The Debian Mosquitto image runs as its own user from the start,
+# so this throw-away key must be readable by it through the bind mount.
+sed -i "s|^MQTT_TLS_DIR=.*|MQTT_TLS_DIR=$WORK/infra/mosquitto/tls|" "$WORK/.env"
+chmod 0644 "$WORK/infra/mosquitto/tls/tls.key"
 docker-compose --project-directory "$REPO" --env-file "$WORK/.env" \
   -f "$REPO/docker-compose.yml" -f "$REPO/docker-compose.containers.yml" config \
   | python3 "$HERE/render_compose.py" "$WORK/compose.yml" "$WORK/ports.json"
