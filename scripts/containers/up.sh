@@ -26,10 +26,12 @@ if ! [ -s "$WORK/health-ticker.pid" ] || ! kill -0 "$(cat "$WORK/health-ticker.p
   echo $! >"$WORK/health-ticker.pid"
 fi
 
-[ -f "$WORK/.env" ] || bash "$REPO/scripts/generate-env.sh" "$WORK" >/dev/null
+# Writes only what is missing (.env, the TLS pair), so a kept $WORK keeps its secrets.
+bash "$REPO/scripts/generate-env.sh" "$WORK" >/dev/null
 # The TLS pair generate-env.sh made for this run (compose resolves a relative MQTT_TLS_DIR
 # against the repository). The Debian Mosquitto image runs as its own user from the start,
 # so this throw-away key must be readable by it through the bind mount.
+grep -q '^MQTT_TLS_DIR=' "$WORK/.env" || echo "MQTT_TLS_DIR=" >>"$WORK/.env"
 sed -i "s|^MQTT_TLS_DIR=.*|MQTT_TLS_DIR=$WORK/infra/mosquitto/tls|" "$WORK/.env"
 chmod 0644 "$WORK/infra/mosquitto/tls/tls.key"
 docker-compose --project-directory "$REPO" --env-file "$WORK/.env" \
