@@ -572,3 +572,16 @@ def test_device_management_provisions_every_device_on_both_brokers(
         monkeypatch.setenv(key, str(value))
     settings = DeviceManagementSettings()
     assert settings.mqtt_provisioning and settings.amqp_provisioning
+
+
+def test_platform_containers_run_hardened_as_in_kubernetes(compose: dict[str, Any]) -> None:
+    """Every container of the platform's images: read-only root (scratch in /tmp only), no
+    capability, no privilege escalation — what the k8s manifests set — except the one step
+    that must hand Mosquitto's fresh volume to its user (root, chown)."""
+    for name, service in compose["services"].items():
+        if not str(service.get("image", "")).startswith("iot/") or name == "mosquitto-init":
+            continue
+        assert service.get("read_only") is True, name
+        assert [t.split(":")[0] for t in service.get("tmpfs", [])] == ["/tmp"], name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
