@@ -90,6 +90,24 @@ async def test_oversized_body_is_413_before_parsing(client) -> None:
     assert r.json()["error"]["code"] == "payload_too_large"
 
 
+async def test_a_body_without_a_usable_length_is_limited_as_it_streams_in(client) -> None:
+    async def chunks(n: int):
+        for _ in range(n):
+            yield b" " * 256
+
+    # Chunked: no Content-Length to refuse up front; the limit is counted as the body arrives.
+    r = await client.post("/items", content=chunks(8), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+    # A Content-Length that is not a number is no reason to refuse, nor to skip the limit.
+    headers = {"content-type": "application/json", "content-length": "many"}
+    small = json.dumps({"name": "a", "size": 1}).encode()
+    assert (await client.post("/items", content=small, headers=headers)).status_code == 200
+    r = await client.post("/items", content=b" " * 2000, headers=headers)
+    assert r.status_code == 413
+
+
 async def test_unknown_route_and_bug_use_the_shape(client) -> None:
     r = await client.get("/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
