@@ -168,6 +168,29 @@ async def test_mongodb_store_of_the_unversioned_code_upgrades_and_reads_back(
         await store.close()
 
 
+async def test_mongodb_store_written_by_newer_code_is_refused_not_touched(
+    mongodb_url: str,
+) -> None:
+    database = f"iot_newer_{secrets.token_hex(4)}"
+    url = f"{mongodb_url.rstrip('/')}/{database}"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    current = open_store(url)
+    try:
+        await current.start()
+        await current.close()
+        await client[database]["schema_migrations"].insert_one({"_id": HEAD + 1, "name": "next"})
+        newer = open_store(url)  # even a store allowed to migrate leaves a newer schema alone
+        with pytest.raises(MongoNotMigrated, match=f"version {HEAD + 1}, newer.*upgrade the code"):
+            await newer.start()
+        applied = await client[database]["schema_migrations"].count_documents(
+            {"_id": {"$type": "number"}}
+        )
+        assert applied == HEAD + 1
+    finally:
+        await client.drop_database(database)
+        await client.close()
+
+
 async def test_mongodb_concurrent_migrators_migrate_once(mongodb_url: str) -> None:
     database = f"iot_migrators_{secrets.token_hex(4)}"
     url = f"{mongodb_url.rstrip('/')}/{database}"
