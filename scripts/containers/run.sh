@@ -16,4 +16,12 @@ timed base-images bash "$HERE/base-images.sh"
 timed infra bash "$HERE/infra.sh"
 timed services bash "$HERE/services.sh"
 bash "$HERE/up.sh"
+# The smoke flow runs with the workspace's Python (paho, httpx, python-socketio, Playwright).
+UV=$(bash "$REPO/scripts/ensure-uv.sh")
+(cd "$REPO" && "$UV" sync -q --all-packages --frozen)
+timed smoke "$UV" run --project "$REPO" --no-sync python "$HERE/smoke.py" "$WORK"
+timed check bash "$HERE/check.sh"
 cat "$WORK/timings"
+if [ "${IOT_CONTAINERS_KEEP:-0}" != 1 ]; then
+  bash "$HERE/teardown.sh"
+fi
