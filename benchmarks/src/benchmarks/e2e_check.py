@@ -103,7 +103,13 @@ class CheckResult:
         ]
         if self.faults:
             parts = ", ".join(
-                f"{k} {v['accounted']}/{v['injected']}" for k, v in sorted(self.faults.items())
+                f"{k} {v['accounted']}/{v['injected']}"
+                + (
+                    f" ({v['refused_at_broker']} refused at the broker)"
+                    if v.get("refused_at_broker")
+                    else ""
+                )
+                for k, v in sorted(self.faults.items())
             )
             lines.append(f"- injected faults accounted for: {parts}")
         return lines
