@@ -410,3 +410,25 @@ async def test_an_alert_arriving_as_the_api_stops_does_not_keep_it_from_stopping
         if dispatcher._task is not None and not dispatcher._task.done():
             dispatcher._task.cancel()  # what is left running of the old code
         await store.delete_subscription(sub.id, owner_id=None)
+
+
+async def test_viewers_may_not_create_or_delete_subscriptions(
+    app_factory: Any, make_user: Any, registry: Any, dns: dict[str, list[str]]
+) -> None:
+    """Self-registered users are read-only: no webhook of theirs makes the platform send
+    requests out, and they cannot stop an operator's deliveries."""
+    viewer, admin = make_user("viewer"), make_user("admin")
+    await registry.add(viewer)
+    dns.update({"hooks.example.com": ["93.184.215.14"]})
+    c = (await app_factory(kafka_enabled=False, webhook_enabled=False)).client
+    body = {"url": "https://hooks.example.com/x"}
+    r = await c.post("/monitoring/subscriptions", json=body, headers=viewer.headers)
+    assert r.status_code == 403, r.text
+    assert (await c.get("/monitoring/subscriptions", headers=viewer.headers)).json() == []
+    made = await c.post("/monitoring/subscriptions", json=body, headers=admin.headers)
+    assert made.status_code == 201, made.text
+    sub = made.json()["id"]
+    r = await c.delete(f"/monitoring/subscriptions/{sub}", headers=viewer.headers)
+    assert r.status_code == 403
+    r = await c.get(f"/monitoring/subscriptions/{sub}", headers=admin.headers)
+    assert r.status_code == 200

@@ -1,4 +1,6 @@
-"""Alert webhook subscriptions of the caller: create, list, show, delete, deliveries."""
+"""Alert webhook subscriptions of the caller: create, list, show, delete, deliveries.
+
+Viewers (self-registered users) are read-only: they may list and read, not create or delete."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from monitoring_api.api.deps import (
     DispatcherDep,
     EgressDep,
     StoreDep,
+    WriterUser,
     visible_device_list,
 )
 from monitoring_api.schemas import (
@@ -31,7 +34,7 @@ SubId = Annotated[uuid.UUID, Path()]
 @router.post("", status_code=201, response_model=SubscriptionCreated)
 async def create_subscription(
     body: SubscriptionCreate,
-    caller: CurrentUser,
+    caller: WriterUser,
     store: StoreDep,
     directory: DirectoryDep,
     dispatcher: DispatcherDep,
@@ -89,7 +92,7 @@ async def list_deliveries(
 
 @router.delete("/{sub_id}", status_code=204, response_class=Response)
 async def delete_subscription(
-    sub_id: SubId, caller: CurrentUser, store: StoreDep, dispatcher: DispatcherDep
+    sub_id: SubId, caller: WriterUser, store: StoreDep, dispatcher: DispatcherDep
 ) -> Response:
     """Stop deliveries to this webhook."""
     await subscriptions_service.delete(
