@@ -14,7 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,38 +168,36 @@ async def test_mongodb_store_of_the_unversioned_code_upgrades_and_reads_back(
         await store.close()
 
 
+@pytest.fixture
+async def mongo_database(mongodb_url: str) -> AsyncIterator[tuple[str, Any]]:
+    """A database of this test's own on the session's server: its URL and a handle to it."""
+    name = f"iot_migrations_{secrets.token_hex(4)}"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    try:
+        yield f"{mongodb_url.rstrip('/')}/{name}", client[name]
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
 async def test_mongodb_store_written_by_newer_code_is_refused_not_touched(
-    mongodb_url: str,
+    mongo_database: tuple[str, Any],
 ) -> None:
-    database = f"iot_newer_{secrets.token_hex(4)}"
-    url = f"{mongodb_url.rstrip('/')}/{database}"
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    url, db = mongo_database
     current = open_store(url)
-    try:
-        await current.start()
-        await current.close()
-        await client[database]["schema_migrations"].insert_one({"_id": HEAD + 1, "name": "next"})
-        newer = open_store(url)  # even a store allowed to migrate leaves a newer schema alone
-        with pytest.raises(MongoNotMigrated, match=f"version {HEAD + 1}, newer.*upgrade the code"):
-            await newer.start()
-        applied = await client[database]["schema_migrations"].count_documents(
-            {"_id": {"$type": "number"}}
-        )
-        assert applied == HEAD + 1
-    finally:
-        await client.drop_database(database)
-        await client.close()
+    await current.start()
+    await current.close()
+    await db["schema_migrations"].insert_one({"_id": HEAD + 1, "name": "next"})
+    newer = open_store(url)  # even a store allowed to migrate leaves a newer schema alone
+    with pytest.raises(MongoNotMigrated, match=f"version {HEAD + 1}, newer.*upgrade the code"):
+        await newer.start()
+    applied = await db["schema_migrations"].count_documents({"_id": {"$type": "number"}})
+    assert applied == HEAD + 1
 
 
-async def test_mongodb_concurrent_migrators_migrate_once(mongodb_url: str) -> None:
-    database = f"iot_migrators_{secrets.token_hex(4)}"
-    url = f"{mongodb_url.rstrip('/')}/{database}"
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
-    try:
-        assert await asyncio.gather(migrate(url), migrate(url), migrate(url)) == [str(HEAD)] * 3
-        # each migration recorded once, and no lock left behind
-        records = await client[database]["schema_migrations"].find().to_list()
-        assert sorted(r["_id"] for r in records) == list(range(1, HEAD + 1))
-    finally:
-        await client.drop_database(database)
-        await client.close()
+async def test_mongodb_concurrent_migrators_migrate_once(mongo_database: tuple[str, Any]) -> None:
+    url, db = mongo_database
+    assert await asyncio.gather(migrate(url), migrate(url), migrate(url)) == [str(HEAD)] * 3
+    # each migration recorded once, and no lock left behind
+    records = await db["schema_migrations"].find().to_list()
+    assert sorted(r["_id"] for r in records) == list(range(1, HEAD + 1))
