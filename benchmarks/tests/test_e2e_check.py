@@ -49,6 +49,8 @@ class Recorder:
     def __init__(self) -> None:
         self.sent = self.acked = self.failed = self.rejected = 0
         self.messages: list[tuple[str, bytes]] = []
+        self.sample_intervals: dict[str, float] = {}
+        self.config_changes = 0
 
     async def start(self) -> None: ...
 

@@ -285,7 +285,17 @@ def test_the_broker_refusing_a_publish_for_another_device_is_counted(
         [(device, token)],
     )
 
+    # Someone receives the device's own readings (else the broker answers "no matching
+    # subscribers" and the device sends them again).
+    group = f"refuse{secrets.token_hex(3)}"
+    bridge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ib-{group}")
+    bridge.username_pw_set(dynsec.BRIDGE_USERNAME, dynsec.DEV_BRIDGE_PASSWORD)
+    bridge.connect(mosquitto.host, mosquitto.port)
+    bridge.subscribe(f"$share/{group}/devices/+/telemetry", qos=1)
+    bridge.loop_start()
+
     async def go() -> None:
+        await asyncio.sleep(0.3)  # subscribed
         await transport.start()
         try:
             body = b'{"ts": 1, "metrics": {"t": 1.0}}'
@@ -297,5 +307,51 @@ def test_the_broker_refusing_a_publish_for_another_device_is_counted(
         finally:
             await transport.close()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    finally:
+        bridge.loop_stop()
+        bridge.disconnect()
     assert (transport.sent, transport.acked, transport.rejected, transport.failed) == (4, 1, 2, 1)
+
+
+def test_a_reading_nobody_received_is_sent_again_until_someone_does(
+    mosquitto: Mosquitto,
+) -> None:
+    """Mosquitto answers PUBACK 0x10 "No matching subscribers" while the bridge's shared
+    subscription is gone (after the broker's restart, until the bridge subscribes again): the
+    device sends the reading again instead of counting it delivered, and it arrives."""
+    device, token = str(uuid.uuid4()), secrets.token_urlsafe(24)
+    mosquitto.add_devices([(device, token)])
+    transport = DeviceMqttTransport(
+        TransportConfig(kind="mqtt", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port),
+        [(device, token)],
+    )
+    received: list[bytes] = []
+    group = f"resend{secrets.token_hex(3)}"
+    bridge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ib-{group}")
+    bridge.username_pw_set(dynsec.BRIDGE_USERNAME, dynsec.DEV_BRIDGE_PASSWORD)
+    bridge.on_message = lambda _c, _u, m: received.append(m.payload)
+
+    async def go() -> None:
+        await transport.start()
+        try:
+            body = b'{"ts": 1, "metrics": {"t": 1.0}, "seq": 1}'
+            await transport.publish(device, body, token=token, expect_reject=False)
+            await asyncio.sleep(1.0)  # answered 0x10 (nobody subscribed) and sent again
+            assert transport.acked == 0 and transport.resent >= 1
+            bridge.connect(mosquitto.host, mosquitto.port)
+            bridge.subscribe(f"$share/{group}/devices/+/telemetry", qos=1)
+            bridge.loop_start()
+            await transport.flush(10)
+            assert transport.acked == 1 and transport.failed == 0
+            deadline = time.monotonic() + 5
+            while not received and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await transport.close()
+            bridge.loop_stop()
+            bridge.disconnect()
+
+    asyncio.run(go())
+    assert received[:1] == [b'{"ts": 1, "metrics": {"t": 1.0}, "seq": 1}']

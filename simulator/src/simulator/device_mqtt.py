@@ -58,6 +58,13 @@ SESSION_EXPIRY_S = 3600
 #: (5 s by default) even when the broker has not applied it yet, and applies it as soon as
 #: it can, so a freshly registered device may be refused for a moment.
 PROVISIONING_GRACE_S = 15.0
+#: MQTT v5 PUBACK reason 0x10: accepted, but no subscription matched, so nobody received it.
+#: Mosquitto 2.0 answers this after its own restart until the bridge has subscribed again: it
+#: restores a persistent session's plain subscriptions but not its shared ones. A device that
+#: counted it as delivered would lose the reading; the simulator's devices send it again.
+NO_MATCHING_SUBSCRIBERS = 0x10
+#: Seconds before a reading nobody received is sent again (until ``give_up_after``).
+RESEND_DELAY_S = 0.2
 
 
 class _Device:
@@ -133,7 +140,10 @@ class _Device:
         if mid in self._report_mids:  # a config report, not a reading
             self._report_mids.discard(mid)
             return
-        # 0x10 "No matching subscribers" is a success: the broker took the message.
+        if getattr(rc, "value", None) == NO_MATCHING_SUBSCRIBERS:
+            # The broker took the message and gave it to nobody: not delivered, send it again.
+            self.transport._nobody_took(self, mid)
+            return
         self.transport._acked((self.id, mid), str(rc) if rc.is_failure else None)
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -194,6 +204,10 @@ class DeviceMqttTransport(_Counts):
         self._given_up: set[tuple[str, int]] = set()
         #: Messages the simulator means the broker to refuse (``expect_reject``).
         self._rejectable: set[tuple[str, int]] = set()
+        #: (device id, mid) → (topic, payload) of each unanswered reading, to send it again.
+        self._messages: dict[tuple[str, int], tuple[str, bytes]] = {}
+        #: Readings sent again because the broker delivered them to nobody (PUBACK 0x10).
+        self.resent = 0
         self.reconnects = 0
         self.closing = False
         self._ticker: asyncio.Task[None] | None = None
@@ -210,7 +224,46 @@ class DeviceMqttTransport(_Counts):
         else:
             self._early[key] = refusal
 
+    def _nobody_took(self, dev: _Device, mid: int) -> None:
+        """Send reading ``mid`` again (under a new message id) after a short delay, keeping
+        the time of its first publish, so it still counts as failed after ``give_up_after``."""
+        key = (dev.id, mid)
+        first = self._pending.pop(key, None)
+        message = self._messages.pop(key, None)
+        if first is None or message is None or self.closing:
+            self._acked(key, None)  # given up or not recorded yet: as before
+            return
+        expected = key in self._rejectable
+        self._rejectable.discard(key)
+
+        def resend() -> None:
+            info = dev.client.publish(message[0], message[1], qos=1)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                self.failed += 1
+                log.error("MQTT re-send refused by the client: %s", mqtt.error_string(info.rc))
+                return
+            new = (dev.id, info.mid)
+            self.resent += 1
+            if self.resent == 1 or self.resent % 1000 == 0:
+                log.warning(
+                    "MQTT: %d reading(s) sent again: the broker had no subscriber for them "
+                    "(the bridge not subscribed yet, e.g. after the broker restarted)",
+                    self.resent,
+                )
+            self._given_up.discard(new)
+            self._messages[new] = message
+            if expected:
+                self._rejectable.add(new)
+            if new in self._early:
+                self._settle(new, self._early.pop(new))
+            else:
+                self._pending[new] = first
+            dev.flush_later()
+
+        self.loop.call_later(RESEND_DELAY_S, resend)
+
     def _settle(self, key: tuple[str, int], refusal: str | None) -> None:
+        self._messages.pop(key, None)
         expected = key in self._rejectable
         self._rejectable.discard(key)
         if refusal is None:
@@ -285,6 +338,7 @@ class DeviceMqttTransport(_Counts):
             self.cfg.give_up_after,
         )
         for device_id, mid in expired:
+            self._messages.pop((device_id, mid), None)
             c: Any = self.devices[device_id].client
             # Drop them from paho's queue too (paho has no public API for it).
             with contextlib.suppress(Exception), c._out_message_mutex:
@@ -305,6 +359,7 @@ class DeviceMqttTransport(_Counts):
             # NO_CONN: paho keeps the message and sends it once reconnected.
             key = (dev.id, info.mid)
             self._rejectable.discard(key)  # a message id is reused once answered
+            self._messages[key] = (topic, payload)
             if expect_reject:
                 self._rejectable.add(key)
             if key in self._early:
