@@ -44,11 +44,14 @@ compose up -d --no-build >"$WORK/compose-up.log" 2>&1 || { tail -30 "$WORK/compo
 # Every container with a health check healthy, every one-shot (migrations) exited 0.
 deadline=$(( $(date +%s) + ${IOT_CONTAINERS_UP_TIMEOUT:-600} ))
 while true; do
+  # From the status text alone ("Up 3 minutes (healthy)", "Exited (0) 2 minutes ago"):
+  # podman 4.3's {{.State}} is that same text for some containers, not "running"/"exited".
   pending=$(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" \
-    --format '{{.Names}} {{.State}} {{.Status}}' | awk '
-      $2 == "exited" && $0 !~ /Exited \(0\)/ { print "FAILED:" $1; next }
-      $2 == "running" && $0 ~ /\((starting|unhealthy)\)/ { print $1 }
-      $2 != "running" && $2 != "exited" { print $1 }')
+    --format '{{.Names}} {{.Status}}' | awk '
+      $2 == "Exited" && $3 != "(0)" { print "FAILED:" $1; next }
+      $2 == "Exited" { next }
+      $2 == "Up" && $0 ~ /\((starting|unhealthy)\)/ { print $1; next }
+      $2 != "Up" { print $1 }')
   [ -z "$pending" ] && break
   if grep -q FAILED: <<<"$pending" || [ "$(date +%s)" -gt "$deadline" ]; then
     log "not healthy: $pending"
