@@ -303,14 +303,19 @@ class DeviceMqttTransport(_Counts):
         self._ticker = asyncio.create_task(self._tick())
         # A refused device is retried by the ticker (every 0.5 s) until the grace is over.
         grace_end = time.monotonic() + min(self.cfg.give_up_after, PROVISIONING_GRACE_S)
+        # Give up at the later of the two: a refused login gets its whole grace even when
+        # connecting took part of give_up_after, and a refusal is the reason given, not a
+        # generic "cannot connect" (which of the two came first was a race).
+        give_up = max(deadline, grace_end)
         while not all(d.connected for d in self.devices.values()):
             refused = [d for d in self.devices.values() if d.refused]
-            if refused and time.monotonic() > grace_end:
+            now = time.monotonic()
+            if refused and now > grace_end:
                 raise ConnectionError(
                     f"MQTT refused {len(refused)} device(s), e.g. {refused[0].id}: "
                     f"{refused[0].refused} (is each device's token provisioned on the broker?)"
                 )
-            if time.monotonic() > deadline:
+            if now > give_up:
                 raise ConnectionError(
                     f"cannot connect every device to MQTT at {self.cfg.mqtt_host}:"
                     f"{self.cfg.mqtt_port}"
