@@ -237,12 +237,9 @@ class DeviceMqttTransport(_Counts):
         self._rejectable.discard(key)
 
         def resend() -> None:
-            info = dev.client.publish(message[0], message[1], qos=1)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            if not self._send(dev, *message, expect_reject=expected, first=first):
                 self.failed += 1
-                log.error("MQTT re-send refused by the client: %s", mqtt.error_string(info.rc))
                 return
-            new = (dev.id, info.mid)
             self.resent += 1
             if self.resent == 1 or self.resent % 1000 == 0:
                 log.warning(
@@ -250,15 +247,6 @@ class DeviceMqttTransport(_Counts):
                     "(the bridge not subscribed yet, e.g. after the broker restarted)",
                     self.resent,
                 )
-            self._given_up.discard(new)
-            self._messages[new] = message
-            if expected:
-                self._rejectable.add(new)
-            if new in self._early:
-                self._settle(new, self._early.pop(new))
-            else:
-                self._pending[new] = first
-            dev.flush_later()
 
         self.loop.call_later(RESEND_DELAY_S, resend)
 
@@ -359,23 +347,38 @@ class DeviceMqttTransport(_Counts):
         dev = self.devices.get(device_id) or next(iter(self.devices.values()))
         topic = f"{self.cfg.mqtt_topic_prefix}devices/{device_id}/telemetry"
         self.sent += 1
-        info = dev.client.publish(topic, payload, qos=1)
-        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            # NO_CONN: paho keeps the message and sends it once reconnected.
-            key = (dev.id, info.mid)
-            self._rejectable.discard(key)  # a message id is reused once answered
-            self._messages[key] = (topic, payload)
-            if expect_reject:
-                self._rejectable.add(key)
-            if key in self._early:
-                self._settle(key, self._early.pop(key))
-            else:
-                self._given_up.discard(key)
-                self._pending[key] = time.monotonic()
-            dev.flush_later()
-        else:
+        if not self._send(dev, topic, payload, expect_reject=expect_reject, first=None):
             self.failed += 1
+
+    def _send(
+        self,
+        dev: _Device,
+        topic: str,
+        payload: bytes,
+        *,
+        expect_reject: bool,
+        first: float | None,
+    ) -> bool:
+        """Publish one reading on ``dev``'s connection and track it until the broker answers
+        (``first``: when it was first sent, for a reading sent again; None: now). False when
+        paho refuses it outright."""
+        info = dev.client.publish(topic, payload, qos=1)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.error("MQTT publish refused by the client: %s", mqtt.error_string(info.rc))
+            return False
+        # NO_CONN: paho keeps the message and sends it once reconnected.
+        key = (dev.id, info.mid)
+        self._rejectable.discard(key)  # a message id is reused once answered
+        self._messages[key] = (topic, payload)
+        if expect_reject:
+            self._rejectable.add(key)
+        if key in self._early:
+            self._settle(key, self._early.pop(key))
+        else:
+            self._given_up.discard(key)
+            self._pending[key] = time.monotonic() if first is None else first
+        dev.flush_later()
+        return True
 
     async def flush(self, limit: float) -> None:
         deadline = time.monotonic() + limit
