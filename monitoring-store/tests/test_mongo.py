@@ -13,9 +13,11 @@ index picker).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -246,6 +248,30 @@ async def test_what_the_store_acknowledged_survives_a_killed_server() -> None:
             await store.close()
     finally:
         _kill(server)  # nothing here needs a clean stop (which can take the emulator 20 s)
+        server.cleanup()
+
+
+async def test_a_store_whose_server_stopped_answering_still_closes_promptly() -> None:
+    """A service stopped while its store is unreachable must still exit: PyMongo's close
+    waited the whole server selection timeout (30 s) to send ``endSessions`` to a server that
+    did not answer, longer than monitoring-api's shutdown allowance and a pod's grace period."""
+    server = PrivateMongoDB(cache_size="64M")
+    server.start()
+    assert server.proc is not None
+    try:
+        store = MongoStore(f"{server.url}/iot_close", close_timeout=1.0)
+        await store.start()
+        await store.upsert_windows(windows(devices=1, n=1))  # a pooled session to end
+        os.killpg(server.proc.pid, signal.SIGSTOP)
+        try:
+            t = time.monotonic()
+            await asyncio.wait_for(store.close(), 60)
+            took = time.monotonic() - t
+        finally:
+            os.killpg(server.proc.pid, signal.SIGCONT)
+        assert took < 10, f"close took {took:.1f} s with the server not answering"
+    finally:
+        _kill(server)
         server.cleanup()
 
 

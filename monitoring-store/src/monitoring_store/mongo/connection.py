@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -79,9 +80,11 @@ class MongoConnection:
         min_pool: int | None = None,
         max_pool: int | None = None,
         migrate: bool = True,
+        close_timeout: float = 2.0,
         **client_options: Any,
     ) -> None:
         self._url = url
+        self._close_timeout = close_timeout
         self._migrate = migrate
         self._db_name = database or parse_uri(url).get("database") or DEFAULT_DATABASE
         # the same pool options as the PostgreSQL backend, so callers need not care which
@@ -102,9 +105,19 @@ class MongoConnection:
         return self.db[name]
 
     async def close(self) -> None:
+        """Close the client, within ``close_timeout`` seconds even when the server does not answer.
+
+        PyMongo's ``close`` first sends ``endSessions``, a courtesy (the server expires idle
+        sessions by itself), but to send it waits up to the server selection timeout (30 s)
+        for a server that answers: a service stopped while its store was down or overloaded took
+        30 s to exit, and monitoring-api overran its 5 s shutdown in a loaded CI run. The
+        deadline (PyMongo's own ``pymongo.timeout``) bounds that wait; the pools and monitors
+        are closed either way.
+        """
         if self._client is not None:
             client, self._client = self._client, None
-            await client.close()
+            with pymongo.timeout(self._close_timeout):
+                await client.close()
 
     async def drop_database(self) -> None:
         """Drop this store's database (tests and benchmarks)."""
