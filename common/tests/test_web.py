@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from iot_common.errors import Conflict, TooManyRequests
 from iot_common.logging import JsonFormatter, request_id_var
-from iot_common.web import install_common
+from iot_common.web import BodyLimit, install_common
 
 
 class Item(BaseModel):
@@ -106,6 +106,40 @@ async def test_a_body_without_a_usable_length_is_limited_as_it_streams_in(client
     assert (await client.post("/items", content=small, headers=headers)).status_code == 200
     r = await client.post("/items", content=b" " * 2000, headers=headers)
     assert r.status_code == 413
+
+
+async def test_a_route_with_its_own_body_limit() -> None:
+    app = FastAPI()
+    install_common(
+        app,
+        service="demo",
+        max_body_bytes=1024,
+        body_limits=[BodyLimit("PUT", r"/items/[^/]+/blob", 4096)],
+    )
+
+    @app.put("/items/{name}/blob")
+    async def blob(name: str, body: dict[str, str]) -> dict[str, int]:
+        return {"keys": len(body)}
+
+    @app.put("/items/{name}")
+    async def other(name: str, body: dict[str, str]) -> dict[str, int]:
+        return {"keys": len(body)}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    json_type = {"content-type": "application/json"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=json_type) as c:
+        at_limit = b'{"a":"' + b"x" * (4096 - 8) + b'"}'
+        assert len(at_limit) == 4096
+        r = await c.put("/items/a/blob", content=at_limit)
+        assert r.status_code == 200, r.text
+        r = await c.put("/items/a/blob", content=at_limit + b" ")
+        assert r.status_code == 413
+        assert r.json()["error"]["message"] == "request body exceeds 4096 bytes"
+        # Every other route keeps the service's limit, a longer path too.
+        assert (await c.put("/items/a", content=at_limit)).status_code == 413
+        assert (await c.put("/items/a/blob/x", content=at_limit)).status_code == 413
+        r = await c.post("/items/a/blob", content=at_limit)
+        assert r.json()["error"]["message"] == "request body exceeds 1024 bytes"
 
 
 async def test_unknown_route_and_bug_use_the_shape(client) -> None:

@@ -17,6 +17,11 @@ from iot_common.events import SEVERITY_RANK
 
 MAX_METRICS = 64
 MAX_RULES = 64
+#: The largest request body device-management accepts: the bound on a config as sent (its own
+#: limits are on the config re-encoded compactly, so spaces and escapes make the text longer).
+#: monitoring-api relays the dashboard's config edits with this bound too
+#: (``monitoring_api.api.routes.session.CONFIG_RELAY_MAX_BYTES``).
+MAX_DEVICE_REQUEST_BYTES = 256 * 1024
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
 
 MetricName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -47,13 +50,41 @@ _STATUS_CODES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """A body limit of its own for the requests of one method whose path matches ``path``
+    (a regular expression matched against the whole path), instead of the service's."""
+
+    method: str
+    path: str
+    max_bytes: int
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and re.fullmatch(self.path, path) is not None
+
+
 class RequestContextMiddleware:
     """Pure ASGI: request id in/out, body size limit (413), metrics per route."""
 
-    def __init__(self, app: ASGIApp, *, service: str, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: str,
+        max_body_bytes: int,
+        body_limits: Sequence[BodyLimit] = (),
+    ) -> None:
         self.app = app
         self.service = service
         self.max_body = max_body_bytes
+        self.body_limits = tuple(body_limits)
+
+    def _limit(self, scope: Scope) -> int:
+        method, path = scope.get("method", ""), scope.get("path", "")
+        for limit in self.body_limits:
+            if limit.matches(method, path):
+                return limit.max_bytes
+        return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,6 +101,7 @@ class RequestContextMiddleware:
                 except ValueError:
                     declared_len = None
         rid = rid or uuid.uuid4().hex
+        max_body = self._limit(scope)
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status_holder = [500]
@@ -85,8 +117,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if declared_len is not None and declared_len > self.max_body:
-                await self._too_large(send_wrapper, rid)
+            if declared_len is not None and declared_len > max_body:
+                await self._too_large(send_wrapper, rid, max_body)
                 return
             received = 0
             exceeded = False
@@ -96,7 +128,7 @@ class RequestContextMiddleware:
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > self.max_body:
+                    if received > max_body:
                         exceeded = True
                         raise _BodyTooLarge
                 return message
@@ -111,10 +143,10 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, limited_receive, app_send)
                 if exceeded and not started[0]:
-                    await self._too_large(send_wrapper, rid)
+                    await self._too_large(send_wrapper, rid, max_body)
             except _BodyTooLarge:
                 if not started[0]:
-                    await self._too_large(send_wrapper, rid)
+                    await self._too_large(send_wrapper, rid, max_body)
             except Exception as exc:
                 log.error(
                     "unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc
@@ -132,11 +164,11 @@ class RequestContextMiddleware:
             HTTP_LATENCY.labels(self.service, method, path).observe(time.perf_counter() - start)
             request_id_var.reset(token)
 
-    async def _too_large(self, send: Send, rid: str) -> None:
+    async def _too_large(self, send: Send, rid: str, max_body: int) -> None:
         body = orjson.dumps(
             error_body(
                 "payload_too_large",
-                f"request body exceeds {self.max_body} bytes",
+                f"request body exceeds {max_body} bytes",
                 request_id=rid,
             )
         )
@@ -171,8 +203,15 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return details
 
 
-def install_common(app: FastAPI, *, service: str, max_body_bytes: int = 64 * 1024) -> None:
-    """Install request ids, the body limit, the error shape and ``/metrics`` on ``app``."""
+def install_common(
+    app: FastAPI,
+    *,
+    service: str,
+    max_body_bytes: int = 64 * 1024,
+    body_limits: Sequence[BodyLimit] = (),
+) -> None:
+    """Install request ids, the body limit (``body_limits``: routes with their own), the error
+    shape and ``/metrics`` on ``app``."""
 
     @app.exception_handler(PlatformError)
     async def _platform_error(request: Request, exc: PlatformError) -> JSONResponse:
@@ -218,4 +257,9 @@ def install_common(app: FastAPI, *, service: str, max_body_bytes: int = 64 * 102
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(RequestContextMiddleware, service=service, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        service=service,
+        max_body_bytes=max_body_bytes,
+        body_limits=body_limits,
+    )

@@ -8,6 +8,7 @@ from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from iot_common import dynsec, rabbitmq
+from iot_common.device_config import MAX_DEVICE_REQUEST_BYTES
 from iot_common.settings import DEFAULT_DATABASE_URL, ServiceSettings
 
 
@@ -29,7 +30,8 @@ class DeviceManagementSettings(ServiceSettings):
     cache_ttl_seconds: int = 3600
     #: Lifetime of a "no such device" entry, short so a typo'd id cannot linger.
     negative_cache_ttl_seconds: int = 30
-    max_body_bytes: int = 256 * 1024
+    #: monitoring-api's config relay is bound by the same number (see its definition).
+    max_body_bytes: int = MAX_DEVICE_REQUEST_BYTES
     #: Run the outbox relay in this process (one per replica is fine: they take turns).
     relay_enabled: bool = True
     outbox_batch_size: int = 200

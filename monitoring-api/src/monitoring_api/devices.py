@@ -48,10 +48,18 @@ class DeviceDirectory(Protocol):
         """The owner of a device (internal lookup), None if unknown."""
 
     async def change_device(
-        self, token: str, device_id: str, *, method: str, path: str = "", body: Any = None
+        self,
+        token: str,
+        device_id: str,
+        *,
+        method: str,
+        path: str = "",
+        body: Any = None,
+        content: bytes | None = None,
     ) -> DeviceInfo:
-        """Relay a change of ``/devices/{id}{path}`` with the token's user's own rights; its
-        answer, or device-management's refusal raised as the same error."""
+        """Relay a change of ``/devices/{id}{path}`` with the token's user's own rights (a
+        ``body`` to encode, or ``content``: JSON text sent as it is); its answer, or
+        device-management's refusal raised as the same error."""
 
     async def close(self) -> None: ...
 
@@ -168,14 +176,25 @@ class HttpDeviceDirectory:
         return devices
 
     async def change_device(
-        self, token: str, device_id: str, *, method: str, path: str = "", body: Any = None
+        self,
+        token: str,
+        device_id: str,
+        *,
+        method: str,
+        path: str = "",
+        body: Any = None,
+        content: bytes | None = None,
     ) -> DeviceInfo:
+        headers = {"Authorization": f"Bearer {token}"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         try:
             resp = await self._http.request(
                 method,
                 f"/devices/{device_id}{path}",
-                headers={"Authorization": f"Bearer {token}"},
-                json=body,
+                headers=headers,
+                json=body if content is None else None,
+                content=content,
             )
         except httpx.HTTPError as exc:
             log.warning("device-management unreachable: %s", exc)

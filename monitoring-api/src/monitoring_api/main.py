@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 
 from iot_common.auth import JWTVerifier
-from iot_common.web import install_common
+from iot_common.web import BodyLimit, install_common
 from monitoring_api.api.routes import alerts, data, deadletters, session, stats, subscriptions
 from monitoring_api.config import MonitoringApiSettings, get_settings
 from monitoring_api.devices import DeviceDirectory, HttpDeviceDirectory
@@ -191,7 +191,14 @@ def create_app(
     )
     app.state.settings = settings
     app.state.egress = egress
-    install_common(app, service="monitoring-api", max_body_bytes=settings.max_body_bytes)
+    install_common(
+        app,
+        service="monitoring-api",
+        max_body_bytes=settings.max_body_bytes,
+        body_limits=[
+            BodyLimit("PUT", session.CONFIG_RELAY_PATH, session.CONFIG_RELAY_MAX_BYTES),
+        ],
+    )
     for module in (data, stats, alerts, deadletters, subscriptions, session):
         app.include_router(module.router)
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 
+from iot_common.device_config import MAX_DEVICE_REQUEST_BYTES
 from monitoring_api import session_service
 from monitoring_api.api.deps import (
     CurrentUser,
@@ -26,6 +27,14 @@ from monitoring_api.schemas import SessionCreate
 router = APIRouter(prefix="/monitoring", tags=["session"])
 
 DeviceId = Annotated[uuid.UUID, Path()]
+
+#: A config edit goes on to device-management as its own text inside this envelope, so the
+#: relay accepts exactly what device-management's body limit lets through (a larger limit than
+#: the rest of this API's: a config with its settings can be larger than 64 KiB).
+CONFIG_ENVELOPE = (b'{"config":', b"}")
+CONFIG_RELAY_MAX_BYTES = MAX_DEVICE_REQUEST_BYTES - sum(map(len, CONFIG_ENVELOPE))
+#: ``iot_common.web.BodyLimit``'s path of the relay (``main`` installs the limit).
+CONFIG_RELAY_PATH = r"/monitoring/devices/[^/]+/config"
 
 #: What the dashboard shows of a device (device-management's ``DevicePublic`` minus dates).
 DEVICE_KEYS = (
@@ -69,17 +78,30 @@ async def my_device(
     return _shown(await visible_device(directory, caller, str(device_id)))
 
 
-@router.put("/devices/{device_id}/config")
+@router.put(
+    "/devices/{device_id}/config",
+    responses={413: {"description": f"body over {CONFIG_RELAY_MAX_BYTES} bytes"}},
+)
 async def set_device_config(
     device_id: DeviceId,
-    config: Annotated[dict[str, Any], Body(description="settings, metrics and rules")],
+    config: Annotated[
+        dict[str, Any],
+        Body(description=f"settings, metrics and rules (at most {CONFIG_RELAY_MAX_BYTES} bytes)"),
+    ],
+    request: Request,
     caller: CurrentUser,
     directory: DirectoryDep,
 ) -> dict[str, Any]:
     """Replace the device's configuration (relayed to device-management ``PUT /devices/{id}``
     with the caller's token); a refusal's details name the field (``body.config.rules.0…``)."""
+    # The text as it came (already parsed as an object above), not a re-encoding that could
+    # be longer than device-management's limit.
+    prefix, suffix = CONFIG_ENVELOPE
     device = await directory.change_device(
-        caller.token, str(device_id), method="PUT", body={"config": config}
+        caller.token,
+        str(device_id),
+        method="PUT",
+        content=prefix + await request.body() + suffix,
     )
     return _shown(device)
 
