@@ -259,6 +259,71 @@ async def test_delete_samples_before(store: MonitoringStore) -> None:
     assert [s.ts for s in left] == [T0 + i for i in range(4, 10)]
 
 
+# -- latest values (the fleet table) ---------------------------------------------------------
+async def test_latest_values_follow_the_newest_sample(store: MonitoringStore) -> None:
+    rows = [
+        ("d1", "temp", T0 + 5, 25.0, 5),
+        ("d1", "temp", T0 + 1, 21.0, 1),
+        ("d1", "hum", T0 + 3, 40.0, -1),
+        ("d2", "temp", T0 + 2, 12.0, 2),
+        ("d2", "temp", T0 + 2, 13.0, 3),  # same time, later seq: the newer reading
+    ]
+    await store.insert_samples(sample_batch(rows))
+    # An older reading (late, or a replay) arriving afterwards changes nothing.
+    await store.insert_samples(sample_batch([("d1", "temp", T0 + 4, 99.0, 4), *rows]))
+    got = await store.latest_values(device_ids=["d2", "d1", "d9"])
+    assert [(s.device_id, s.metric, s.ts, s.value, s.seq) for s in got] == [
+        ("d1", "hum", T0 + 3, 40.0, None),
+        ("d1", "temp", T0 + 5, 25.0, 5),
+        ("d2", "temp", T0 + 2, 13.0, 3),
+    ]
+    await store.insert_samples(sample_batch([("d1", "temp", T0 + 9, -3.5, 9)]))
+    got = await store.latest_values(device_ids=["d1"])
+    assert [(s.metric, s.value) for s in got] == [("hum", 40.0), ("temp", -3.5)]
+    assert await store.latest_values(device_ids=[]) == []
+    # Retention drops a latest value with its samples.
+    await store.delete_samples_before(T0 + 4)
+    got = await store.latest_values(device_ids=["d1", "d2"])
+    assert [(s.device_id, s.metric) for s in got] == [("d1", "temp")]
+
+
+async def test_devices_ranked_by_a_metrics_latest_value_page_by_page(
+    store: MonitoringStore,
+) -> None:
+    rng = np.random.default_rng(14)
+    devices = [f"dev-{i:03d}" for i in range(120)]
+    values = {d: float(v) for d, v in zip(devices[:90], rng.normal(20, 5, 90), strict=True)}
+    values["dev-007"] = values["dev-008"] = 20.0  # a tie: kept in the order given
+    rows = [(d, "temp", T0 + 1, 0.0, 1) for d in values]  # older readings, then the newest
+    rows += [(d, "temp", T0 + 2, v, 2) for d, v in values.items()]
+    rows += [(d, "hum", T0 + 2, 1.0, 2) for d in devices[90:]]  # the rest send no temp
+    await store.insert_samples(sample_batch(rows))
+    given = list(reversed(devices))  # e.g. name order: the tie-break
+    position = {d: n for n, d in enumerate(given)}
+    without = [d for d in given if d not in values]
+
+    for descending in (False, True):
+        sign = -1 if descending else 1
+        expected = sorted(values, key=lambda d: (sign * values[d], position[d])) + without
+        pages = [
+            await store.rank_by_latest(
+                metric="temp", device_ids=given, descending=descending, limit=25, offset=o
+            )
+            for o in range(0, 125, 25)
+        ]
+        assert [len(p) for p in pages] == [25, 25, 25, 25, 20]
+        # every device once, in order, across the pages
+        assert [d for page in pages for d in page] == expected
+    top = await store.rank_by_latest(metric="temp", device_ids=given, descending=True, limit=3)
+    assert top == sorted(values, key=lambda d: -values[d])[:3]
+    # Only the devices named; a device named twice counts once; nobody has "co2".
+    assert await store.rank_by_latest(
+        metric="temp", device_ids=["dev-100", "dev-001", "dev-001", "dev-002"], limit=10
+    ) == [*sorted(["dev-001", "dev-002"], key=values.__getitem__), "dev-100"]
+    assert await store.rank_by_latest(metric="co2", device_ids=given[:4], limit=10) == given[:4]
+    assert await store.rank_by_latest(metric="temp", device_ids=[], limit=10) == []
+
+
 # -- re-aggregation --------------------------------------------------------------------------
 @pytest.mark.parametrize(("bucket", "source"), [(60, 10), (300, 10), (3600, 60), (10, 10)])
 async def test_aggregate_windows_matches_numpy(

@@ -64,6 +64,13 @@ async def _reads_back_everything(store: MonitoringStore) -> None:
             for i in range(10)
             for m in ("hum", "temp")
         ]
+    # Each metric's latest value, filled in from the samples the store already held.
+    latest = await store.latest_values(device_ids=["d1", "d2"])
+    assert [(s.device_id, s.metric, s.ts, s.value) for s in latest] == [
+        (d, m, T0 + 9, 9.0 + (0.5 if m == "hum" else 0.0))
+        for d in ("d1", "d2")
+        for m in ("hum", "temp")
+    ]
     alerts = await store.query_alerts()
     assert [(a.alert_id, a.status, a.severity, a.acknowledged_by) for a in alerts] == [
         ("a2", "active", "warning", None),

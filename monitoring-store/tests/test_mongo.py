@@ -180,6 +180,40 @@ async def test_sample_range_reads_use_the_device_time_index(
     assert all(stage != "COLLSCAN" for stage, _ in scans), (c["pipeline"], scans)
 
 
+async def test_latest_values_are_kept_and_read_by_index(
+    watched: tuple[MongoStore, Commands],
+) -> None:
+    """The fleet table's reads ask for its devices' keys, whatever the devices ever sent;
+    the sample writes' latest-value updates are one key probe each."""
+    store, commands = watched
+    n = 200
+    batch = SampleBatch(
+        device_id=np.array([f"d{i % 20}" for i in range(n)], dtype=object),
+        metric=np.array(["temp", "hum"] * (n // 2), dtype=object),
+        ts=T0 + np.arange(n, dtype=np.float64),
+        value=np.arange(n, dtype=np.float64),
+        seq=np.arange(n, dtype=np.int64),
+    )
+    commands.sent.clear()
+    await store.insert_samples(batch)
+    (writes,) = [c for c in commands.named("update") if c["update"] == "latest_values"]
+    assert len(writes["updates"]) == 20  # one per device × metric (each device sends one)
+    for u in writes["updates"]:
+        scans = await _scans(store, {"find": "latest_values", "filter": u["q"]})
+        assert all(stage != "COLLSCAN" for stage, _ in scans), (u["q"], scans)
+
+    commands.sent.clear()
+    ids = [f"d{i}" for i in range(20)]
+    top = await store.rank_by_latest(metric="temp", device_ids=ids, descending=True, limit=3)
+    assert top == ["d18", "d16", "d14"]
+    assert len(await store.latest_values(device_ids=top)) == 3
+    finds = [c for c in commands.named("find") if c["find"] == "latest_values"]
+    assert len(finds) == 2
+    for c in finds:
+        scans = await _scans(store, {"find": "latest_values", "filter": c["filter"]})
+        assert all(stage != "COLLSCAN" for stage, _ in scans), (c["filter"], scans)
+
+
 async def test_samples_collection_is_time_series(mongodb_url: str) -> None:
     """MongoDB lists it as ``type: timeseries``; the emulator as a plain collection that keeps
     the time-series options (it stores one document per sample, unbucketed)."""

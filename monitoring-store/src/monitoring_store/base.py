@@ -356,6 +356,28 @@ class MonitoringStore(Protocol):
     ) -> list[Sample]:
         """Newest samples first across ``device_ids`` (None = all devices; [] = none)."""
 
+    async def latest_values(self, *, device_ids: Sequence[str]) -> list[Sample]:
+        """The newest sample of every metric of each of ``device_ids`` (by time, then seq),
+        ordered by device then metric; kept current by :meth:`insert_samples`, dropped with
+        the samples by :meth:`delete_samples_before`."""
+
+    async def rank_by_latest(
+        self,
+        *,
+        metric: str,
+        device_ids: Sequence[str],
+        descending: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[str]:
+        """``device_ids`` ordered by the latest value of ``metric`` (see :meth:`latest_values`),
+        then the page ``[offset, offset + limit)`` of that order.
+
+        Devices without a value of ``metric`` come after every device with one, in either
+        direction; among those, and among devices of equal value, the order given is kept, so
+        the order is total and pages neither repeat nor skip a device (a device named twice
+        counts once, where first named)."""
+
     async def query_windows(
         self,
         device_id: str,

@@ -18,6 +18,8 @@ a crash half-way (it is recorded only once it has finished).
    batches and the old one dropped (a crash before the drop restarts the copy from scratch).
 3. ``deadletters`` — refused messages per device (``_id`` = where each was read), indexed for
    "this device's newest" and for retention and counts by time.
+4. ``latest values`` — the newest sample of each device × metric (``_id`` = ``metric/device``),
+   indexed by device; filled from the stored samples.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from monitoring_store.mongo.connection import (
     ALERTS,
     DEADLETTERS,
     DELIVERIES,
+    LATEST,
     SAMPLES,
     SUBSCRIPTIONS,
     WINDOWS,
     Doc,
 )
+from monitoring_store.mongo.latest import record_latest
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +154,49 @@ async def _deadletters(db: Database) -> None:
     await db[DEADLETTERS].create_index([("ts", ASCENDING)])
 
 
+async def _latest_values(db: Database) -> None:
+    await db[LATEST].create_index([("d", ASCENDING)])
+    newest = await db[SAMPLES].aggregate(
+        [
+            {
+                "$group": {
+                    "_id": {"d": "$m.d", "k": "$m.k"},
+                    "top": {
+                        "$top": {
+                            "sortBy": {"ts": -1, "s": -1},
+                            "output": {"ts": "$ts", "s": "$s", "v": "$v"},
+                        }
+                    },
+                }
+            }
+        ]
+    )
+    batch: list[Doc] = []
+    async for doc in newest:
+        batch.append(doc)
+        if len(batch) >= COPY_BATCH:
+            await _record(db, batch)
+            batch = []
+    if batch:
+        await _record(db, batch)
+
+
+async def _record(db: Database, docs: list[Doc]) -> None:
+    await record_latest(
+        db[LATEST],
+        [d["_id"]["d"] for d in docs],
+        [d["_id"]["k"] for d in docs],
+        [float(d["top"]["ts"]) for d in docs],
+        [float(d["top"]["v"]) for d in docs],
+        [int(d["top"]["s"]) for d in docs],
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _initial),
     Migration(2, "design names: monitoring_data, device_alerts", _design_names),
     Migration(3, "deadletters", _deadletters),
+    Migration(4, "latest values", _latest_values),
 )
 HEAD = MIGRATIONS[-1].version
 

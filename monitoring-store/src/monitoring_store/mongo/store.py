@@ -6,6 +6,7 @@ from pymongo import AsyncMongoClient
 
 from monitoring_store.mongo.alerts import MongoAlerts
 from monitoring_store.mongo.deadletters import MongoDeadLetters
+from monitoring_store.mongo.latest import MongoLatest
 from monitoring_store.mongo.migrations import HEAD, StoreNotMigrated, migrate, schema_version
 from monitoring_store.mongo.rules import MongoDeviceRules
 from monitoring_store.mongo.samples import MongoSamples
@@ -16,6 +17,7 @@ from monitoring_store.mongo.windows import MongoWindows
 class MongoStore(
     MongoWindows,
     MongoSamples,
+    MongoLatest,
     MongoAlerts,
     MongoDeviceRules,
     MongoSubscriptions,

@@ -10,6 +10,7 @@ import asyncpg
 
 from monitoring_store.postgres.alerts import PgAlerts
 from monitoring_store.postgres.deadletters import PgDeadLetters
+from monitoring_store.postgres.latest import PgLatest
 from monitoring_store.postgres.migrations import (
     StoreNotMigrated,
     head_revision,
@@ -24,7 +25,9 @@ from monitoring_store.postgres.windows import PgWindows
 log = logging.getLogger(__name__)
 
 
-class PostgresStore(PgWindows, PgSamples, PgAlerts, PgDeviceRules, PgSubscriptions, PgDeadLetters):
+class PostgresStore(
+    PgWindows, PgSamples, PgLatest, PgAlerts, PgDeviceRules, PgSubscriptions, PgDeadLetters
+):
     """The monitoring store on PostgreSQL (see the package docstring for the layout)."""
 
     async def start(self) -> None:

@@ -1,0 +1,103 @@
+"""The newest value of each device × metric on MongoDB (``latest_values``).
+
+One document per device × metric, ``_id`` = ``"{metric}/{device}"`` (a metric name has no
+``/``, so the key is unambiguous): the fleet table's order by one metric's last value asks for
+exactly the keys of the devices it lists, one ``_id`` index probe each, whatever the devices
+ever sent. Written by :func:`record_latest` from every sample write.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+
+from monitoring_store.base import Sample
+from monitoring_store.mongo.connection import LATEST, WRITE_CHUNK, Doc, MongoConnection, _lit
+
+
+def latest_key(device_id: str, metric: str) -> str:
+    return f"{metric}/{device_id}"
+
+
+async def record_latest(
+    coll: AsyncCollection[Doc],
+    devices: Sequence[str],
+    metrics: Sequence[str],
+    ts: Sequence[float],
+    values: Sequence[float],
+    seqs: Sequence[int],
+) -> None:
+    """Move each device × metric's latest value forward to the newest of these samples (by
+    time, then seq); a stored newer one stays (a replay or a late reading changes nothing)."""
+    newest: dict[tuple[str, str], int] = {}
+    for j in range(len(ts)):
+        k = (devices[j], metrics[j])
+        i = newest.get(k)
+        if i is None or (ts[j], seqs[j]) > (ts[i], seqs[i]):
+            newest[k] = j
+    updates = []
+    for (d, m), j in sorted(newest.items()):
+        t, s = ts[j], seqs[j]
+        # Filter on the bare _id (one probe on every server); the comparison in the pipeline.
+        older = {
+            "$or": [
+                {"$lt": [{"$ifNull": ["$ts", -math.inf]}, t]},
+                {"$and": [{"$eq": ["$ts", t]}, {"$lt": ["$s", s]}]},
+            ]
+        }
+        doc = {"d": d, "k": m, "ts": t, "s": s, "v": values[j]}
+        merged = {"$mergeObjects": ["$$ROOT", _lit(doc)]}
+        updates.append(
+            UpdateOne(
+                {"_id": latest_key(d, m)},
+                [{"$replaceWith": {"$cond": [older, merged, "$$ROOT"]}}],
+                upsert=True,
+            )
+        )
+    for i in range(0, len(updates), WRITE_CHUNK):
+        await coll.bulk_write(updates[i : i + WRITE_CHUNK], ordered=False)
+
+
+def _sample(doc: Doc) -> Sample:
+    seq = int(doc["s"])
+    return Sample(doc["d"], doc["k"], float(doc["ts"]), float(doc["v"]), None if seq < 0 else seq)
+
+
+class MongoLatest(MongoConnection):
+    """Latest values: the ``latest_values`` collection."""
+
+    async def latest_values(self, *, device_ids: Sequence[str]) -> list[Sample]:
+        if not device_ids:
+            return []
+        cursor = self._c(LATEST).find({"d": {"$in": sorted(set(device_ids))}})
+        docs = await cursor.to_list()
+        return sorted((_sample(d) for d in docs), key=lambda s: (s.device_id, s.metric))
+
+    async def rank_by_latest(
+        self,
+        *,
+        metric: str,
+        device_ids: Sequence[str],
+        descending: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[str]:
+        """Same order as :meth:`PostgresStore.rank_by_latest`: the values of the devices named
+        (one ``_id`` probe each), sorted here (as many as devices named)."""
+        ids = list(dict.fromkeys(device_ids))
+        if not ids or limit <= 0:
+            return []
+        cursor = self._c(LATEST).find(
+            {"_id": {"$in": [latest_key(d, metric) for d in ids]}}, {"_id": 0, "d": 1, "v": 1}
+        )
+        value = {doc["d"]: float(doc["v"]) for doc in await cursor.to_list()}
+        sign = -1.0 if descending else 1.0
+        position = {d: n for n, d in enumerate(ids)}
+        with_value = sorted(
+            (d for d in ids if d in value), key=lambda d: (sign * value[d], position[d])
+        )
+        ranked = with_value + [d for d in ids if d not in value]
+        return ranked[offset : offset + limit]
