@@ -1,4 +1,4 @@
-.PHONY: run test lint bench sync down status containers containers-down
+.PHONY: run test lint bench sync down status containers containers-down k8s
 SHELL := /bin/bash
 UV = $(shell bash scripts/ensure-uv.sh)
 
@@ -39,3 +39,8 @@ containers:
 ## Remove every container, network, volume and image that `make containers` made.
 containers-down:
 	bash scripts/containers/teardown.sh
+
+## A server-side dry run of both k8s overlays against a real kube-apiserver + etcd (no kubelet);
+## needs KUBE_APISERVER (no registry here ships one). See infra/k8s/README.md.
+k8s:
+	bash scripts/k8s/dry-run.sh

@@ -6,6 +6,7 @@ import atexit
 import base64
 import functools
 import importlib
+import importlib.util
 import ipaddress
 import shutil
 import subprocess
@@ -351,3 +352,49 @@ def test_dev_services_use_their_own_broker_accounts_and_provision_devices(
     url = urlsplit(bridge.rabbitmq_url.get_secret_value())
     assert url.username == dm.amqp_bridge_username
     assert url.password == dm.amqp_bridge_password.get_secret_value()
+
+
+def pods_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Pods the overlay's workloads would create (scripts/k8s/pods-of.py, as `make k8s`)."""
+    path = ROOT / "scripts" / "k8s" / "pods-of.py"
+    spec = importlib.util.spec_from_file_location("pods_of", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pods: list[dict[str, Any]] = module.pods(docs)
+    return pods
+
+
+def test_every_pod_passes_the_checks_only_the_api_server_makes(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """What `make k8s`'s server-side dry run refuses and the schemas do not: a mount of a volume
+    the pod does not have (a StatefulSet's come from its claim templates), a port name over 15
+    characters or used twice, a probe on a port name the container does not declare."""
+    name, docs = overlay
+    pods = pods_of(docs)
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")]
+    assert len(pods) == len(workloads) > 0
+    for pod in pods:
+        where = f"{name}: {pod['metadata']['name']}"
+        volumes = {v["name"] for v in pod["spec"].get("volumes", [])}
+        for container in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, f"{where}/{container['name']}: {mount['name']}"
+            ports = [p["name"] for p in container.get("ports", []) if "name" in p]
+            assert len(ports) == len(set(ports)), f"{where}/{container['name']}: {ports}"
+            for port in ports:
+                assert len(port) <= 15, f"{where}/{container['name']}: port name {port!r}"
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                action = container.get(probe, {})
+                target = (action.get("httpGet") or action.get("tcpSocket") or {}).get("port")
+                if isinstance(target, str):
+                    assert target in ports, f"{where}/{container['name']}: {probe} on {target!r}"
+
+
+def test_a_statefulset_pod_mounts_its_claim_templates() -> None:
+    # The dev overlay's infrastructure mounts `data`, which only its volumeClaimTemplates give.
+    pods = {p["metadata"]["name"]: p for p in pods_of(kustomize("dev"))}
+    postgres = pods["statefulset-postgres"]["spec"]
+    claim = next(v for v in postgres["volumes"] if v["name"] == "data")
+    assert claim["persistentVolumeClaim"] == {"claimName": "data-postgres-0"}
