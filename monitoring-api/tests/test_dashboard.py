@@ -368,7 +368,8 @@ async def test_fleet_is_sorted_paged_shows_last_values_and_fits_a_phone(
     browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any
 ) -> None:
     alice, password = await signing.add_user("operator")
-    # 60 devices: two pages of 50. The first three (by name) send temp readings.
+    # 60 devices: two pages of 50. The first three (by name) send temp readings, and two on the
+    # second page: the fleet's highest and lowest.
     names = [f"dev-{i:03d}" for i in range(60)]
     ids = list(
         await asyncio.gather(
@@ -379,14 +380,15 @@ async def test_fleet_is_sorted_paged_shows_last_values_and_fits_a_phone(
         )
     )
     now = time.time()
-    temps = [30.5, 10.25, 20.0]
+    sending = [*ids[:3], ids[55], ids[57]]
+    temps = [30.5, 10.25, 20.0, 99.5, -4.0]
     await store.insert_samples(
         SampleBatch(
-            device_id=np.array(ids[:3] * 2, dtype=object),
-            metric=np.array(["temp"] * 6, dtype=object),
-            ts=np.array([now - 20] * 3 + [now - 10] * 3, dtype=np.float64),
-            value=np.array([0.0] * 3 + temps, dtype=np.float64),
-            seq=np.arange(6, dtype=np.int64),
+            device_id=np.array(sending * 2, dtype=object),
+            metric=np.array(["temp"] * 10, dtype=object),
+            ts=np.array([now - 20] * 5 + [now - 10] * 5, dtype=np.float64),
+            value=np.array([0.0] * 5 + temps, dtype=np.float64),
+            seq=np.arange(10, dtype=np.int64),
         )
     )
     app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
@@ -416,16 +418,30 @@ async def test_fleet_is_sorted_paged_shows_last_values_and_fits_a_phone(
     await expect(rows.first.locator(".status")).to_have_text("online")
     await expect(rows.nth(29).locator(".status")).to_have_text("online")
     await expect(rows.nth(30).locator(".status")).to_have_text("never seen")
+    # By a metric's last value over the whole fleet, not the page at hand: the lowest and the
+    # highest are on the second page by name. Devices without one come last either way.
     await header.get_by_role("button", name="temp").click()
-    await expect(rows.first.locator(".name")).to_have_text("dev-001")  # 10.25
-    await expect(rows.nth(2).locator(".name")).to_have_text("dev-000")  # 30.5
+    await expect(rows.first.locator(".name")).to_have_text("dev-057")  # -4
+    await expect(rows.nth(1).locator(".name")).to_have_text("dev-001")  # 10.25
+    await expect(rows.nth(3).locator(".name")).to_have_text("dev-000")  # 30.5
+    await expect(rows.nth(4).locator('td[data-metric="temp"]')).to_have_text("99.5")
+    await expect(rows.nth(5).locator('td[data-metric="temp"]')).to_have_text("–")
     await header.get_by_role("button", name="temp").click()
-    await expect(rows.first.locator(".name")).to_have_text("dev-000")
+    await expect(rows.first.locator(".name")).to_have_text("dev-055")  # 99.5
+    await expect(rows.nth(1).locator(".name")).to_have_text("dev-000")
+    await expect(rows.nth(4).locator(".name")).to_have_text("dev-057")
+    await expect(rows.nth(5).locator(".name")).to_have_text("dev-003")  # none: name order
+    await page.get_by_role("button", name="Next ›").click()
+    await expect(page.get_by_test_id("devices-page")).to_have_text("51–60 of 60")
+    await expect(rows).to_have_count(10)
+    await expect(rows.locator('td[data-metric="temp"]', has_text="–")).to_have_count(10)
+    await page.get_by_role("button", name="‹ Prev").click()
+    await expect(rows.first.locator(".name")).to_have_text("dev-055")
 
     # Phone width (375 px): nothing wider than the screen, with a device page and alerts open.
     await page.set_viewport_size({"width": 375, "height": 800})
     await rows.first.click()
-    await expect(page.get_by_test_id("device-name")).to_have_text("dev-000")
+    await expect(page.get_by_test_id("device-name")).to_have_text("dev-055")
     await expect(page.get_by_test_id("chart")).to_have_attribute("data-range", "live")
     overflow = await page.evaluate(
         "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"

@@ -40,14 +40,12 @@ export class Api {
   }
 
   devices() { return this.request("GET", "/monitoring/devices"); }
+  // One page of the fleet table, sorted over every device: { items (with latest), total, … }.
+  fleet(params) { return this.request("GET", "/monitoring/fleet", { params }); }
   stats(range = "5m") { return this.request("GET", "/monitoring/stats", { params: { range } }); }
   alerts(params) { return this.request("GET", "/monitoring/alerts", { params }); }
   ack(id) { return this.request("POST", `/monitoring/alerts/${encodeURIComponent(id)}/ack`); }
   clear(id) { return this.request("POST", `/monitoring/alerts/${encodeURIComponent(id)}/clear`); }
-  // The newest readings of one device (one sample per metric and reading, newest first).
-  recent(deviceId, limit = 64) {
-    return this.request("GET", "/monitoring/data", { params: { device_id: deviceId, limit } });
-  }
   deadletters(deviceId, limit = 20) {
     return this.request("GET", "/monitoring/deadletters", { params: { device_id: deviceId, limit } });
   }

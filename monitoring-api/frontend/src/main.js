@@ -13,8 +13,6 @@ const TOKEN_KEY = "iot-monitoring-token";
 const DEVICE_REFRESH_MS = 30_000;
 const PAGE_SIZE = 50;
 const MAX_METRIC_COLUMNS = 8;
-const LATEST_MAX_AGE_MS = 30_000;
-const LATEST_CONCURRENCY = 6;
 
 const state = {
   api: null,
@@ -24,11 +22,11 @@ const state = {
   alerts: new Map(),
   chart: new LiveChart($("#chart")),
   canWrite: false,
-  // the fleet table: sort column and direction, page, name filter, last values per device
+  // the fleet table: sort column and direction (1: the first click), page, name filter
   sort: { key: "name", dir: 1 },
   page: 0,
   filter: "",
-  latest: new Map(), // device id -> { at (ms), values: { metric: { value, ts } } }
+  fleet: { items: [], total: 0 }, // the page shown, as GET /monitoring/fleet answered it
   hiddenMetrics: new Set(), // metrics of the chosen device left out of its chart
 };
 
@@ -169,9 +167,12 @@ function connect(token) {
   });
   socket.on("fleet", renderFleet);
   socket.on("device", (e) => {
+    const known = state.devices.has(e.device_id);
     if (e.event_type === "device.deleted") state.devices.delete(e.device_id);
     else if (e.device) state.devices.set(e.device_id, { ...state.devices.get(e.device_id), ...e.device });
     renderDevices();
+    // a device came or went: where the others fall in the order changed
+    if (known !== state.devices.has(e.device_id)) loadFleet();
   });
 }
 
@@ -181,15 +182,52 @@ $("#alert-severity").addEventListener("change", async (ev) => {
 });
 
 // -- the fleet: every device with status and the last value of each metric, sorted, paged ---------
+// The API sorts and pages (GET /monitoring/fleet) over every device, so a sort by a metric puts
+// the fleet's top first, not the top of the pages already seen. The full list (state.devices)
+// is still loaded: names everywhere, the device pickers, live device events.
 async function loadDevices() {
   const devices = await guarded(() => state.api.devices());
   if (!devices) return;
   state.devices = new Map(devices.map((d) => [d.id, d]));
   renderDevices();
-  if (!performance.getEntriesByName("devices-listed").length) performance.mark("devices-listed");
+  await loadFleet();
 }
 
-const STATUS_ORDER = { online: 0, offline: 1, never_seen: 2 };
+// Ascending = first click; "last seen" shows the most recent first on the first click.
+function fleetOrder() {
+  const { key, dir } = state.sort;
+  const asc = key === "last_seen" ? dir < 0 : dir > 0;
+  return asc ? "asc" : "desc";
+}
+
+let fleetSeq = 0;
+let fleetRenders = 0;
+async function loadFleet() {
+  const seq = ++fleetSeq; // an older answer (another sort, page or filter) is dropped
+  const page = await guarded(() =>
+    state.api.fleet({
+      sort: state.sort.key,
+      order: fleetOrder(),
+      q: state.filter.trim() || undefined,
+      limit: PAGE_SIZE,
+      offset: state.page * PAGE_SIZE,
+    }),
+  );
+  if (!page || seq !== fleetSeq) return;
+  if (!page.items.length && page.total && state.page > 0) {
+    // the list shrank under this page: show its last page
+    state.page = Math.max(0, Math.ceil(page.total / PAGE_SIZE) - 1);
+    return loadFleet();
+  }
+  state.fleet = page;
+  renderDevices();
+  $("#devices").dataset.fleet = String(++fleetRenders);
+  // The first page comes with its last values: the list and its values show at once.
+  if (!performance.getEntriesByName("devices-listed").length) {
+    performance.mark("devices-listed");
+    performance.mark("latest-shown");
+  }
+}
 
 // Metric columns: the metrics the devices declare (most common first), then those they send.
 function metricColumns() {
@@ -197,42 +235,16 @@ function metricColumns() {
   for (const d of state.devices.values()) {
     for (const m of d.config?.metrics || []) counts.set(m.name, (counts.get(m.name) || 0) + 1);
   }
-  for (const l of state.latest.values()) {
-    for (const m of Object.keys(l.values)) if (!counts.has(m)) counts.set(m, 0);
+  for (const d of state.fleet.items) {
+    for (const m of Object.keys(d.latest || {})) if (!counts.has(m)) counts.set(m, 0);
   }
+  // the column sorted by stays, even when no device on this page sends it
+  if (state.sort.key.startsWith("m:") && !counts.has(state.sort.key.slice(2))) counts.set(state.sort.key.slice(2), 0);
   return [...counts.entries()]
     .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
     .slice(0, MAX_METRIC_COLUMNS)
     .map(([m]) => m)
     .sort();
-}
-
-function sortValue(d, key) {
-  if (key === "name") return (d.name || "").toLowerCase();
-  if (key === "type") return (d.type || "").toLowerCase();
-  if (key === "status") return STATUS_ORDER[d.status || "never_seen"] ?? 3;
-  if (key === "last_seen") {
-    const t = Date.parse(d.last_seen || "");
-    return Number.isFinite(t) ? -t : null; // most recent first when ascending
-  }
-  if (key.startsWith("m:")) return state.latest.get(d.id)?.values[key.slice(2)]?.value ?? null;
-  return null;
-}
-
-function sortedDevices() {
-  const { key, dir } = state.sort;
-  const needle = state.filter.trim().toLowerCase();
-  const list = [...state.devices.values()].filter(
-    (d) => !needle || (d.name || "").toLowerCase().includes(needle),
-  );
-  return list.sort((a, b) => {
-    const va = sortValue(a, key);
-    const vb = sortValue(b, key);
-    // devices without a value go last in either direction
-    if (va === null || vb === null) return va === null ? (vb === null ? 0 : 1) : -1;
-    const c = typeof va === "number" ? va - vb : String(va).localeCompare(String(vb));
-    return c * dir || (a.name || "").localeCompare(b.name || "");
-  });
 }
 
 function renderDevices() {
@@ -250,7 +262,7 @@ function renderDevices() {
     const th = document.createElement("th");
     th.scope = "col";
     th.dataset.sort = key;
-    th.setAttribute("aria-sort", state.sort.key === key ? (state.sort.dir > 0 ? "ascending" : "descending") : "none");
+    th.setAttribute("aria-sort", state.sort.key === key ? (fleetOrder() === "asc" ? "ascending" : "descending") : "none");
     const btn = document.createElement("button");
     btn.type = "button";
     btn.className = "sort";
@@ -258,20 +270,20 @@ function renderDevices() {
     btn.addEventListener("click", () => {
       state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : 1 };
       state.page = 0;
-      renderDevices();
+      renderDevices(); // the header at once, the rows once the API answers
+      loadFleet();
     });
     th.appendChild(btn);
     head.appendChild(th);
   }
 
-  const all = sortedDevices();
-  const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
-  state.page = Math.min(state.page, pages - 1);
+  const { items, total } = state.fleet;
   const first = state.page * PAGE_SIZE;
-  const shown = all.slice(first, first + PAGE_SIZE);
   const body = $("#devices tbody");
   body.replaceChildren();
-  for (const d of shown) {
+  for (const item of items) {
+    // live device events and edits may be newer than the page
+    const d = { ...item, ...state.devices.get(item.id) };
     const tr = document.createElement("tr");
     tr.dataset.deviceId = d.id;
     tr.dataset.testid = "device-row";
@@ -291,7 +303,7 @@ function renderDevices() {
     badge.textContent = status.replace("_", " ");
     cell("Status", "status").appendChild(badge);
     cell("Last seen", "last-seen").textContent = ago(d.last_seen);
-    const latest = state.latest.get(d.id)?.values || {};
+    const latest = item.latest || {};
     for (const m of metrics) {
       const td = cell(m, "metric");
       td.dataset.metric = m;
@@ -302,9 +314,10 @@ function renderDevices() {
     tr.addEventListener("click", () => selectDevice(d.id));
     body.appendChild(tr);
   }
-  $("#devices-count").textContent = `(${all.length.toLocaleString()})`;
-  $("#devices-page").textContent = all.length
-    ? `${(first + 1).toLocaleString()}–${(first + shown.length).toLocaleString()} of ${all.length.toLocaleString()}`
+  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
+  $("#devices-count").textContent = `(${total.toLocaleString()})`;
+  $("#devices-page").textContent = total
+    ? `${(first + 1).toLocaleString()}–${(first + items.length).toLocaleString()} of ${total.toLocaleString()}`
     : "no devices";
   $("#devices-prev").disabled = state.page === 0;
   $("#devices-next").disabled = state.page >= pages - 1;
@@ -312,47 +325,14 @@ function renderDevices() {
   renderAlerts(); // names may have arrived after the alerts
   subscriptions.render();
   if (state.selected) renderDeviceCard();
-  loadLatest(shown);
 }
 
-// Last values of the devices on the page (one small query each, a few at a time), kept for a
-// while so that paging back and forth does not ask again.
-let latestSeq = 0;
-async function loadLatest(devices) {
-  const seq = ++latestSeq;
-  const now = Date.now();
-  const due = devices.filter((d) => !(now - (state.latest.get(d.id)?.at || 0) < LATEST_MAX_AGE_MS));
-  if (!due.length) return;
-  let changed = false;
-  const queue = [...due];
-  const worker = async () => {
-    while (queue.length && seq === latestSeq) {
-      const d = queue.shift();
-      const page = await guarded(() => state.api.recent(d.id));
-      if (!page) continue;
-      const values = {};
-      for (const s of page.items) {
-        if (!values[s.metric] || values[s.metric].ts < s.ts) values[s.metric] = { value: s.value, ts: s.ts };
-      }
-      state.latest.set(d.id, { at: Date.now(), values });
-      changed = true;
-    }
-  };
-  await Promise.all(Array.from({ length: LATEST_CONCURRENCY }, worker));
-  if (changed && seq === latestSeq) {
-    $("#devices").dataset.latest = String(++latestRenders);
-    renderDevices();
-    performance.mark("latest-shown");
-  }
-}
-let latestRenders = 0;
-
-$("#devices-prev").addEventListener("click", () => { state.page -= 1; renderDevices(); });
-$("#devices-next").addEventListener("click", () => { state.page += 1; renderDevices(); });
+$("#devices-prev").addEventListener("click", () => { state.page -= 1; loadFleet(); });
+$("#devices-next").addEventListener("click", () => { state.page += 1; loadFleet(); });
 $("#devices-filter").addEventListener("input", (ev) => {
   state.filter = ev.target.value;
   state.page = 0;
-  renderDevices();
+  loadFleet();
 });
 
 // Device pickers (alert filter, subscription scope) list names, in name order.

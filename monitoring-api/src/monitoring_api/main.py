@@ -19,7 +19,15 @@ from redis.asyncio import Redis
 
 from iot_common.auth import JWTVerifier
 from iot_common.web import BodyLimit, install_common
-from monitoring_api.api.routes import alerts, data, deadletters, session, stats, subscriptions
+from monitoring_api.api.routes import (
+    alerts,
+    data,
+    deadletters,
+    fleet,
+    session,
+    stats,
+    subscriptions,
+)
 from monitoring_api.config import MonitoringApiSettings, get_settings
 from monitoring_api.devices import DeviceDirectory, HttpDeviceDirectory
 from monitoring_api.egress import Egress, EgressPolicy, Resolver, SystemResolver
@@ -199,7 +207,7 @@ def create_app(
             BodyLimit("PUT", session.CONFIG_RELAY_PATH, session.CONFIG_RELAY_MAX_BYTES),
         ],
     )
-    for module in (data, stats, alerts, deadletters, subscriptions, session):
+    for module in (data, stats, fleet, alerts, deadletters, subscriptions, session):
         app.include_router(module.router)
 
     @app.get("/health", tags=["health"])

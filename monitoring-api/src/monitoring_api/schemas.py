@@ -47,6 +47,26 @@ class RecentData(BaseModel):
     next_offset: int | None = Field(description="offset of the next page, null on the last page")
 
 
+class LatestValue(BaseModel):
+    value: float
+    ts: float = Field(description="when it was read (epoch seconds)")
+
+
+class FleetPage(BaseModel):
+    """A page of the fleet table (``GET /monitoring/fleet``)."""
+
+    items: list[dict[str, Any]] = Field(
+        description="devices as ``GET /monitoring/devices`` lists them, each with ``latest``: "
+        "the last value of each metric it sent ({metric: {value, ts}})"
+    )
+    total: int = Field(description="devices matching the name filter, over all pages")
+    sort: str
+    order: Literal["asc", "desc"]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page, null on the last page")
+
+
 class Series(BaseModel):
     metric: str
     points: list[dict[str, float | int | None]] | None = Field(

@@ -52,7 +52,7 @@ DEVICE_KEYS = (
 )
 
 
-def _shown(device: DeviceInfo) -> dict[str, Any]:
+def shown_device(device: DeviceInfo) -> dict[str, Any]:
     return {k: device.get(k) for k in DEVICE_KEYS}
 
 
@@ -67,7 +67,7 @@ async def sign_in(body: SessionCreate, request: Request, http: SigningHttpDep) -
 @router.get("/devices")
 async def my_devices(caller: CurrentUser, directory: DirectoryDep) -> list[dict[str, Any]]:
     """The caller's devices with their status, as device-management lists them."""
-    return [_shown(d) for d in await directory.list_devices(caller.token)]
+    return [shown_device(d) for d in await directory.list_devices(caller.token)]
 
 
 @router.get("/devices/{device_id}")
@@ -75,7 +75,7 @@ async def my_device(
     device_id: DeviceId, caller: CurrentUser, directory: DirectoryDep
 ) -> dict[str, Any]:
     """One of the caller's devices: status, config and its desired/reported versions."""
-    return _shown(await visible_device(directory, caller, str(device_id)))
+    return shown_device(await visible_device(directory, caller, str(device_id)))
 
 
 @router.put(
@@ -103,7 +103,7 @@ async def set_device_config(
         method="PUT",
         content=prefix + await request.body() + suffix,
     )
-    return _shown(device)
+    return shown_device(device)
 
 
 @router.post("/devices/{device_id}/credentials", status_code=201)
