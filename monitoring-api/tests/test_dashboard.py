@@ -23,7 +23,8 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from iot_common.events import Alert, WindowStats, json_encoder
 from iot_common.telemetry import DeadLetter
-from monitoring_api.config import STATIC_DIR
+from monitoring_api.api.routes.session import CONFIG_RELAY_MAX_BYTES
+from monitoring_api.config import STATIC_DIR, MonitoringApiSettings
 from monitoring_store.base import SampleBatch, deadletter_record
 
 CHROMIUM = os.environ.get("IOT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -584,6 +585,37 @@ async def test_device_config_editor_versions_and_credential_rotation(
     await expect(page.get_by_test_id("error-rules")).to_contain_text("rules[0]")
     await expect(page.get_by_test_id("error-rules")).to_contain_text("value")
     await expect(page.get_by_test_id("error-metrics")).to_have_text("")
+    # Each message is the description of its own text area, and only wrong parts are marked.
+    settings_box = page.get_by_label("Settings (JSON object)")
+    metrics_box = page.get_by_label("Metrics (JSON list)")
+    rules_box = page.get_by_label("Rules (JSON list)")
+    await expect(rules_box).to_have_accessible_description(re.compile(r"rules\[0\].*value"))
+    await expect(rules_box).to_have_attribute("aria-invalid", "true")
+    await expect(settings_box).to_have_accessible_description(re.compile("settings"))
+    await expect(metrics_box).not_to_have_attribute("aria-invalid", "true")
+    await expect(metrics_box).to_have_accessible_description("")
+
+    # A check of the whole config (names unique) goes to the part it is about.
+    await page.fill("#config-settings", "{}")
+    await page.fill("#config-rules", "[]")
+    await page.fill("#config-metrics", json.dumps([{"name": "temp"}, {"name": "temp"}]))
+    await page.click("#config-save")
+    await expect(metrics_box).to_have_accessible_description(re.compile("must be unique"))
+    await expect(metrics_box).to_have_attribute("aria-invalid", "true")
+    for other in (settings_box, rules_box):
+        await expect(other).to_have_accessible_description("")
+        await expect(other).not_to_have_attribute("aria-invalid", "true")
+    await page.fill("#config-metrics", json.dumps([{"name": "temp"}]))
+    # Settings over device-management's bound: said under the settings.
+    await page.fill("#config-settings", json.dumps({"note": "x" * 20_000}))
+    await page.click("#config-save")
+    await expect(settings_box).to_have_accessible_description(re.compile("exceeds 16384 bytes"))
+    # A body over what the relay (and device-management) take: a clear refusal, nothing sent.
+    await page.fill("#config-settings", json.dumps({"note": "x" * 300_000}))
+    await page.click("#config-save")
+    await expect(page.get_by_test_id("config-error")).to_contain_text(
+        f"request body exceeds {CONFIG_RELAY_MAX_BYTES} bytes"
+    )
 
     # A valid change: saved as version 2, as device-management now holds it.
     await page.fill("#config-settings", '{"interval_s": 5, "channel": "beta"}')
@@ -738,7 +770,12 @@ async def test_fleet_of_a_thousand_devices_timing(
             seq=np.arange(3 * n, dtype=np.int64),
         )
     )
-    app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
+    # The device list cached as the service's default does (the tests' 0 s would time
+    # device-management listing 1,000 devices on every page asked for).
+    ttl = MonitoringApiSettings.model_fields["device_cache_ttl"].default
+    app = await app_factory(
+        serve=True, signing_http=signing.client(), kafka_enabled=False, device_cache_ttl=ttl
+    )
     page = await signed_in(browser, app.url, alice.email, password)
     await expect(page.get_by_test_id("devices-count")).to_have_text("(1,000)")
     rows = page.locator("#devices tbody tr")
@@ -747,19 +784,30 @@ async def test_fleet_of_a_thousand_devices_timing(
         "() => Object.fromEntries(performance.getEntriesByType('mark')"
         ".map((m) => [m.name, m.startTime]))"
     )
-    # Sorting and paging render synchronously in the click handler: timed around the click.
-    timed_click = """(sel) => {
+    # Sorting and paging ask the API for the page: timed from the click to the rows rendered
+    # (the table's data-fleet counter moves once they are).
+    timed_click = """(sel) => new Promise((done) => {
+        const table = document.querySelector("#devices");
+        const before = table.dataset.fleet;
         const t = performance.now();
+        const seen = new MutationObserver(() => {
+            if (table.dataset.fleet === before) return;
+            seen.disconnect();
+            done(performance.now() - t);
+        });
+        seen.observe(table, { attributes: true, attributeFilter: ["data-fleet"] });
         document.querySelector(sel).click();
-        return performance.now() - t;
-    }"""
+    })"""
     sort_ms = await page.evaluate(timed_click, '#devices th[data-sort="m:co2"] button')
+    await expect(rows.first.locator('td[data-metric="co2"]')).to_have_text("2,000")
+    resort_ms = await page.evaluate(timed_click, '#devices th[data-sort="m:co2"] button')
+    await expect(rows.first.locator('td[data-metric="co2"]')).to_have_text("2,999")
     next_ms = await page.evaluate(timed_click, "#devices-next")
     await expect(page.get_by_test_id("devices-page")).to_have_text("51–100 of 1,000")
     print(
         "\n1,000 devices (ms): "
         f"sign-in → list shown {marks['devices-listed'] - marks['sign-in']:.0f}; "
         f"→ last values of the first 50 {marks['latest-shown'] - marks['sign-in']:.0f}; "
-        f"sort by a metric {sort_ms:.0f}; next page {next_ms:.0f}"
+        f"sort by a metric {sort_ms:.0f}, reversed {resort_ms:.0f}; next page {next_ms:.0f}"
     )
     await page.close()

@@ -63,13 +63,16 @@ export class DeviceConfigEditor {
 
   clearErrors() {
     for (const el of document.querySelectorAll("#config-form .field-error")) el.textContent = "";
+    for (const el of document.querySelectorAll("#config-form textarea")) el.removeAttribute("aria-invalid");
     $("#config-error").textContent = "";
     $("#config-saved").textContent = "";
   }
 
+  // The message goes under the part's text area, which it describes (aria-describedby).
   fieldError(part, message) {
     const el = document.querySelector(`#config-form .field-error[data-field="${part}"]`);
     el.textContent = el.textContent ? `${el.textContent}; ${message}` : message;
+    $(`#config-${part}`).setAttribute("aria-invalid", "true");
   }
 
   async save() {
