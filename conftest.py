@@ -28,6 +28,7 @@ from iotctl.mosquitto import Accounts, Mosquitto
 from iotctl.sandbox import PrivateMongoDB
 from iotctl.testinfra import (
     PsqlError,
+    RabbitAdmin,
     coverage_by_package,
     coverage_lines,
     create_database,
@@ -152,28 +153,19 @@ class RabbitVhost:
     """
 
     def __init__(self, run_id: str, admin_url: str) -> None:
-        from urllib.parse import quote, urlsplit
-
-        parts = urlsplit(admin_url)
+        self.admin = RabbitAdmin.from_url(admin_url)
         self.name = f"iot-test-{run_id}"
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 5672
-        self.admin_username = parts.username or "guest"
-        self.admin_password = parts.password or "guest"
+        self.admin_username = self.admin.username
+        self.admin_password = self.admin.password
         self.management_url = RABBITMQ_MANAGEMENT_URL
         self.bridge_username = f"ingest-bridge-{run_id}"
         self.publisher_username = f"device-management-{run_id}"
         self.bridge_password = secrets.token_urlsafe(12)
         self.publisher_password = secrets.token_urlsafe(12)
-        self._quoted = quote(self.name, safe="")
 
     def url(self, username: str | None = None, password: str | None = None) -> str:
         """An AMQP URL into the vhost (the admin's when no user is given)."""
-        from urllib.parse import quote
-
-        user = quote(username or self.admin_username, safe="")
-        pw = quote(password if username else self.admin_password, safe="")
-        return f"amqp://{user}:{pw}@{self.host}:{self.port}/{self._quoted}"
+        return self.admin.url(self.name, username, password)
 
     @property
     def bridge_url(self) -> str:
@@ -184,11 +176,7 @@ class RabbitVhost:
         return self.url(self.publisher_username, self.publisher_password)
 
     def management(self) -> Any:
-        from iot_common.rabbitmq import Management
-
-        return Management(
-            self.management_url, username=self.admin_username, password=self.admin_password
-        )
+        return self.admin.management(self.management_url)
 
 
 def _ensure_rabbitmq_management(url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -12,6 +13,7 @@ import redis
 
 from iotctl.testinfra import (
     PsqlError,
+    RabbitAdmin,
     coverage_by_package,
     coverage_lines,
     create_database,
@@ -102,6 +104,28 @@ def test_dropping_a_redis_namespace_leaves_the_others(redis_url: str, run_id: st
     finally:
         client.delete(f"{other}:keep")
         client.close()
+
+
+def test_the_rabbitmq_administrator_is_read_from_its_amqp_url_once() -> None:
+    # An AMQP URL percent-encodes its credentials: the management API wants them decoded, a
+    # URL into a vhost wants them quoted again (not twice).
+    admin = RabbitAdmin.from_url("amqp://ad%40min:p%2Fss%3Aword@rabbit.test:5673/")
+    assert (admin.host, admin.port, admin.username, admin.password) == (
+        "rabbit.test",
+        5673,
+        "ad@min",
+        "p/ss:word",
+    )
+    assert admin.url("iot/e2e") == "amqp://ad%40min:p%2Fss%3Aword@rabbit.test:5673/iot%2Fe2e"
+    assert admin.url("v", "bridge-1", "s3cr@t") == "amqp://bridge-1:s3cr%40t@rabbit.test:5673/v"
+    assert RabbitAdmin.from_url("amqp://") == RabbitAdmin("127.0.0.1", 5672, "guest", "guest")
+
+
+async def test_the_rabbitmq_administrator_logs_in_to_the_management_api(
+    rabbitmq_vhost: Any,
+) -> None:
+    async with rabbitmq_vhost.admin.management(rabbitmq_vhost.management_url) as api:
+        assert rabbitmq_vhost.admin.username in await api.vhost_users(rabbitmq_vhost.name)
 
 
 def test_make_test_s_broker_runs_until_told_to_stop_and_takes_tansu_with_it() -> None:

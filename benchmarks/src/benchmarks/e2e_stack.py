@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import psutil
@@ -35,11 +34,18 @@ import psutil
 from iot_common.topics import Topics
 from iotctl.broker import TansuBroker, free_port
 from iotctl.mosquitto import Accounts, Mosquitto
-from iotctl.testinfra import create_database, database_url, drop_database
+from iotctl.testinfra import (
+    RabbitAdmin,
+    create_database,
+    database_url,
+    drop_database,
+    drop_redis_namespace,
+)
 
 REDIS_URL = os.environ.get("IOT_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: The machine's RabbitMQ as its administrator: the run's vhost and accounts are made with it.
 RABBITMQ_URL = os.environ.get("IOT_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQ_ADMIN = RabbitAdmin.from_url(RABBITMQ_URL)
 RABBITMQ_MANAGEMENT_URL = os.environ.get("IOT_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
 ADMIN_EMAIL = os.environ.get("IOT_ADMIN_EMAIL", "admin@example.com")
 ADMIN_PASSWORD = os.environ.get("IOT_ADMIN_PASSWORD", "admin-password-change-me")
@@ -124,11 +130,8 @@ class E2EStack:
     def rabbitmq_vhost(self) -> str:
         return f"iot-e2e-{self.run_id}"
 
-    def _amqp_url(self, username: str, password: str) -> str:
-        parts = urlsplit(RABBITMQ_URL)
-        host = f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}"
-        user = f"{quote(username, safe='')}:{quote(password, safe='')}"
-        return f"amqp://{user}@{host}/{quote(self.rabbitmq_vhost, safe='')}"
+    def _amqp_url(self, username: str | None = None, password: str | None = None) -> str:
+        return RABBITMQ_ADMIN.url(self.rabbitmq_vhost, username, password)
 
     def _amqp_env(self) -> dict[str, str]:
         """The run's AMQP: its own vhost, service accounts named after the run (users are
@@ -136,7 +139,6 @@ class E2EStack:
         simulator sends for devices it has no credential for go out as the administrator,
         without ``user_id`` (the bridge dead-letters them ``unauthorized``)."""
         rid = self.run_id
-        admin = urlsplit(RABBITMQ_URL)
         bridge = (f"ingest-bridge-e2e{rid}", self._amqp_passwords[0])
         publisher = (f"device-management-e2e{rid}", self._amqp_passwords[1])
         return {
@@ -144,16 +146,14 @@ class E2EStack:
             "DEVICE_MANAGEMENT_RABBITMQ_URL": self._amqp_url(*publisher),
             "DEVICE_MANAGEMENT_AMQP_PROVISIONING": "true",
             "DEVICE_MANAGEMENT_RABBITMQ_MANAGEMENT_URL": RABBITMQ_MANAGEMENT_URL,
-            "DEVICE_MANAGEMENT_RABBITMQ_ADMIN_USERNAME": unquote(admin.username or "guest"),
-            "DEVICE_MANAGEMENT_RABBITMQ_ADMIN_PASSWORD": unquote(admin.password or "guest"),
+            "DEVICE_MANAGEMENT_RABBITMQ_ADMIN_USERNAME": RABBITMQ_ADMIN.username,
+            "DEVICE_MANAGEMENT_RABBITMQ_ADMIN_PASSWORD": RABBITMQ_ADMIN.password,
             "DEVICE_MANAGEMENT_AMQP_BRIDGE_USERNAME": bridge[0],
             "DEVICE_MANAGEMENT_AMQP_BRIDGE_PASSWORD": bridge[1],
             "DEVICE_MANAGEMENT_AMQP_PUBLISHER_USERNAME": publisher[0],
             "DEVICE_MANAGEMENT_AMQP_PUBLISHER_PASSWORD": publisher[1],
             "INGEST_BRIDGE_RABBITMQ_URL": self._amqp_url(*bridge),
-            "SIMULATOR_RABBITMQ_URL": self._amqp_url(
-                unquote(admin.username or "guest"), unquote(admin.password or "guest")
-            ),
+            "SIMULATOR_RABBITMQ_URL": self._amqp_url(),
         }
 
     @property
@@ -388,26 +388,11 @@ class E2EStack:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _cleanup_redis(self) -> None:
-        try:
-            import redis
-        except ImportError:  # pragma: no cover
-            return
-        with contextlib.suppress(Exception):
-            client: Any = redis.Redis.from_url(REDIS_URL)
-            keys = list(client.scan_iter(match=f"{self.namespace}:*", count=1000))
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i : i + 500])
-            client.close()
+        with contextlib.suppress(Exception):  # cleanup must not hide the run's result
+            drop_redis_namespace(REDIS_URL, self.namespace)
 
     def _management(self) -> Any:
-        from iot_common.rabbitmq import Management
-
-        admin = urlsplit(RABBITMQ_URL)
-        return Management(
-            RABBITMQ_MANAGEMENT_URL,
-            username=unquote(admin.username or "guest"),
-            password=unquote(admin.password or "guest"),
-        )
+        return RABBITMQ_ADMIN.management(RABBITMQ_MANAGEMENT_URL)
 
     def _grant_admin(self) -> None:
         """The administrator may publish in the run's vhost (the simulator's messages for
@@ -416,8 +401,9 @@ class E2EStack:
 
         async def grant() -> None:
             async with self._management() as api:
-                user = unquote(urlsplit(RABBITMQ_URL).username or "guest")
-                await api.grant(self.rabbitmq_vhost, user, Permissions(".*", ".*", ".*"))
+                await api.grant(
+                    self.rabbitmq_vhost, RABBITMQ_ADMIN.username, Permissions(".*", ".*", ".*")
+                )
 
         asyncio.run(grant())
 
@@ -428,9 +414,8 @@ class E2EStack:
             return
 
         async def clean() -> None:
-            admin = unquote(urlsplit(RABBITMQ_URL).username or "guest")
             async with self._management() as api:
-                users = set(await api.vhost_users(self.rabbitmq_vhost)) - {admin}
+                users = set(await api.vhost_users(self.rabbitmq_vhost)) - {RABBITMQ_ADMIN.username}
                 await api.delete_vhost(self.rabbitmq_vhost)
                 await api.delete_users(sorted(users))
 

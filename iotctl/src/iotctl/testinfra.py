@@ -14,14 +14,21 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote, urlsplit
 
 from iot_common.settings import DEFAULT_DATABASE_URL
 from iotctl.broker import TansuBroker, free_port
 
+if TYPE_CHECKING:
+    from iot_common.rabbitmq import Management
+
 __all__ = [
     "PG_ADMIN_ENV",
     "PsqlError",
+    "RabbitAdmin",
     "coverage_by_package",
     "coverage_lines",
     "create_database",
@@ -114,6 +121,44 @@ def drop_redis_namespace(redis_url: str, namespace: str) -> int:
         return deleted
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class RabbitAdmin:
+    """The machine's RabbitMQ as its administrator, read once from an AMQP URL.
+
+    Tests and benchmarks make their private vhost and service accounts with it; the URL's
+    user and password are percent-decoded here (an AMQP URL quotes them) and quoted again by
+    :meth:`url`.
+    """
+
+    host: str
+    port: int
+    username: str
+    password: str
+
+    @classmethod
+    def from_url(cls, url: str) -> RabbitAdmin:
+        """``amqp://user:password@host:port/``; guest/guest on 127.0.0.1:5672 where left out."""
+        parts = urlsplit(url)
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5672,
+            username=unquote(parts.username or "guest"),
+            password=unquote(parts.password or "guest"),
+        )
+
+    def url(self, vhost: str, username: str | None = None, password: str | None = None) -> str:
+        """An AMQP URL into ``vhost`` as ``username`` (the administrator when none is given)."""
+        user = quote(username or self.username, safe="")
+        pw = quote((password or "") if username else self.password, safe="")
+        return f"amqp://{user}:{pw}@{self.host}:{self.port}/{quote(vhost, safe='')}"
+
+    def management(self, management_url: str) -> Management:
+        """A client of the broker's management API, logged in as the administrator."""
+        from iot_common.rabbitmq import Management
+
+        return Management(management_url, username=self.username, password=self.password)
 
 
 def percentiles(
