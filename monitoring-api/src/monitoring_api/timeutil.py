@@ -20,6 +20,13 @@ def to_epoch(value: datetime | None, default: float) -> float:
     return value.timestamp()
 
 
+def instant_to_epoch(value: float | datetime | None) -> float | None:
+    """A query's instant, given as epoch seconds or ISO 8601, in epoch seconds (None stays)."""
+    if value is None or isinstance(value, float):
+        return value
+    return to_epoch(value, 0.0)
+
+
 def resolve_range(
     start: datetime | None, end: datetime | None, *, default_span: float, max_span: float | None
 ) -> tuple[float, float]:

@@ -19,7 +19,7 @@ from monitoring_api.api.deps import (
     scoped_device_ids,
 )
 from monitoring_api.schemas import DeadLetterList, DeadLetterPublic
-from monitoring_api.timeutil import to_epoch
+from monitoring_api.timeutil import instant_to_epoch
 
 router = APIRouter(prefix="/monitoring/deadletters", tags=["deadletters"])
 
@@ -49,7 +49,7 @@ async def list_deadletters(
     rows = await store.query_deadletters(
         device_ids=ids,
         reason=reason,
-        before=before if isinstance(before, float) else to_epoch(before, 0.0) if before else None,
+        before=instant_to_epoch(before),
         after=_decode_cursor(cursor) if cursor else None,
         limit=limit,
     )
