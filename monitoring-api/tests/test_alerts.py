@@ -74,6 +74,10 @@ async def test_ack_then_clear_is_stored_and_produced(
     listed = await c.get("/monitoring/alerts", params={"status": "active"}, headers=alice.headers)
     assert [a["alert_id"] for a in listed.json()["items"]] == [alert.alert_id]
 
+    one = await c.get(f"/monitoring/alerts/{alert.alert_id}", headers=alice.headers)
+    assert one.status_code == 200, one.text
+    assert one.json()["alert_id"] == alert.alert_id and one.json()["status"] == "active"
+
     r = await c.post(f"/monitoring/alerts/{alert.alert_id}/ack", headers=alice.headers)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "acknowledged" and r.json()["acknowledged_by"] == alice.id

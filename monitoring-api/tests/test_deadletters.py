@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from iot_common.telemetry import DeadLetter
@@ -67,6 +68,25 @@ async def test_owner_sees_refused_readings_with_reason_and_counts(
         )
     ).json()
     assert [i["id"] for i in older["items"]] == [items[2]["id"]]
+    # … and so is an ISO 8601 instant (between the two oldest messages here)
+    between = datetime.fromtimestamp((items[1]["ts"] + items[2]["ts"]) / 2, UTC).isoformat()
+    older_iso = (
+        await c.get(
+            "/monitoring/deadletters",
+            params={"device_id": dev_a, "before": between},
+            headers=alice.headers,
+        )
+    ).json()
+    assert [i["id"] for i in older_iso["items"]] == [items[2]["id"]]
+    # one reason only
+    non_finite = (
+        await c.get(
+            "/monitoring/deadletters",
+            params={"device_id": dev_a, "reason": "non_finite"},
+            headers=alice.headers,
+        )
+    ).json()
+    assert [i["id"] for i in non_finite["items"]] == [items[0]["id"], items[1]["id"]]
     bad = await c.get(
         "/monitoring/deadletters",
         params={"device_id": dev_a, "cursor": "bm90IGEgY3Vyc29y"},

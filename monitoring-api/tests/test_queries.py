@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -169,6 +170,29 @@ async def test_recent_data_only_covers_the_callers_devices(seeded: dict[str, Any
     assert {s["dev_a"], s["dev_b"]} <= {x["device_id"] for x in r.json()["items"]}
 
 
+async def test_recent_data_of_one_metric_since_an_instant(seeded: dict[str, Any]) -> None:
+    s = seeded
+    since = datetime.fromtimestamp(s["base"] + 200, UTC).isoformat()  # samples 20..29
+    r = await s["c"].get(
+        "/monitoring/data",
+        params={"metric": "temp", "since": since, "limit": 100},
+        headers=s["alice"].headers,
+    )
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert [x["value"] for x in items] == [float(v) for v in range(29, 19, -1)]
+    assert {x["metric"] for x in items} == {"temp"}
+    none = await s["c"].get(
+        "/monitoring/data", params={"metric": "hum"}, headers=s["alice"].headers
+    )
+    assert none.status_code == 200 and none.json()["items"] == []
+    bad = await s["c"].get(
+        "/monitoring/data", params={"metric": "bad name!"}, headers=s["alice"].headers
+    )
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["details"][0]["field"] == "metric"
+
+
 async def test_fleet_stats_cover_the_callers_devices(seeded: dict[str, Any]) -> None:
     s = seeded
     params = {"start": s["base"], "end": s["base"] + 600}
@@ -214,6 +238,8 @@ async def test_no_token_is_401(seeded: dict[str, Any]) -> None:
         ({"aggregate": "median"}, "query.aggregate.0"),
         ({"interval": "raw", "limit": 1_000_000}, "limit"),
         ({"start": "not-a-time"}, "query.start"),
+        ({"start": "1960-01-01T00:00:00Z", "end": "1960-01-02T00:00:00Z"}, "start"),
+        ({"start": "2020-01-01T00:00:00Z", "end": "9999-01-01T00:00:00Z"}, "end"),
     ],
 )
 async def test_bad_queries_are_422_in_the_common_shape(
