@@ -15,7 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from device_management.models import BrokerChange
-from device_management.provisioner import fold
+from device_management.provisioner import COMMANDS_PER_MESSAGE, DynsecControl, fold
+from iot_common import dynsec
 from iotctl.mosquitto import Accounts, Mosquitto
 
 
@@ -166,6 +167,50 @@ async def test_provisioned_devices_keep_working_while_device_management_is_down(
     again = mqtt_connect(did, token)  # a reconnect needs nothing from device-management
     assert again.accepted
     assert again.publish(f"devices/{did}/telemetry", b"{}") == "Success"
+
+
+async def test_a_batch_slower_than_the_control_timeout_is_applied_while_answers_keep_coming(
+    mqtt_connect: Any,
+) -> None:
+    """With thousands of devices on the broker each change costs the plugin a rewrite of its
+    whole file, so a batch of registrations takes longer than the control timeout; it must be
+    applied, not timed out and retried for ever (at 10,000 devices a batch of 200 took 12 s
+    against the 10 s timeout). The timeout is calibrated on this broker: 4 messages' time."""
+    preloaded = [(str(uuid.uuid4()), "preloaded") for _ in range(3000)]
+    broker = Mosquitto(persistence=False, accounts=Accounts(), devices=preloaded)
+    broker.start()
+
+    def control(timeout: float) -> DynsecControl:
+        return DynsecControl(
+            host=broker.host,
+            port=broker.port,
+            username=dynsec.ADMIN_USERNAME,
+            password=dynsec.DEV_ADMIN_PASSWORD,
+            timeout=timeout,
+        )
+
+    def creates(n: int) -> list[tuple[str, str]]:
+        return [(str(uuid.uuid4()), f"token-{i}") for i in range(n)]
+
+    calibrate, batch = control(60), None
+    try:
+        await calibrate.connect()
+        t0 = time.monotonic()
+        first = creates(COMMANDS_PER_MESSAGE)
+        await calibrate.send([dynsec.create_device_command(d, t) for d, t in first])
+        one_message = time.monotonic() - t0
+        batch = control(4 * one_message)
+        await batch.connect()
+        devices = creates(10 * COMMANDS_PER_MESSAGE)
+        answers = await batch.send([dynsec.create_device_command(d, t) for d, t in devices])
+        assert [a.get("error") for a in answers] == [None] * len(devices)
+        did, token = devices[-1]
+        assert mqtt_connect(did, token, address=broker.address).accepted
+    finally:
+        for c in (calibrate, batch):
+            if c is not None:
+                await c.close()
+        broker.cleanup()
 
 
 def test_a_batch_folds_to_each_devices_final_state() -> None:

@@ -50,6 +50,7 @@ class DeviceManagementSettings(ServiceSettings):
     mqtt_admin_username: str = dynsec.ADMIN_USERNAME
     #: Also the key material that seals tokens waiting in ``t_broker_changes``.
     mqtt_admin_password: SecretStr = SecretStr(dynsec.DEV_ADMIN_PASSWORD)
+    #: Longest wait for the next answer on the control topic (not for a whole batch).
     mqtt_control_timeout: float = 10.0
     #: Keep devices' RabbitMQ users (one per device, in the vhost of ``rabbitmq_url``) through
     #: the broker's management HTTP API, as the administrator account below.
