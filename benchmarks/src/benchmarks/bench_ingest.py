@@ -329,10 +329,14 @@ def _bridge_counts(port: int) -> dict[str, float]:
 
 
 class BridgeProc:
-    def __init__(self, env: dict[str, str], log: Path, *, naive: bool = False) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, *, naive: bool = False, python: str | None = None
+    ) -> None:
+        """``python``: another tree's interpreter (its virtualenv's), to run that tree's bridge
+        in the same harness — a before/after comparison in one run."""
         self.http_port = free_port()
         env = {**os.environ, **env, "INGEST_BRIDGE_HTTP_PORT": str(self.http_port)}
-        cmd = [sys.executable, "-m", "ingest_bridge"]
+        cmd = [python or sys.executable, "-m", "ingest_bridge"]
         if naive:
             cmd = [sys.executable, "-m", "benchmarks.bench_ingest", "naive"]
         self.log = open(log, "ab")  # noqa: SIM115
@@ -481,17 +485,19 @@ def _mqtt_phase(
     backlog: bool,
     log: Path,
     as_devices: bool = False,
+    bridge_python: str | None = None,
 ) -> dict[str, Any]:
     """One bridge process, fed by paho publishers at the same time (live) or beforehand.
 
     ``as_devices``: each publisher is one of the first ``PUBLISHERS`` devices, connected with
-    its credential and publishing its own topic (what an authenticating broker allows)."""
+    its credential and publishing its own topic (what an authenticating broker allows).
+    ``bridge_python``: run another tree's bridge (see :class:`BridgeProc`)."""
     tag = f"b{secrets.token_hex(3)}"
     messages -= messages % PUBLISHERS  # every publisher sends the same share
     env = _base_env(bootstrap, mosq, ns, tag)
     credentials = devices[:PUBLISHERS] if as_devices else None
     topics = [f"{tag}/devices/{d}/telemetry" for d, _ in (credentials or devices)]
-    bridge = BridgeProc(env, log, naive=naive)
+    bridge = BridgeProc(env, log, naive=naive, python=bridge_python)
     pub_rate = 0.0
     try:
         bridge.wait_ready()
@@ -500,7 +506,7 @@ def _mqtt_phase(
             bridge.stop()
             ps, q = _publish(mosq.port, topics, messages, batch, credentials=credentials)
             pub_rate = _publish_rate(ps, q)
-            bridge = BridgeProc(env, log, naive=naive)
+            bridge = BridgeProc(env, log, naive=naive, python=bridge_python)
             t0, t1, n, cpu = _track(bridge, messages)
         else:
             ps, q = _publish(mosq.port, topics, messages, batch, credentials=credentials)

@@ -33,48 +33,86 @@ from iotctl.broker import TansuBroker, free_port
 from iotctl.mosquitto import Accounts, Mosquitto
 from iotctl.testinfra import drop_redis_namespace
 
+#: A checkout of the code from before device identity (its own ``.venv``, ``uv sync`` done):
+#: its bridge is the *before* arm, on an anonymous broker, in the same run.
+BEFORE_TREE_ENV = "IOT_BENCH_BEFORE_TREE"
+
+
+def _before_python() -> str | None:
+    tree = os.environ.get(BEFORE_TREE_ENV)
+    if not tree:
+        return None
+    python = Path(tree) / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{BEFORE_TREE_ENV}={tree}: no {python} (run uv sync there)")
+    return str(python)
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
 
 def _ingest(quick: bool) -> dict[str, Any]:
+    """Each mode runs the arms in turn, A,B,(C),A,B,(C): a change in the shared machine's load
+    during the run hits every arm alike."""
     log = Path(tempfile.mkdtemp(prefix="bench-mqtt-auth-")) / "bridge.log"
     messages = 30_000 if quick else 120_000
+    rounds = 1 if quick else 2
+    before_python = _before_python()
     broker = TansuBroker(port=free_port())
     broker.start()
     ns = f"bench{secrets.token_hex(4)}"
     off = Mosquitto.for_benchmarks(accounts=None)
     on = Mosquitto.for_benchmarks(accounts=Accounts(prefixes=("+/",), share_group="+"))
-    out: dict[str, Any] = {}
+    # arm -> (broker, python of the bridge)
+    arms: dict[str, tuple[Mosquitto, str | None]] = {}
+    if before_python:
+        arms["before"] = (off, before_python)
+    arms["off"] = (off, None)
+    arms["on"] = (on, None)
+    out: dict[str, Any] = {"arms": list(arms), "rounds": rounds, "messages": messages}
     try:
         devices = _make_devices(ns, 10)
         off.start()
         on.start()
         on.add_devices(devices)
-        # Alternate, twice each, so a change in the shared machine's load hits both.
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-        for label in ("off", "on", "on", "off"):
-            mosq = off if label == "off" else on
-            r = _mqtt_phase(
-                broker.bootstrap,
-                mosq,
-                ns,
-                devices,
-                messages=messages,
-                batch=1,
-                naive=False,
-                backlog=False,
-                log=log,
-                as_devices=True,
-            )
-            print(f"  auth {label}: {r}", file=sys.stderr)
-            assert r["all_delivered"], r
-            runs[label].append(r)
-        for label, rs in runs.items():
-            out[label] = {
-                "messages_per_s": [r["messages_per_s"] for r in rs],
-                "messages_per_bridge_cpu_s": [r["messages_per_bridge_cpu_s"] for r in rs],
-                "publish_rate": [r["publish_rate"] for r in rs],
-            }
-        best = {k: max(v["messages_per_s"]) for k, v in out.items()}
-        out["ratio_on_vs_off"] = round(best["on"] / max(best["off"], 1), 3)
+        for mode, backlog in (("live", False), ("backlog", True)):
+            runs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
+            for _ in range(rounds):
+                for label, (mosq, python) in arms.items():
+                    r = _mqtt_phase(
+                        broker.bootstrap,
+                        mosq,
+                        ns,
+                        devices,
+                        messages=messages,
+                        batch=1,
+                        naive=False,
+                        backlog=backlog,
+                        log=log,
+                        as_devices=True,
+                        bridge_python=python,
+                    )
+                    r["load_average"] = round(os.getloadavg()[0], 1)
+                    print(f"  {mode} {label}: {r}", file=sys.stderr)
+                    assert r["all_delivered"], r
+                    runs[label].append(r)
+            res: dict[str, Any] = {}
+            for label, rs in runs.items():
+                res[label] = {
+                    "messages_per_s": [r["messages_per_s"] for r in rs],
+                    "messages_per_bridge_cpu_s": [r["messages_per_bridge_cpu_s"] for r in rs],
+                    "publish_rate": [r["publish_rate"] for r in rs],
+                    "load_average": [r["load_average"] for r in rs],
+                    "median_messages_per_s": _median([r["messages_per_s"] for r in rs]),
+                }
+            med = {k: v["median_messages_per_s"] for k, v in res.items()}
+            res["ratio_on_vs_off"] = round(med["on"] / max(med["off"], 1), 3)
+            if "before" in med:
+                res["ratio_on_vs_before"] = round(med["on"] / max(med["before"], 1), 3)
+            out[mode] = res
     finally:
         off.cleanup()
         on.cleanup()
@@ -112,26 +150,63 @@ def _provisioning(quick: bool) -> dict[str, Any]:
     }
 
 
-def run(results_dir: Path, *, quick: bool = False) -> dict[str, Any]:
+def _ingest_lines(ingest: dict[str, Any]) -> list[str]:
+    lines = []
+    for mode, what in (("live", "publishers alongside"), ("backlog", "backlog drain")):
+        res = ingest[mode]
+        runs = "; ".join(
+            f"{a} {res[a]['messages_per_s']} (per bridge CPU-s "
+            f"{res[a]['messages_per_bridge_cpu_s']})"
+            for a in ingest["arms"]
+        )
+        vs_before = (
+            f"on/before **{res['ratio_on_vs_before']}**, " if "ratio_on_vs_before" in res else ""
+        )
+        lines.append(
+            f"- ingest, single-reading QoS 1, {what}: median msgs/s "
+            + ", ".join(f"{a} {res[a]['median_messages_per_s']:,}" for a in ingest["arms"])
+            + f": {vs_before}on/off **{res['ratio_on_vs_off']}** (target ≥ 0.9; runs: {runs})"
+        )
+    return lines
+
+
+def _provisioning_line(prov: dict[str, Any]) -> str:
+    return (
+        f"- provisioning {prov['devices']:,} devices through the control topic: "
+        f"**{prov['seconds']} s** ({prov['per_device_ms']} ms each), broker RSS "
+        f"{prov['broker_rss_mb_before']} → {prov['broker_rss_mb_after']} MB, plugin file "
+        f"{prov['plugin_file_mb']} MB; one more credential change then "
+        f"{prov['one_more_change_ms']} ms"
+    )
+
+
+def run(
+    results_dir: Path, *, quick: bool = False, parts: tuple[str, ...] = ("ingest", "provisioning")
+) -> dict[str, Any]:
     results_dir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
-    ingest = _ingest(quick)
-    prov = _provisioning(quick)
-    on, off = ingest["on"], ingest["off"]
-    return {
-        "ingest": ingest,
-        "provisioning": prov,
-        "load_average": f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
-        "summary": [
-            "- ingest, single-reading QoS 1, live: authentication on "
-            f"**{max(on['messages_per_s']):,}"
-            f" msgs/s** vs off (baseline, same run) {max(off['messages_per_s']):,} msgs/s: "
-            f"**ratio {ingest['ratio_on_vs_off']}** (runs: on {on['messages_per_s']}, "
-            f"off {off['messages_per_s']}; target ≥ 0.9)",
-            f"- provisioning {prov['devices']:,} devices through the control topic: "
-            f"**{prov['seconds']} s** ({prov['per_device_ms']} ms each), broker RSS "
-            f"{prov['broker_rss_mb_before']} → {prov['broker_rss_mb_after']} MB, plugin file "
-            f"{prov['plugin_file_mb']} MB; one more credential change then "
-            f"{prov['one_more_change_ms']} ms",
-        ],
-    }
+    out: dict[str, Any] = {}
+    summary: list[str] = []
+    if "ingest" in parts:
+        out["ingest"] = _ingest(quick)
+        summary += _ingest_lines(out["ingest"])
+    if "provisioning" in parts:
+        out["provisioning"] = _provisioning(quick)
+        summary.append(_provisioning_line(out["provisioning"]))
+    out["load_average"] = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    out["summary"] = summary
+    return out
+
+
+def main() -> None:
+    """``python -m benchmarks.bench_mqtt_auth [--quick] [ingest|provisioning]``."""
+    import json
+
+    args = sys.argv[1:]
+    parts = tuple(a for a in args if a in ("ingest", "provisioning")) or ("ingest", "provisioning")
+    out = run(Path("benchmarks/results"), quick="--quick" in args, parts=parts)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
