@@ -240,3 +240,20 @@ def test_a_batch_folds_to_each_devices_final_state() -> None:
     )
     assert (plans[b].kind, plans[b].rows) == ("delete", [2, 5])
     assert (plans[c].kind, plans[c].active) == ("active", False)
+
+
+async def test_device_accounts_are_kept_over_tls_when_the_broker_speaks_it(
+    start_service: Any, device_body: Any, users: dict[str, Any], mqtt_connect: Any
+) -> None:
+    """``IOT_MQTT_TLS`` + ``IOT_MQTT_TLS_CA_FILE``: device-management's control connection is
+    TLS to the broker's 8883-style listener (the prod overlay's setting)."""
+    broker = Mosquitto(persistence=False, accounts=Accounts(), tls=True)
+    broker.start()
+    try:
+        service = await start_service(
+            mqtt_port=broker.tls_port, mqtt_tls=True, mqtt_tls_ca_file=str(broker.tls_ca_path)
+        )
+        did, token = await _device(service, device_body, users["alice"])
+        assert mqtt_connect(did, token, address=broker.address).accepted
+    finally:
+        broker.cleanup()

@@ -145,3 +145,47 @@ def test_the_bridges_client_id_is_per_replica_and_not_guessable(settings):
     assert one.startswith(f"{base}-") and len(one) >= len(base) + 20
     # The default (ingest-bridge-1 until now) is no longer the id a stranger would try.
     assert session_client_id("ingest-bridge", password=None) != "ingest-bridge-1"
+
+
+async def test_the_bridge_reads_over_tls_verifying_the_brokers_certificate(
+    make_settings, device_factory, mqtt_connect, bus
+):
+    """``IOT_MQTT_TLS``: the bridge's connection is TLS, trusting ``IOT_MQTT_TLS_CA_FILE``
+    (what the prod overlay mounts from the ``mqtt-ca`` Secret); a broker whose certificate
+    that CA did not sign is not talked to."""
+    import ssl
+
+    from asgi_lifespan import LifespanManager
+
+    from ingest_bridge.main import create_app
+    from iotctl.mosquitto import Accounts
+
+    broker = Mosquitto(
+        persistence=False, accounts=Accounts(prefixes=("test/+/",), share_group="+"), tls=True
+    )
+    broker.start()
+    try:
+        settings = make_settings(
+            mqtt_port=broker.tls_port, mqtt_tls=True, mqtt_tls_ca_file=str(broker.tls_ca_path)
+        )
+        untrusting = make_settings(mqtt_port=broker.tls_port, mqtt_tls=True).mqtt_ssl_context()
+        try:
+            await asyncio.open_connection(broker.host, broker.tls_port, ssl=untrusting)
+        except ssl.SSLCertVerificationError:
+            pass
+        else:
+            raise AssertionError("a certificate no trusted CA signed was accepted")
+
+        dev = await device_factory()
+        broker.add_devices([(dev.id, dev.token)])
+        app = create_app(settings)
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+            source = app.state.bridge.mqtt
+            await _until(lambda: source.connected, "the bridge's TLS session")
+            conn = mqtt_connect(dev.id, dev.token, address=broker.address)
+            topic = f"{settings.mqtt_topic_prefix}devices/{dev.id}/telemetry"
+            assert conn.publish(topic, reading(7)) == "Success"
+            await bus.until(lambda: len(bus.readings(dev.id)) == 1, what="the reading over TLS")
+            conn.close()
+    finally:
+        broker.cleanup()

@@ -398,3 +398,39 @@ def test_a_statefulset_pod_mounts_its_claim_templates() -> None:
     postgres = pods["statefulset-postgres"]["spec"]
     claim = next(v for v in postgres["volumes"] if v["name"] == "data")
     assert claim["persistentVolumeClaim"] == {"claimName": "data-postgres-0"}
+
+
+def test_prod_mqtt_clients_speak_tls_to_the_operated_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bridge and device-management reach the operated Mosquitto on 8883 with TLS,
+    trusting the CA the operator puts in the mqtt-ca Secret (a pod without it does not start)."""
+    from device_management.config import DeviceManagementSettings
+    from ingest_bridge.config import IngestBridgeSettings
+
+    docs = kustomize("prod")
+    maps = of_kind(docs, "ConfigMap")
+    deployments = of_kind(docs, "Deployment")
+    for name, settings_cls in (
+        ("ingest-bridge", IngestBridgeSettings),
+        ("device-management", DeviceManagementSettings),
+    ):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:  # the Secrets come from the secret manager
+                env.update(maps[source["configMapRef"]["name"]]["data"])
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            settings = settings_cls()
+        assert settings.mqtt_host == "mosquitto.mqtt.svc.cluster.local", name
+        assert (settings.mqtt_port, settings.mqtt_tls) == (8883, True), name
+        ca = Path(settings.mqtt_tls_ca_file or "")
+        mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert str(ca.parent) == mounts["mqtt-ca"], name
+        secret = volumes["mqtt-ca"]["secret"]
+        assert secret["secretName"] == "mqtt-ca" and secret["optional"] is False, name
+        assert secret["items"] == [{"key": "ca.crt", "path": ca.name}], name

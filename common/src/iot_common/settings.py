@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from typing import Self
 from urllib.parse import urlsplit
@@ -76,6 +77,20 @@ class ServiceSettings(BaseSettings):
     device_management_url: str = "http://127.0.0.1:8002"
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
+    #: The platform's own MQTT clients (bridge, device-management) speak TLS to the broker
+    #: (port 8883 in compose/Kubernetes), verifying its certificate and host name.
+    mqtt_tls: bool = False
+    #: The CA bundle (PEM) that signs the broker's certificate; unset: the system's CAs.
+    mqtt_tls_ca_file: str | None = None
+
+    def mqtt_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the service's MQTT connection (None: plain TCP)."""
+        if not self.mqtt_tls:
+            return None
+        context = ssl.create_default_context(cafile=self.mqtt_tls_ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
     #: Prefix of MQTT topics (``{prefix}devices/{id}/telemetry``); tests give each run its own.
     mqtt_topic_prefix: str = ""
     #: RabbitMQ exchange names (contract names by default; tests make them unique).

@@ -134,6 +134,7 @@ def _provisioning(
             username=settings.mqtt_admin_username,
             password=password,
             timeout=settings.mqtt_control_timeout,
+            ssl_context=settings.mqtt_ssl_context(),
         )
         provisioners.append(
             provisioner(MQTT, MqttApplier(control, seal, topic_prefix=settings.mqtt_topic_prefix))

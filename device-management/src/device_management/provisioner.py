@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import secrets
+import ssl
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -267,7 +268,9 @@ class DynsecControl:
         username: str,
         password: str,
         timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self._ssl_context = ssl_context
         self._host = host
         self._port = port
         self._username = username
@@ -293,6 +296,7 @@ class DynsecControl:
             identifier=f"{self._username}-{secrets.token_hex(8)}",
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=self._timeout,
+            tls_context=self._ssl_context,
         )
         await client.__aenter__()
         try:

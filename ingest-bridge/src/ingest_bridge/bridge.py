@@ -113,6 +113,7 @@ class Bridge:
                 keepalive=s.mqtt_keepalive,
                 username=s.mqtt_username,
                 password=mqtt_password,
+                ssl_context=s.mqtt_ssl_context(),
                 max_in_flight=s.max_in_flight_messages,
                 max_in_flight_bytes=s.max_in_flight_bytes,
                 max_concurrent_batches=s.max_concurrent_batches,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from iot_common import dynsec
+from iotctl.broker import free_port
 from iotctl.sandbox import SandboxUnavailable, _chown, _Instance, _private_dir, _wait_port
 
 #: Where Debian (and the eclipse-mosquitto image) install the dynamic-security plugin.
@@ -147,6 +148,10 @@ class Mosquitto(_Instance):
     #: Device clients (id, token) written into the plugin's file before the first start.
     devices: Sequence[tuple[str, str]] = ()
     host: str = "127.0.0.1"
+    #: Also listen with TLS on ``tls_port`` (same accounts), with a self-signed certificate
+    #: for 127.0.0.1/localhost made at the first start (:attr:`tls_ca_path` trusts it).
+    tls: bool = False
+    tls_port: int = field(default_factory=free_port)
 
     @classmethod
     def for_benchmarks(cls, **kw: Any) -> Mosquitto:
@@ -174,6 +179,25 @@ class Mosquitto(_Instance):
     @property
     def log_path(self) -> Path:
         return self.directory / "mosquitto.log"
+
+    @property
+    def tls_ca_path(self) -> Path:
+        """The broker's (self-signed) certificate: what a TLS client trusts."""
+        return self.directory / "tls.crt"
+
+    def _make_certificate(self) -> None:
+        if self.tls_ca_path.exists():
+            return
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-days", "7", "-subj", "/CN=localhost",
+                "-addext", f"subjectAltName=DNS:localhost,IP:{self.host}",
+                "-keyout", str(self.directory / "tls.key"), "-out", str(self.tls_ca_path),
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
 
     def write_config(self) -> None:
         """Write mosquitto.conf (and the plugin file, acl_file) for the next start."""
@@ -224,6 +248,14 @@ class Mosquitto(_Instance):
         ]
         if self.max_packet_size:
             lines.append(f"max_packet_size {self.max_packet_size}")
+        if self.tls:
+            self._make_certificate()
+            lines += [
+                f"listener {self.tls_port} {self.host}",
+                f"certfile {self.tls_ca_path}",
+                f"keyfile {self.directory / 'tls.key'}",
+                "tls_version tlsv1.2",
+            ]
         if self.tcp_nodelay:
             lines.append("set_tcp_nodelay true")
         lines += [
@@ -253,6 +285,8 @@ class Mosquitto(_Instance):
             start_new_session=True,
         )
         _wait_port(self.port, 10, self.proc)
+        if self.tls:
+            _wait_port(self.tls_port, 10, self.proc)
 
     def kill(self) -> None:
         """A crash: SIGKILL, so the broker loses what it had not saved."""

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -314,8 +315,11 @@ class MqttSource:
         max_batch_bytes: int = 1024 * 1024,
         max_packet_size: int = 256 * 1024,
         on_config_report: ConfigReportHandler | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.pipeline = pipeline
+        #: TLS to the broker (certificate and host name verified); None: plain TCP.
+        self.ssl_context = ssl_context
         self.on_config_report = on_config_report
         self.reported_filter = f"$share/{share_group}/{topic_prefix}devices/+/config/reported"
         self.host = host
@@ -386,7 +390,10 @@ class MqttSource:
         gen = self._generation
         _, conn = await asyncio.wait_for(
             loop.create_connection(
-                lambda: _Connection(self, gen, self.max_packet_size), self.host, self.port
+                lambda: _Connection(self, gen, self.max_packet_size),
+                self.host,
+                self.port,
+                ssl=self.ssl_context,
             ),
             timeout=10,
         )
