@@ -1,19 +1,23 @@
 """What device identity on MQTT costs: bridge throughput with authentication off and on, and the
 price of credential changes (provisioning 10,000 devices on Mosquitto's dynamic security).
 
-1. **Ingest, authentication off vs on** (bench_ingest's harness, one run): the same bridge
-   process, single-reading QoS 1 messages, live, from ``PUBLISHERS`` paho processes each
-   connected as one device publishing its own topic. *Off* (baseline): a Mosquitto that takes
-   anonymous clients. *On*: the platform's Mosquitto (dynamic-security plugin, anonymous
-   refused, the device role and acl_file patterns of ``iot_common.dynsec``), each publisher
-   with its device's credential, the bridge with its own account. The target: *on* within
-   10 % of *off*.
+1. **Ingest, authentication off vs on** (bench_ingest's harness, one run): single-reading QoS 1
+   messages from ``PUBLISHERS`` paho processes each connected as one device publishing its own
+   topic, live (publishers alongside the bridge) and as a backlog drain (queued while the
+   bridge was away: the bridge's ceiling). Arms, run in turn A,B,C,A,B,C: *before* (only with
+   ``IOT_BENCH_BEFORE_TREE`` = a checkout of the code from before device identity, with its
+   own ``.venv``: that tree's bridge, anonymous broker), *off* (this bridge, a Mosquitto that
+   takes anonymous clients) and *on* (the platform's Mosquitto: dynamic-security plugin,
+   anonymous refused, the device role and acl_file patterns of ``iot_common.dynsec``, each
+   publisher with its device's credential, the bridge with its own account). The target:
+   *on* within 10 % of *before* (the issue's "today's").
 2. **Provisioning 10,000 devices**: ``createClient`` commands on the plugin's control topic
    (what device-management's provisioner sends, in batches of 500), on a fresh broker: seconds
    for all of them (each change rewrites the plugin's JSON file), broker RSS before and after,
    and the price of one more change (a password rotation) once 10,000 exist.
 
-Run: ``uv run benchmarks mqtt_auth`` (``--quick``: fewer messages and 2,000 devices).
+Run: ``uv run benchmarks mqtt_auth`` (``--quick``: fewer messages and 2,000 devices), or one
+part: ``python -m benchmarks.bench_mqtt_auth [--quick] [--rounds=N] ingest|provisioning``.
 """
 
 from __future__ import annotations
@@ -54,12 +58,12 @@ def _median(values: list[float]) -> float:
     return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 
 
-def _ingest(quick: bool) -> dict[str, Any]:
+def _ingest(quick: bool, rounds: int | None = None) -> dict[str, Any]:
     """Each mode runs the arms in turn, A,B,(C),A,B,(C): a change in the shared machine's load
     during the run hits every arm alike."""
     log = Path(tempfile.mkdtemp(prefix="bench-mqtt-auth-")) / "bridge.log"
     messages = 30_000 if quick else 120_000
-    rounds = 1 if quick else 2
+    rounds = rounds or (1 if quick else 2)
     before_python = _before_python()
     broker = TansuBroker(port=free_port())
     broker.start()
@@ -181,14 +185,18 @@ def _provisioning_line(prov: dict[str, Any]) -> str:
 
 
 def run(
-    results_dir: Path, *, quick: bool = False, parts: tuple[str, ...] = ("ingest", "provisioning")
+    results_dir: Path,
+    *,
+    quick: bool = False,
+    parts: tuple[str, ...] = ("ingest", "provisioning"),
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     results_dir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     out: dict[str, Any] = {}
     summary: list[str] = []
     if "ingest" in parts:
-        out["ingest"] = _ingest(quick)
+        out["ingest"] = _ingest(quick, rounds)
         summary += _ingest_lines(out["ingest"])
     if "provisioning" in parts:
         out["provisioning"] = _provisioning(quick)
@@ -199,12 +207,13 @@ def run(
 
 
 def main() -> None:
-    """``python -m benchmarks.bench_mqtt_auth [--quick] [ingest|provisioning]``."""
+    """``python -m benchmarks.bench_mqtt_auth [--quick] [--rounds=N] [ingest|provisioning]``."""
     import json
 
     args = sys.argv[1:]
     parts = tuple(a for a in args if a in ("ingest", "provisioning")) or ("ingest", "provisioning")
-    out = run(Path("benchmarks/results"), quick="--quick" in args, parts=parts)
+    rounds = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--rounds=")), None)
+    out = run(Path("benchmarks/results"), quick="--quick" in args, parts=parts, rounds=rounds)
     print(json.dumps(out, indent=2))
 
 
