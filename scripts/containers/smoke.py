@@ -155,10 +155,9 @@ async def main(work: Path) -> None:
         await sio.disconnect()
 
 
-def dashboard(work: Path) -> None:
-    gw = f"http://127.0.0.1:{json.loads((work / 'ports.json').read_text())['gateway:8080']}"
-    shot = work / "dashboard.png"
-    dom = subprocess.run(
+def _headless_chromium(work: Path, *args: str) -> str:
+    """Headless Chromium on the page (8 s of virtual time for its scripts); its stdout."""
+    return subprocess.run(
         [
             "chromium",
             "--headless",
@@ -171,35 +170,21 @@ def dashboard(work: Path) -> None:
             "--disable-sync",
             f"--user-data-dir={work / 'chromium'}",
             "--virtual-time-budget=8000",
-            "--dump-dom",
-            f"{gw}/dashboard",
+            *args,
         ],
         capture_output=True,
         text=True,
+        errors="replace",
         timeout=120,
         check=False,
     ).stdout
-    subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={work / 'chromium'}",
-            "--virtual-time-budget=8000",
-            "--window-size=1280,900",
-            f"--screenshot={shot}",
-            f"{gw}/dashboard",
-        ],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+
+
+def dashboard(work: Path) -> None:
+    gw = f"http://127.0.0.1:{json.loads((work / 'ports.json').read_text())['gateway:8080']}"
+    shot = work / "dashboard.png"
+    dom = _headless_chromium(work, "--dump-dom", f"{gw}/dashboard")
+    _headless_chromium(work, "--window-size=1280,900", f"--screenshot={shot}", f"{gw}/dashboard")
     if 'data-testid="chart"' not in dom or "<script" not in dom:
         raise SystemExit(f"smoke: /dashboard in Chromium: FAILED (DOM: {dom[:300]!r})")
     step("/dashboard in headless Chromium", f"screenshot {shot}")
