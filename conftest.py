@@ -25,7 +25,6 @@ import pytest
 
 from iotctl.broker import TansuBroker, free_port, port_open
 from iotctl.mosquitto import Accounts, Mosquitto
-from iotctl.sandbox import PrivateMongoDB
 from iotctl.testinfra import (
     PsqlError,
     RabbitAdmin,
@@ -33,6 +32,7 @@ from iotctl.testinfra import (
     coverage_lines,
     create_database,
     drop_database,
+    mongodb_server,
 )
 
 # pytest's importlib mode names a test module after its folders ("signing.tests.conftest") and,
@@ -75,16 +75,8 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def mongodb_url() -> Iterator[str]:
     """A MongoDB server for this session: ``MONGODB_URL``, else a private one started here."""
-    given = os.environ.get("MONGODB_URL")
-    if given:
-        yield given
-        return
-    server = PrivateMongoDB()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
+    with mongodb_server() as url:
+        yield url
 
 
 #: The monitoring store's backends; end-to-end tests through the store run on each.

@@ -20,6 +20,7 @@ from iotctl.testinfra import (
     database_url,
     drop_database,
     drop_redis_namespace,
+    mongodb_server,
     percentiles,
     pg_admin_url,
     psql,
@@ -126,6 +127,12 @@ async def test_the_rabbitmq_administrator_logs_in_to_the_management_api(
 ) -> None:
     async with rabbitmq_vhost.admin.management(rabbitmq_vhost.management_url) as api:
         assert rabbitmq_vhost.admin.username in await api.vhost_users(rabbitmq_vhost.name)
+
+
+def test_a_given_mongodb_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONGODB_URL", "mongodb://db.test:27018/")
+    with mongodb_server() as url:
+        assert url == "mongodb://db.test:27018/"
 
 
 def test_make_test_s_broker_runs_until_told_to_stop_and_takes_tansu_with_it() -> None:

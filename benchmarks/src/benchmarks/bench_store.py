@@ -42,8 +42,7 @@ import struct
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,13 @@ import numpy as np
 import numpy.typing as npt
 
 from iot_common.events import WindowStats
-from iotctl.testinfra import create_database, database_url, drop_database, percentiles
+from iotctl.testinfra import (
+    create_database,
+    database_url,
+    drop_database,
+    mongodb_server,
+    percentiles,
+)
 from monitoring_store import MonitoringStore, SampleBatch, open_store
 
 DB_NAME = "iot_bench_store"
@@ -593,23 +598,6 @@ def _plot(results_dir: pathlib.Path, queries: dict[str, Any], backend: str) -> s
     return str(path)
 
 
-@contextmanager
-def _mongodb_server() -> Iterator[str]:
-    """``MONGODB_URL``, else a private emulator started for this run (stopped afterwards)."""
-    given = os.environ.get("MONGODB_URL")
-    if given:
-        yield given
-        return
-    from iotctl.sandbox import PrivateMongoDB
-
-    server = PrivateMongoDB()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
-
-
 def _drop_mongo(url: str) -> None:
     from pymongo import MongoClient
 
@@ -754,54 +742,28 @@ def _side_by_side(pg: dict[str, Any], mg: dict[str, Any]) -> list[str]:
         ratio = (a / b if higher_better else b / a) if a and b else float("nan")
         return f"| {label} | {a:,} {unit} | {b:,} {unit} | {ratio:.1f}× |"
 
-    pw, mw = pg["writes"], mg["writes"]
-    lines = [
+    def figure(r: dict[str, Any], *path: str) -> Any:
+        for key in path:
+            r = r[key]
+        return r
+
+    # (label, where the figure is in a backend's results, unit, higher is better)
+    rows: list[tuple[str, tuple[str, ...], str, bool]] = [
+        ("new windows/s", ("writes", "windows", "new_windows_per_s"), "", True),
+        ("replayed windows/s", ("writes", "windows", "replayed_windows_per_s"), "", True),
+        ("samples/s", ("writes", "samples", "samples_per_s"), "", True),
+    ]
+    rows += [(f"{name} p50", ("queries", name, "p50_ms"), "ms", False) for name in pg["queries"]]
+    rows += [
+        (f"fleet_summary last {name} (median)", ("fleet_summary", name, "median_ms"), "ms", False)
+        for name in pg["fleet_summary"]
+    ]
+    return [
         "| figure (same run) | PostgreSQL | MongoDB backend on the emulator | PostgreSQL "
         "ahead by |",
         "|---|---|---|---|",
-        row(
-            "new windows/s",
-            pw["windows"]["new_windows_per_s"],
-            mw["windows"]["new_windows_per_s"],
-            "",
-            True,
-        ),
-        row(
-            "replayed windows/s",
-            pw["windows"]["replayed_windows_per_s"],
-            mw["windows"]["replayed_windows_per_s"],
-            "",
-            True,
-        ),
-        row(
-            "samples/s",
-            pw["samples"]["samples_per_s"],
-            mw["samples"]["samples_per_s"],
-            "",
-            True,
-        ),
+        *(row(label, figure(pg, *at), figure(mg, *at), unit, up) for label, at, unit, up in rows),
     ]
-    for name in pg["queries"]:
-        lines.append(
-            row(
-                f"{name} p50",
-                pg["queries"][name]["p50_ms"],
-                mg["queries"][name]["p50_ms"],
-                "ms",
-                False,
-            )
-        )
-    for name in pg["fleet_summary"]:
-        lines.append(
-            row(
-                f"fleet_summary last {name} (median)",
-                pg["fleet_summary"][name]["median_ms"],
-                mg["fleet_summary"][name]["median_ms"],
-                "ms",
-                False,
-            )
-        )
-    return lines
 
 
 def _backends() -> list[str]:
@@ -823,7 +785,7 @@ async def _run(results_dir: pathlib.Path, quick: bool, *, loop: str) -> dict[str
             create_database(DB_NAME, replace=True)
             results[backend] = await _run_backend(backend, _db_url(), results_dir, quick)
         else:
-            with _mongodb_server() as server:
+            with mongodb_server() as server:
                 url = f"{server.rstrip('/')}/{DB_NAME}"
                 _drop_mongo(url)
                 results[backend] = await _run_backend(backend, url, results_dir, quick)

@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ __all__ = [
     "drop_database",
     "drop_redis_namespace",
     "free_port",
+    "mongodb_server",
     "percentiles",
     "pg_admin_url",
     "psql",
@@ -121,6 +123,24 @@ def drop_redis_namespace(redis_url: str, namespace: str) -> int:
         return deleted
     finally:
         client.close()
+
+
+@contextmanager
+def mongodb_server() -> Iterator[str]:
+    """``MONGODB_URL``, else a private MongoDB-compatible server started for the caller and
+    stopped afterwards (installed when missing: the MongoDB cases never skip)."""
+    given = os.environ.get("MONGODB_URL")
+    if given:
+        yield given
+        return
+    from iotctl.sandbox import PrivateMongoDB
+
+    server = PrivateMongoDB()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
 
 
 @dataclass(frozen=True)
