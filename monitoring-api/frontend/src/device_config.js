@@ -2,8 +2,8 @@
 // versions, and credential rotation. device-management validates: its refusal's details name
 // the field (`body.config.rules.0.value`), and each is shown under the part it belongs to.
 import { ApiError } from "./api.js";
+import { $ } from "./dom.js";
 
-const $ = (sel) => document.querySelector(sel);
 const PARTS = ["settings", "metrics", "rules"];
 
 // `body.config.rules.0.threshold.value` -> ["rules", "rules[0].threshold.value"]

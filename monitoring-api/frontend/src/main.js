@@ -5,10 +5,10 @@ import { io } from "socket.io-client";
 import { Api, ApiError } from "./api.js";
 import { LiveChart } from "./chart.js";
 import { DeviceConfigEditor } from "./device_config.js";
+import { $, emptyNote } from "./dom.js";
 import { Subscriptions } from "./subscriptions.js";
 import "./style.css";
 
-const $ = (sel) => document.querySelector(sel);
 const TOKEN_KEY = "iot-monitoring-token";
 const DEVICE_REFRESH_MS = 30_000;
 const PAGE_SIZE = 50;
@@ -540,12 +540,7 @@ async function loadRefused(id) {
   if (!page || state.selected !== id) return;
   const list = $("#refused");
   list.replaceChildren();
-  if (!page.items.length) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = "Nothing refused in the last 7 days.";
-    list.appendChild(li);
-  }
+  if (!page.items.length) list.appendChild(emptyNote("Nothing refused in the last 7 days."));
   for (const r of page.items) {
     const li = document.createElement("li");
     li.dataset.testid = "refused-reading";
@@ -610,12 +605,7 @@ function renderAlerts() {
     .filter((a) => alertShown(a, f))
     .sort((a, b) => b.updated_at - a.updated_at)
     .slice(0, 200);
-  if (!alerts.length) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = "No alerts.";
-    list.appendChild(li);
-  }
+  if (!alerts.length) list.appendChild(emptyNote("No alerts."));
   for (const a of alerts) {
     const li = document.createElement("li");
     li.className = a.status;

@@ -1,8 +1,8 @@
 // Webhook subscriptions: create (the signing secret is shown once), delete, and each one's
 // deliveries with their status (pending, delivered, failed), attempts and last error.
 import { ApiError } from "./api.js";
+import { $, emptyNote } from "./dom.js";
 
-const $ = (sel) => document.querySelector(sel);
 const REFRESH_MS = 5_000;
 
 export class Subscriptions {
@@ -71,12 +71,7 @@ export class Subscriptions {
     const deliveries = this.deliveries;
     const list = $("#subscriptions");
     list.replaceChildren();
-    if (!this.items.length) {
-      const li = document.createElement("li");
-      li.className = "muted";
-      li.textContent = "No webhook subscriptions.";
-      list.appendChild(li);
-    }
+    if (!this.items.length) list.appendChild(emptyNote("No webhook subscriptions."));
     for (const s of this.items) {
       const li = document.createElement("li");
       li.dataset.testid = "subscription";
@@ -119,10 +114,7 @@ export class Subscriptions {
     ul.className = "deliveries";
     ul.dataset.testid = "deliveries";
     if (!items || !items.length) {
-      const li = document.createElement("li");
-      li.className = "muted";
-      li.textContent = items ? "No deliveries yet." : "Deliveries could not be loaded.";
-      ul.appendChild(li);
+      ul.appendChild(emptyNote(items ? "No deliveries yet." : "Deliveries could not be loaded."));
       return ul;
     }
     for (const d of items) {
