@@ -158,5 +158,80 @@ async def _main(quick: bool) -> dict[str, Any]:
     }
 
 
+def _rabbitmq_rss_mb() -> float | None:
+    """Resident memory of the machine's RabbitMQ node (its Erlang VM), if it runs here."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "memory_info"]):
+        if proc.info["name"] == "beam.smp" and proc.info["memory_info"] is not None:
+            return float(proc.info["memory_info"].rss) / 2**20
+    return None
+
+
+async def _provisioning(n: int, batch: int = 200) -> dict[str, Any]:
+    """``n`` device users created as device-management's AMQP provisioner creates them: one
+    definitions import (users, permissions, topic permissions) per ``batch`` devices, in a
+    throw-away vhost; seconds, and the broker's memory before and after."""
+    vhost = f"bench-prov-{secrets.token_hex(4)}"
+    admin_user, _, admin_pw = RABBITMQ.split("@", 1)[0].removeprefix("amqp://").partition(":")
+    api = Management(MANAGEMENT, username=admin_user, password=admin_pw, timeout=120)
+    users = [
+        (str(uuid.uuid4()), rabbitmq.password_hash(secrets.token_urlsafe(32)), True)
+        for _ in range(n)
+    ]
+    try:
+        await api.put_vhost(vhost)
+        await asyncio.sleep(1)
+        rss0 = _rabbitmq_rss_mb()
+        t0 = time.monotonic()
+        for i in range(0, n, batch):
+            await api.import_definitions(
+                rabbitmq.device_definitions(vhost, EXCHANGE, users[i : i + batch])
+            )
+        seconds = time.monotonic() - t0
+        await asyncio.sleep(1)
+        rss1 = _rabbitmq_rss_mb()
+        t1 = time.monotonic()
+        await api.import_definitions(
+            rabbitmq.device_definitions(
+                vhost, EXCHANGE, [(users[0][0], rabbitmq.password_hash("rotated"), True)]
+            )
+        )
+        one_change = time.monotonic() - t1
+    finally:
+        names = [u[0] for u in users]
+        for i in range(0, len(names), 1000):
+            await api.delete_users(names[i : i + 1000])
+        await api.delete_vhost(vhost)
+        await api.aclose()
+    return {
+        "devices": n,
+        "seconds": round(seconds, 2),
+        "per_device_ms": round(seconds / n * 1000, 2),
+        "broker_rss_mb_before": None if rss0 is None else round(rss0, 1),
+        "broker_rss_mb_after": None if rss1 is None else round(rss1, 1),
+        "one_more_change_ms": round(one_change * 1000, 1),
+    }
+
+
 def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
     return asyncio.run(_main(quick))
+
+
+def main() -> None:
+    """``python -m benchmarks.bench_amqp_auth provisioning [N]``: N device users (10,000)."""
+    import json
+    import sys
+
+    args = sys.argv[1:]
+    if args and args[0] == "provisioning":
+        n = int(args[1]) if len(args) > 1 else 10_000
+        out = asyncio.run(_provisioning(n))
+        out["load_average"] = round(os.getloadavg()[0], 1)
+    else:
+        out = run(pathlib.Path("benchmarks/results"), quick="--quick" in args)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
