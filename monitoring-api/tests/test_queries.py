@@ -152,6 +152,20 @@ async def test_raw_samples_are_what_was_written(seeded: dict[str, Any]) -> None:
     assert [x["seq"] for x in body["samples"]] == list(range(20))
 
 
+async def test_a_range_without_data_is_an_empty_answer(seeded: dict[str, Any]) -> None:
+    s = seeded
+    for interval in ("1m", "5m", "raw"):
+        r = await s["c"].get(
+            f"/monitoring/data/{s['dev_a']}",
+            params={"start": s["base"] - 3600, "end": s["base"] - 60, "interval": interval},
+            headers=s["alice"].headers,
+        )
+        assert r.status_code == 200, (interval, r.text)
+        body = r.json()
+        assert not any(x["points"] for x in body["series"]), (interval, body)
+        assert not body.get("samples"), (interval, body)
+
+
 async def test_recent_data_only_covers_the_callers_devices(seeded: dict[str, Any]) -> None:
     s = seeded
     r = await s["c"].get("/monitoring/data", params={"limit": 7}, headers=s["alice"].headers)
