@@ -34,7 +34,7 @@ from device_management.config import DeviceManagementSettings
 from device_management.main import create_app as create_dm_app
 from device_management.migrations import upgrade_sync
 from iot_common.auth import JWTVerifier
-from iot_common.events import Alert
+from iot_common.events import Alert, WindowStats
 from iotctl.broker import free_port
 from monitoring_api.config import MonitoringApiSettings
 from monitoring_api.devices import HttpDeviceDirectory
@@ -507,3 +507,38 @@ async def served_signing(
             return await _signed_in_as_admin(http), url
 
         yield start
+
+
+@pytest.fixture
+def store_readings(
+    store: MonitoringStore,
+) -> Callable[[list[tuple[str, str, float, float]]], Awaitable[None]]:
+    """Store ``(device, metric, ts, value)`` readings as the agents would: each in a window of
+    its own whose newest reading it is (the fleet table's last values come from windows)."""
+    return lambda rows: _store_readings(store, rows)
+
+
+async def _store_readings(
+    store: MonitoringStore, rows: list[tuple[str, str, float, float]]
+) -> None:
+    await store.upsert_windows(
+        [
+            WindowStats(
+                device_id=d,
+                metric=m,
+                window_seconds=10,
+                window_start=ts - 0.5,
+                count=1,
+                min=v,
+                max=v,
+                mean=v,
+                stddev=0.0,
+                p50=v,
+                p95=v,
+                last=v,
+                last_ts=ts,
+                updated_at=time.time(),
+            )
+            for d, m, ts, v in rows
+        ]
+    )

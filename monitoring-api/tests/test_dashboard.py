@@ -25,7 +25,7 @@ from iot_common.events import Alert, WindowStats, json_encoder
 from iot_common.telemetry import DeadLetter
 from monitoring_api.api.routes.session import CONFIG_RELAY_MAX_BYTES
 from monitoring_api.config import STATIC_DIR, MonitoringApiSettings
-from monitoring_store.base import SampleBatch, deadletter_record
+from monitoring_store.base import deadletter_record
 
 CHROMIUM = os.environ.get("IOT_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -366,7 +366,12 @@ async def test_alerts_show_device_names_filter_acknowledge_and_clear(
 
 @UI_ON_POSTGRES
 async def test_fleet_is_sorted_paged_shows_last_values_and_fits_a_phone(
-    browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any
+    browser: Browser,
+    app_factory: Any,
+    signing: Any,
+    registry: Any,
+    store: Any,
+    store_readings: Any,
 ) -> None:
     alice, password = await signing.add_user("operator")
     # 60 devices: two pages of 50. The first three (by name) send temp readings, and two on the
@@ -383,14 +388,9 @@ async def test_fleet_is_sorted_paged_shows_last_values_and_fits_a_phone(
     now = time.time()
     sending = [*ids[:3], ids[55], ids[57]]
     temps = [30.5, 10.25, 20.0, 99.5, -4.0]
-    await store.insert_samples(
-        SampleBatch(
-            device_id=np.array(sending * 2, dtype=object),
-            metric=np.array(["temp"] * 10, dtype=object),
-            ts=np.array([now - 20] * 5 + [now - 10] * 5, dtype=np.float64),
-            value=np.array([0.0] * 5 + temps, dtype=np.float64),
-            seq=np.arange(10, dtype=np.int64),
-        )
+    await store_readings(
+        [(d, "temp", now - 20, 0.0) for d in sending]
+        + [(d, "temp", now - 10, v) for d, v in zip(sending, temps, strict=True)]
     )
     app = await app_factory(serve=True, signing_http=signing.client(), kafka_enabled=False)
     page = await signed_in(browser, app.url, alice.email, password)
@@ -677,6 +677,7 @@ async def test_readme_screenshot(
     registry: Any,
     store: Any,
     dns: dict[str, list[str]],
+    store_readings: Any,
 ) -> None:
     """The README's picture of the dashboard: a small greenhouse fleet with history, last
     values, alerts and a webhook, at desktop width (``<path>``) and phone width
@@ -703,14 +704,13 @@ async def test_readme_screenshot(
     ]
     await store.upsert_windows(history)
     n = len(ids) - 1  # the last one has never sent anything
-    await store.insert_samples(
-        SampleBatch(
-            device_id=np.array(ids[:n] * 2, dtype=object),
-            metric=np.array(["temp"] * n + ["hum"] * n, dtype=object),
-            ts=np.full(2 * n, now - 3, dtype=np.float64),
-            value=np.array([24.1, 22.8, 26.4, 31.2, 23.5, 54.0, 61.5, 48.2, 39.9, 57.3]),
-            seq=np.arange(2 * n, dtype=np.int64),
-        )
+    last = [24.1, 22.8, 26.4, 31.2, 23.5, 54.0, 61.5, 48.2, 39.9, 57.3]
+    await store_readings(
+        [
+            (d, m, now - 3, last[k * n + i])
+            for k, m in enumerate(("temp", "hum"))
+            for i, d in enumerate(ids[:n])
+        ]
     )
     hot = make_alert(ids[3], alice.id, "temp above 30 for 3 windows", "critical")
     dry = msgspec.structs.replace(
@@ -747,7 +747,12 @@ async def test_readme_screenshot(
 )
 @UI_ON_POSTGRES
 async def test_fleet_of_a_thousand_devices_timing(
-    browser: Browser, app_factory: Any, signing: Any, registry: Any, store: Any
+    browser: Browser,
+    app_factory: Any,
+    signing: Any,
+    registry: Any,
+    store: Any,
+    store_readings: Any,
 ) -> None:
     """1,000 devices with 3 metrics each: sign-in → list shown, → the first page's last
     values, and the time to re-sort and to page (browser marks and clocks)."""
@@ -761,14 +766,13 @@ async def test_fleet_of_a_thousand_devices_timing(
             )
         )
     n = len(ids)
-    await store.insert_samples(
-        SampleBatch(
-            device_id=np.array(ids * 3, dtype=object),
-            metric=np.array(["temp"] * n + ["hum"] * n + ["co2"] * n, dtype=object),
-            ts=np.full(3 * n, time.time() - 5, dtype=np.float64),
-            value=np.arange(3 * n, dtype=np.float64),
-            seq=np.arange(3 * n, dtype=np.int64),
-        )
+    at = time.time() - 5
+    await store_readings(
+        [
+            (d, m, at, float(k * n + i))
+            for k, m in enumerate(("temp", "hum", "co2"))
+            for i, d in enumerate(ids)
+        ]
     )
     # The device list cached as the service's default does (the tests' 0 s would time
     # device-management listing 1,000 devices on every page asked for).

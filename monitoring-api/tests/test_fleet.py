@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from monitoring_store.base import SampleBatch
-
 
 async def _pages(client: Any, headers: dict[str, str], size: int, **params: Any) -> list[Any]:
     items: list[Any] = []
@@ -26,7 +24,7 @@ async def _pages(client: Any, headers: dict[str, str], size: int, **params: Any)
 
 
 async def test_sorted_by_a_metrics_last_value_across_every_page(
-    app_factory: Any, registry: Any, make_user: Any, store: Any
+    app_factory: Any, registry: Any, make_user: Any, store_readings: Any
 ) -> None:
     alice, bob = make_user("operator"), make_user("operator")
     names = [f"dev-{i:02d}" for i in range(45)]
@@ -44,14 +42,9 @@ async def test_sorted_by_a_metrics_last_value_across_every_page(
     temps = {d: round(float(v), 2) for d, v in zip(ids[:30], rng.normal(20, 8, 30), strict=True)}
     now = time.time()
     sending = [*temps, theirs]
-    await store.insert_samples(
-        SampleBatch(
-            device_id=np.array(sending * 2, dtype=object),
-            metric=np.array(["temp"] * 2 * len(sending), dtype=object),
-            ts=np.array([now - 20] * len(sending) + [now - 10] * len(sending)),
-            value=np.array([0.0] * len(sending) + [*temps.values(), 999.0]),
-            seq=np.arange(2 * len(sending), dtype=np.int64),
-        )
+    await store_readings(
+        [(d, "temp", now - 20, 0.0) for d in sending]
+        + [(d, "temp", now - 10, v) for d, v in zip(sending, [*temps.values(), 999.0], strict=True)]
     )
     app = await app_factory(kafka_enabled=False)
     name_of = dict(zip(ids, names, strict=True))

@@ -260,31 +260,79 @@ async def test_delete_samples_before(store: MonitoringStore) -> None:
 
 
 # -- latest values (the fleet table) ---------------------------------------------------------
-async def test_latest_values_follow_the_newest_sample(store: MonitoringStore) -> None:
-    rows = [
-        ("d1", "temp", T0 + 5, 25.0, 5),
-        ("d1", "temp", T0 + 1, 21.0, 1),
-        ("d1", "hum", T0 + 3, 40.0, -1),
-        ("d2", "temp", T0 + 2, 12.0, 2),
-        ("d2", "temp", T0 + 2, 13.0, 3),  # same time, later seq: the newer reading
-    ]
-    await store.insert_samples(sample_batch(rows))
-    # An older reading (late, or a replay) arriving afterwards changes nothing.
-    await store.insert_samples(sample_batch([("d1", "temp", T0 + 4, 99.0, 4), *rows]))
-    got = await store.latest_values(device_ids=["d2", "d1", "d9"])
+def reading(
+    device: str,
+    metric: str,
+    size: int,
+    start: float,
+    last: float,
+    last_ts: float,
+    *,
+    count: int = 1,
+    updated: float = 1.0,
+) -> WindowStats:
+    """A window whose newest reading was ``last`` at ``last_ts``."""
+    return WindowStats(
+        device_id=device,
+        metric=metric,
+        window_seconds=size,
+        window_start=start,
+        count=count,
+        min=last,
+        max=last,
+        mean=last,
+        stddev=0.0,
+        p50=last,
+        p95=last,
+        last=last,
+        last_ts=last_ts,
+        updated_at=updated,
+    )
+
+
+async def test_latest_values_follow_the_newest_reading_the_windows_saw(
+    store: MonitoringStore,
+) -> None:
+    await store.upsert_windows(
+        [
+            reading("d1", "temp", 10, T0, 21.0, T0 + 1),
+            reading("d1", "temp", 10, T0 + 10, 25.0, T0 + 15),
+            reading("d1", "temp", 60, T0, 25.0, T0 + 15),  # a coarser window, same reading
+            reading("d1", "hum", 10, T0, 40.0, T0 + 3),
+            reading("d2", "temp", 10, T0, 13.0, T0 + 2),
+            reading("d3", "temp", 10, T0, 0.0, 0.0, count=0),  # an empty window: no reading
+        ]
+    )
+    # An older window written afterwards (a late reading's correction, a replay) changes
+    # nothing.
+    await store.upsert_windows([reading("d1", "temp", 10, T0, 99.0, T0 + 4, updated=2.0)])
+    got = await store.latest_values(device_ids=["d2", "d1", "d9", "d3"])
     assert [(s.device_id, s.metric, s.ts, s.value, s.seq) for s in got] == [
         ("d1", "hum", T0 + 3, 40.0, None),
-        ("d1", "temp", T0 + 5, 25.0, 5),
-        ("d2", "temp", T0 + 2, 13.0, 3),
+        ("d1", "temp", T0 + 15, 25.0, None),
+        ("d2", "temp", T0 + 2, 13.0, None),
     ]
-    await store.insert_samples(sample_batch([("d1", "temp", T0 + 9, -3.5, 9)]))
+    await store.upsert_windows([reading("d1", "temp", 10, T0 + 20, -3.5, T0 + 29)])
     got = await store.latest_values(device_ids=["d1"])
     assert [(s.metric, s.value) for s in got] == [("hum", 40.0), ("temp", -3.5)]
     assert await store.latest_values(device_ids=[]) == []
-    # Retention drops a latest value with its samples.
-    await store.delete_samples_before(T0 + 4)
+    # Retention of one window size keeps them (other sizes still hold those readings) ...
+    await store.delete_windows_before(T0 + 30, window_seconds=10)
+    assert len(await store.latest_values(device_ids=["d1", "d2"])) == 3
+    # ... retention of every size drops the values older than its cut-off.
+    await store.delete_windows_before(T0 + 5)
     got = await store.latest_values(device_ids=["d1", "d2"])
     assert [(s.device_id, s.metric) for s in got] == [("d1", "temp")]
+
+
+async def test_latest_values_are_kept_with_raw_samples_off(store: MonitoringStore) -> None:
+    """Only windows are written when the agents keep no raw samples; the fleet table's last
+    values come from them, so they are there all the same."""
+    await store.upsert_windows([reading("d1", "temp", 10, T0, 21.5, T0 + 7)])
+    assert await store.query_samples("d1", metrics=None, start=0, end=T0 + 100) == []
+    (got,) = await store.latest_values(device_ids=["d1"])
+    assert (got.metric, got.ts, got.value) == ("temp", T0 + 7, 21.5)
+    assert await store.rank_by_latest(metric="temp", device_ids=["d0", "d1"]) == ["d1", "d0"]
 
 
 async def test_devices_ranked_by_a_metrics_latest_value_page_by_page(
@@ -294,10 +342,10 @@ async def test_devices_ranked_by_a_metrics_latest_value_page_by_page(
     devices = [f"dev-{i:03d}" for i in range(120)]
     values = {d: float(v) for d, v in zip(devices[:90], rng.normal(20, 5, 90), strict=True)}
     values["dev-007"] = values["dev-008"] = 20.0  # a tie: kept in the order given
-    rows = [(d, "temp", T0 + 1, 0.0, 1) for d in values]  # older readings, then the newest
-    rows += [(d, "temp", T0 + 2, v, 2) for d, v in values.items()]
-    rows += [(d, "hum", T0 + 2, 1.0, 2) for d in devices[90:]]  # the rest send no temp
-    await store.insert_samples(sample_batch(rows))
+    rows = [reading(d, "temp", 10, T0, 0.0, T0 + 1) for d in values]  # older, then the newest
+    rows += [reading(d, "temp", 10, T0 + 10, v, T0 + 12) for d, v in values.items()]
+    rows += [reading(d, "hum", 10, T0, 1.0, T0 + 2) for d in devices[90:]]  # no temp
+    await store.upsert_windows(rows)
     given = list(reversed(devices))  # e.g. name order: the tie-break
     position = {d: n for n, d in enumerate(given)}
     without = [d for d in given if d not in values]

@@ -64,12 +64,21 @@ async def _reads_back_everything(store: MonitoringStore) -> None:
             for i in range(10)
             for m in ("hum", "temp")
         ]
-    # Each metric's latest value, filled in from the samples the store already held.
+    # Each metric's latest value, filled in from the windows the store already held: the
+    # newest reading any of its windows saw.
+    newest: dict[tuple[str, str], tuple[float, float]] = {}
+    for d in ("d1", "d2"):
+        for size in (10, 60):
+            for w in await store.query_windows(
+                d, metrics=None, window_seconds=size, start=T0, end=T0 + 6 * size
+            ):
+                newest[(d, w.metric)] = max(
+                    newest.get((d, w.metric), (-1.0, 0.0)), (w.last_ts, w.last)
+                )
     latest = await store.latest_values(device_ids=["d1", "d2"])
+    assert len(newest) == 4
     assert [(s.device_id, s.metric, s.ts, s.value) for s in latest] == [
-        (d, m, T0 + 9, 9.0 + (0.5 if m == "hum" else 0.0))
-        for d in ("d1", "d2")
-        for m in ("hum", "temp")
+        (d, m, *newest[(d, m)]) for d, m in sorted(newest)
     ]
     alerts = await store.query_alerts()
     assert [(a.alert_id, a.status, a.severity, a.acknowledged_by) for a in alerts] == [

@@ -127,7 +127,9 @@ async def test_window_writes_and_reads_use_the_window_indexes(
     newer = [msgspec.structs.replace(w, count=4, updated_at=2.0) for w in stored[:50]]
     commands.sent.clear()
     await store.upsert_windows(newer)
-    updates = [u for c in commands.named("update") for u in c["updates"]]
+    updates = [
+        u for c in commands.named("update") if c["update"] == "windows" for u in c["updates"]
+    ]
     assert len(updates) == 50
     for u in updates:
         assert await _scans(store, {"find": "windows", "filter": u["q"]}) == [
@@ -184,18 +186,29 @@ async def test_latest_values_are_kept_and_read_by_index(
     watched: tuple[MongoStore, Commands],
 ) -> None:
     """The fleet table's reads ask for its devices' keys, whatever the devices ever sent;
-    the sample writes' latest-value updates are one key probe each."""
+    the window writes' latest-value updates are one key probe each."""
     store, commands = watched
-    n = 200
-    batch = SampleBatch(
-        device_id=np.array([f"d{i % 20}" for i in range(n)], dtype=object),
-        metric=np.array(["temp", "hum"] * (n // 2), dtype=object),
-        ts=T0 + np.arange(n, dtype=np.float64),
-        value=np.arange(n, dtype=np.float64),
-        seq=np.arange(n, dtype=np.int64),
-    )
+    batch = [
+        WindowStats(
+            device_id=f"d{i % 20}",
+            metric="temp" if i % 2 == 0 else "hum",
+            window_seconds=10,
+            window_start=T0 + 10 * (i // 20),
+            count=1,
+            min=float(i),
+            max=float(i),
+            mean=float(i),
+            stddev=0.0,
+            p50=float(i),
+            p95=float(i),
+            last=float(i),
+            last_ts=T0 + i,
+            updated_at=1.0,
+        )
+        for i in range(200)
+    ]
     commands.sent.clear()
-    await store.insert_samples(batch)
+    await store.upsert_windows(batch)
     (writes,) = [c for c in commands.named("update") if c["update"] == "latest_values"]
     assert len(writes["updates"]) == 20  # one per device × metric (each device sends one)
     for u in writes["updates"]:

@@ -357,9 +357,10 @@ class MonitoringStore(Protocol):
         """Newest samples first across ``device_ids`` (None = all devices; [] = none)."""
 
     async def latest_values(self, *, device_ids: Sequence[str]) -> list[Sample]:
-        """The newest sample of every metric of each of ``device_ids`` (by time, then seq),
-        ordered by device then metric; kept current by :meth:`insert_samples`, dropped with
-        the samples by :meth:`delete_samples_before`."""
+        """The newest reading of every metric of each of ``device_ids`` that the stored windows
+        saw (a window's ``last`` at its ``last_ts``; ``seq`` is None), ordered by device then
+        metric; kept current by :meth:`upsert_windows` (so also with raw samples off), dropped
+        when :meth:`delete_windows_before` drops windows of every size before it."""
 
     async def rank_by_latest(
         self,

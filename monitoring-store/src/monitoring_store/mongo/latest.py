@@ -3,7 +3,8 @@
 One document per device × metric, ``_id`` = ``"{metric}/{device}"`` (a metric name has no
 ``/``, so the key is unambiguous): the fleet table's order by one metric's last value asks for
 exactly the keys of the devices it lists, one ``_id`` index probe each, whatever the devices
-ever sent. Written by :func:`record_latest` from every sample write.
+ever sent. Written by :func:`record_latest` from every window write (windows are written with
+raw samples off too, and there are far fewer of them than samples).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
+from iot_common.events import WindowStats
 from monitoring_store.base import Sample
 from monitoring_store.mongo.connection import LATEST, WRITE_CHUNK, Doc, MongoConnection, _lit
 
@@ -22,34 +24,29 @@ def latest_key(device_id: str, metric: str) -> str:
     return f"{metric}/{device_id}"
 
 
+def newest_readings(windows: Sequence[WindowStats]) -> dict[tuple[str, str], tuple[float, float]]:
+    """The newest reading (``last_ts``, ``last``) each device × metric's windows saw."""
+    newest: dict[tuple[str, str], tuple[float, float]] = {}
+    for w in windows:
+        if w.count <= 0:
+            continue
+        k = (w.device_id, w.metric)
+        seen = newest.get(k)
+        if seen is None or w.last_ts > seen[0]:
+            newest[k] = (w.last_ts, w.last)
+    return newest
+
+
 async def record_latest(
-    coll: AsyncCollection[Doc],
-    devices: Sequence[str],
-    metrics: Sequence[str],
-    ts: Sequence[float],
-    values: Sequence[float],
-    seqs: Sequence[int],
+    coll: AsyncCollection[Doc], newest: dict[tuple[str, str], tuple[float, float]]
 ) -> None:
-    """Move each device × metric's latest value forward to the newest of these samples (by
-    time, then seq); a stored newer one stays (a replay or a late reading changes nothing)."""
-    newest: dict[tuple[str, str], int] = {}
-    for j in range(len(ts)):
-        k = (devices[j], metrics[j])
-        i = newest.get(k)
-        if i is None or (ts[j], seqs[j]) > (ts[i], seqs[i]):
-            newest[k] = j
+    """Move each device × metric's latest value forward to ``(ts, value)``; a stored newer one
+    stays (a replayed or corrected older window changes nothing)."""
     updates = []
-    for (d, m), j in sorted(newest.items()):
-        t, s = ts[j], seqs[j]
+    for (d, m), (t, v) in sorted(newest.items()):
         # Filter on the bare _id (one probe on every server); the comparison in the pipeline.
-        older = {
-            "$or": [
-                {"$lt": [{"$ifNull": ["$ts", -math.inf]}, t]},
-                {"$and": [{"$eq": ["$ts", t]}, {"$lt": ["$s", s]}]},
-            ]
-        }
-        doc = {"d": d, "k": m, "ts": t, "s": s, "v": values[j]}
-        merged = {"$mergeObjects": ["$$ROOT", _lit(doc)]}
+        older = {"$lt": [{"$ifNull": ["$ts", -math.inf]}, t]}
+        merged = {"$mergeObjects": ["$$ROOT", _lit({"d": d, "k": m, "ts": t, "s": -1, "v": v})]}
         updates.append(
             UpdateOne(
                 {"_id": latest_key(d, m)},

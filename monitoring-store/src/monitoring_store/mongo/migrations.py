@@ -18,8 +18,8 @@ a crash half-way (it is recorded only once it has finished).
    batches and the old one dropped (a crash before the drop restarts the copy from scratch).
 3. ``deadletters`` — refused messages per device (``_id`` = where each was read), indexed for
    "this device's newest" and for retention and counts by time.
-4. ``latest values`` — the newest sample of each device × metric (``_id`` = ``metric/device``),
-   indexed by device; filled from the stored samples.
+4. ``latest values`` — the newest reading of each device × metric the windows saw (``_id`` =
+   ``metric/device``), indexed by device; filled from the stored windows.
 """
 
 from __future__ import annotations
@@ -156,40 +156,33 @@ async def _deadletters(db: Database) -> None:
 
 async def _latest_values(db: Database) -> None:
     await db[LATEST].create_index([("d", ASCENDING)])
-    newest = await db[SAMPLES].aggregate(
+    newest = await db[WINDOWS].aggregate(
         [
+            {"$match": {"count": {"$gt": 0}}},
             {
                 "$group": {
-                    "_id": {"d": "$m.d", "k": "$m.k"},
+                    "_id": {"d": "$device_id", "k": "$metric"},
                     "top": {
                         "$top": {
-                            "sortBy": {"ts": -1, "s": -1},
-                            "output": {"ts": "$ts", "s": "$s", "v": "$v"},
+                            "sortBy": {"last_ts": -1},
+                            "output": {"ts": "$last_ts", "v": "$last"},
                         }
                     },
                 }
-            }
+            },
         ]
     )
-    batch: list[Doc] = []
+    batch: dict[tuple[str, str], tuple[float, float]] = {}
     async for doc in newest:
-        batch.append(doc)
+        batch[(doc["_id"]["d"], doc["_id"]["k"])] = (
+            float(doc["top"]["ts"]),
+            float(doc["top"]["v"]),
+        )
         if len(batch) >= COPY_BATCH:
-            await _record(db, batch)
-            batch = []
+            await record_latest(db[LATEST], batch)
+            batch = {}
     if batch:
-        await _record(db, batch)
-
-
-async def _record(db: Database, docs: list[Doc]) -> None:
-    await record_latest(
-        db[LATEST],
-        [d["_id"]["d"] for d in docs],
-        [d["_id"]["k"] for d in docs],
-        [float(d["top"]["ts"]) for d in docs],
-        [float(d["top"]["v"]) for d in docs],
-        [int(d["top"]["s"]) for d in docs],
-    )
+        await record_latest(db[LATEST], batch)
 
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -9,14 +9,12 @@ from monitoring_store.base import (
     SampleBatch,
 )
 from monitoring_store.mongo.connection import (
-    LATEST,
     SAMPLES,
     WRITE_CHUNK,
     Doc,
     MongoConnection,
     _date,
 )
-from monitoring_store.mongo.latest import record_latest
 
 
 def _sample_from(doc: Doc) -> Sample:
@@ -55,12 +53,10 @@ class MongoSamples(MongoConnection):
                 for j in range(i, min(i + WRITE_CHUNK, n))
             ]
             await coll.insert_many(docs, ordered=False)
-        await record_latest(self._c(LATEST), devices, metrics, ts, values, seqs)
 
     async def delete_samples_before(self, ts: float) -> int:
         """Deletes stored sample documents before ``ts`` (duplicates from replays included)."""
         res = await self._c(SAMPLES).delete_many({"t": {"$lte": _date(ts)}, "ts": {"$lt": ts}})
-        await self._c(LATEST).delete_many({"ts": {"$lt": ts}})
         return res.deleted_count
 
     async def query_samples(

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from iot_common.events import WindowStats
@@ -22,12 +23,14 @@ from monitoring_store.base import (
 from monitoring_store.mongo.connection import (
     ALERTS,
     DUPLICATE_KEY,
+    LATEST,
     WINDOWS,
     WRITE_CHUNK,
     Doc,
     MongoConnection,
     _lit,
 )
+from monitoring_store.mongo.latest import newest_readings, record_latest
 
 _WINDOW_FIELDS = tuple(WindowStats.__struct_fields__)
 
@@ -113,6 +116,12 @@ class MongoWindows(MongoConnection):
         """
         rows = dedupe_windows(windows)
         coll = self._c(WINDOWS)
+        await self._write_windows(coll, rows)
+        # After the windows: a failure between the two fails the call, and the caller's retry
+        # (both writes are idempotent) records the values then.
+        await record_latest(self._c(LATEST), newest_readings(rows))
+
+    async def _write_windows(self, coll: AsyncCollection[Doc], rows: Sequence[WindowStats]) -> None:
         for i in range(0, len(rows), WRITE_CHUNK):
             chunk = rows[i : i + WRITE_CHUNK]
             try:
@@ -133,6 +142,9 @@ class MongoWindows(MongoConnection):
         if window_seconds is not None:
             query["window_seconds"] = window_seconds
         res = await self._c(WINDOWS).delete_many(query)
+        if window_seconds is None:
+            # Every size goes: so does a latest value no window holds any more.
+            await self._c(LATEST).delete_many({"ts": {"$lt": ts}})
         return res.deleted_count
 
     async def query_windows(

@@ -1,6 +1,6 @@
 """The newest value of each device × metric on PostgreSQL (``monitoring_latest``).
 
-Written by the sample inserts (``samples.py``), read here: the fleet table's last values and
+Written by the window upserts (``windows.py``), read here: the fleet table's last values and
 its order by one metric's last value.
 """
 

@@ -22,27 +22,17 @@ RECENT_SPANS = (60.0, 600.0, 3600.0, 86400.0)
 
 # Long rows in, one wide row per reading out; DISTINCT ON drops a metric repeated within the
 # batch so a reading never lists a metric twice. A reading already stored is left as it is.
-# The same statement moves each device × metric's latest value forward (never back: a replay
-# or a late reading leaves a newer one), in key order, so concurrent writers lock its rows in
-# one order.
 _SAMPLE_INSERT = """
-WITH r AS (
+INSERT INTO monitoring_samples (device_id, ts, seq, metrics, vals)
+SELECT d, t, s, array_agg(m ORDER BY m), array_agg(v ORDER BY m)
+FROM (
     SELECT DISTINCT ON (d, t, s, m) d, m, t, v, s
     FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::bigint[])
         AS u(d, m, t, v, s)
     ORDER BY d, t, s, m
-), stored AS (
-    INSERT INTO monitoring_samples (device_id, ts, seq, metrics, vals)
-    SELECT d, t, s, array_agg(m ORDER BY m), array_agg(v ORDER BY m)
-    FROM r
-    GROUP BY d, t, s
-    ON CONFLICT DO NOTHING
-)
-INSERT INTO monitoring_latest AS l (device_id, metric, ts, seq, value)
-SELECT DISTINCT ON (d, m) d, m, t, s, v FROM r ORDER BY d, m, t DESC, s DESC
-ON CONFLICT (device_id, metric) DO UPDATE
-    SET ts = EXCLUDED.ts, seq = EXCLUDED.seq, value = EXCLUDED.value
-    WHERE (l.ts, l.seq) < (EXCLUDED.ts, EXCLUDED.seq)
+) AS r
+GROUP BY d, t, s
+ON CONFLICT DO NOTHING
 """
 
 
@@ -114,9 +104,7 @@ class PgSamples(PgConnection):
         """Retention: drop readings older than ``ts``; returns the number of samples dropped."""
         deleted = await self.pool.fetchval(
             "WITH d AS (DELETE FROM monitoring_samples WHERE ts < $1 "
-            "RETURNING cardinality(vals) AS n), "
-            "l AS (DELETE FROM monitoring_latest WHERE ts < $1) "
-            "SELECT coalesce(sum(n), 0) FROM d",
+            "RETURNING cardinality(vals) AS n) SELECT coalesce(sum(n), 0) FROM d",
             ts,
         )
         return int(deleted)

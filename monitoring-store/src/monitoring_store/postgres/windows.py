@@ -42,16 +42,33 @@ _WINDOW_COLS = (
 )
 
 
+# The same statement moves each device × metric's latest value (``monitoring_latest``, the fleet
+# table's last values and its order) forward to the newest reading these windows saw (never
+# back: a replayed or corrected older window leaves a newer value), in key order, so concurrent
+# writers lock its rows in one order. It rides on the window writes, not the sample writes:
+# windows are written with raw samples off too, and there are far fewer of them.
 _WINDOW_UPSERT = f"""
-INSERT INTO monitoring_windows ({_WINDOW_COLS})
-SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::float8[], $5::bigint[],
-                     $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[],
-                     $11::float8[], $12::float8[], $13::float8[], $14::boolean[], $15::float8[])
-ON CONFLICT (device_id, window_seconds, window_start, metric) DO UPDATE SET
-    count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, mean = EXCLUDED.mean,
-    stddev = EXCLUDED.stddev, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95, last = EXCLUDED.last,
-    last_ts = EXCLUDED.last_ts, final = EXCLUDED.final, updated_at = EXCLUDED.updated_at
-WHERE monitoring_windows.updated_at <= EXCLUDED.updated_at
+WITH w AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::float8[], $5::bigint[],
+                         $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[],
+                         $11::float8[], $12::float8[], $13::float8[], $14::boolean[],
+                         $15::float8[])
+        AS u({_WINDOW_COLS})
+), stored AS (
+    INSERT INTO monitoring_windows ({_WINDOW_COLS})
+    SELECT * FROM w
+    ON CONFLICT (device_id, window_seconds, window_start, metric) DO UPDATE SET
+        count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, mean = EXCLUDED.mean,
+        stddev = EXCLUDED.stddev, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95, last = EXCLUDED.last,
+        last_ts = EXCLUDED.last_ts, final = EXCLUDED.final, updated_at = EXCLUDED.updated_at
+    WHERE monitoring_windows.updated_at <= EXCLUDED.updated_at
+)
+INSERT INTO monitoring_latest AS l (device_id, metric, ts, seq, value)
+SELECT DISTINCT ON (device_id, metric) device_id, metric, last_ts, -1, last
+FROM w WHERE count > 0
+ORDER BY device_id, metric, last_ts DESC
+ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+WHERE l.ts < EXCLUDED.ts
 """
 
 
@@ -177,8 +194,11 @@ class PgWindows(PgConnection):
     async def delete_windows_before(self, ts: float, *, window_seconds: int | None = None) -> int:
         """Retention for windows: drop those starting before ``ts`` (of one size, or all)."""
         if window_seconds is None:
+            # Every size goes: so does a latest value no window holds any more.
             status = await self.pool.execute(
-                "DELETE FROM monitoring_windows WHERE window_start < $1", ts
+                "WITH l AS (DELETE FROM monitoring_latest WHERE ts < $1) "
+                "DELETE FROM monitoring_windows WHERE window_start < $1",
+                ts,
             )
         else:
             status = await self.pool.execute(

@@ -4,10 +4,11 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-03
 
-``monitoring_latest`` holds one row per device × metric (the newest sample by time, then seq),
-kept by every sample write, so "devices by the last value of a metric" is one primary-key probe
-per device instead of a walk back through each device's readings (which, for a device that
-never sent the metric, reads all of them). Filled from the stored samples here.
+``monitoring_latest`` holds one row per device × metric (the newest reading the stored windows
+saw: their ``last`` at ``last_ts``), kept by every window write, so "devices by the last value
+of a metric" is one primary-key probe per device instead of a walk back through each device's
+windows (which, for a device that never sent the metric, reads all of them). Filled from the
+stored windows here. ``seq`` is -1: a window does not carry its last reading's sequence.
 """
 
 from collections.abc import Sequence
@@ -36,10 +37,9 @@ def upgrade() -> None:
     op.execute(
         """
         INSERT INTO monitoring_latest (device_id, metric, ts, seq, value)
-        SELECT DISTINCT ON (s.device_id, u.metric) s.device_id, u.metric, s.ts, s.seq, u.value
-        FROM monitoring_samples AS s
-            CROSS JOIN LATERAL unnest(s.metrics, s.vals) AS u(metric, value)
-        ORDER BY s.device_id, u.metric, s.ts DESC, s.seq DESC
+        SELECT DISTINCT ON (device_id, metric) device_id, metric, last_ts, -1, last
+        FROM monitoring_windows WHERE count > 0
+        ORDER BY device_id, metric, last_ts DESC
         """
     )
 
