@@ -175,7 +175,8 @@ def amqp_env(vhost: str, run_id: str, admin: Any) -> dict[str, str]:
     }
 
     def url(user: str, password: str) -> str:
-        return f"amqp://{user}:{password}@{admin.admin.host}:{admin.admin.port}/{quote(vhost, safe='')}"
+        broker = admin.admin
+        return f"amqp://{user}:{password}@{broker.host}:{broker.port}/{quote(vhost, safe='')}"
 
     return {
         "IOT_RABBITMQ_URL": url(*accounts["publisher"]),
