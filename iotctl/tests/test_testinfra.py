@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import secrets
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from iotctl.testinfra import (
     percentiles,
     pg_admin_url,
     psql,
+    stop_process,
 )
 
 
@@ -133,6 +137,23 @@ def test_a_given_mongodb_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MONGODB_URL", "mongodb://db.test:27018/")
     with mongodb_server() as url:
         assert url == "mongodb://db.test:27018/"
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout() -> None:
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert stop_process(polite, timeout=10) == -signal.SIGTERM
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            " print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    assert stop_process(stubborn, timeout=0.5) == -signal.SIGKILL
+    stubborn.stdout.close()
 
 
 def test_make_test_s_broker_runs_until_told_to_stop_and_takes_tansu_with_it() -> None:

@@ -45,7 +45,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from benchmarks.bench_store import T0, _load_big
 from iot_common.events import WindowStats, json_encoder
 from iotctl.broker import TansuBroker, free_port
-from iotctl.testinfra import create_database, database_url, drop_database, percentiles
+from iotctl.testinfra import (
+    create_database,
+    database_url,
+    drop_database,
+    percentiles,
+    stop_process,
+)
 from monitoring_store import open_store
 
 DB_NAME = "iot_bench_api"
@@ -539,11 +545,7 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
             )
             push["server_side"] = _server_push_delay(url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         stubs.stop()
         broker.stop()
         if not keep:

@@ -55,6 +55,7 @@ from iotctl.testinfra import (
     drop_redis_namespace,
     free_port,
     percentiles,
+    stop_process,
 )
 
 REDIS_URL = os.environ.get("IOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -276,12 +277,7 @@ def _signing_process(
             time.sleep(0.2)
         yield url, psutil.Process(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 async def _logins(

@@ -52,6 +52,7 @@ from iotctl.testinfra import (
     drop_redis_namespace,
     free_port,
     percentiles,
+    stop_process,
 )
 
 REDIS_URL = os.environ.get("IOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -410,11 +411,7 @@ def run(results_dir: pathlib.Path, *, quick: bool = False) -> dict[str, Any]:
             results = asyncio.run(_scenarios(port, key, namespace, quick=quick))
     finally:
         if proc is not None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
-            if proc.poll() is None:
-                proc.kill()
+            stop_process(proc)
         with contextlib.suppress(subprocess.CalledProcessError):
             drop_database(db)
         drop_redis_namespace(REDIS_URL, namespace)

@@ -41,7 +41,7 @@ import psutil
 
 from iotctl.broker import TansuBroker, free_port
 from iotctl.mosquitto import Mosquitto
-from iotctl.testinfra import drop_redis_namespace
+from iotctl.testinfra import drop_redis_namespace, stop_process
 
 DEVICES = 500
 REDIS_URL = os.environ.get("IOT_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -377,12 +377,7 @@ class BridgeProc:
         return 0.0
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "pg_admin_url",
     "psql",
     "psql_file",
+    "stop_process",
 ]
 
 #: The one variable naming the PostgreSQL server (and a database to connect to as a superuser)
@@ -179,6 +180,16 @@ class RabbitAdmin:
         from iot_common.rabbitmq import Management
 
         return Management(management_url, username=self.username, password=self.password)
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> int:
+    """SIGTERM, up to ``timeout`` seconds to exit, then SIGKILL; the exit status (reaped)."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def percentiles(
