@@ -10,11 +10,15 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import pytest
 
-from benchmarks.e2e_check import StoredReadings, _device_digest, check
+from benchmarks import e2e_check
+from benchmarks.e2e_check import StoredReadings, _device_digest, check, wait_until_stored
 from iot_common.telemetry import DeadLetter, DeviceReading
+from monitoring_store import open_store
+from monitoring_store.base import SampleBatch
 from simulator.fleet import Fleet
-from simulator.ledger import read_ledger, write_manifest
+from simulator.ledger import Fault, read_ledger, write_manifest
 from simulator.publisher import Publisher, WorkerSpec
 from simulator.registry import local_devices
 from simulator.transports import TransportConfig
@@ -175,3 +179,84 @@ def test_markers_survive_the_deadletter_encoding() -> None:
     d = DeadLetter(reason="not_json", source="mqtt", payload=b"x sim:r1:0:5:4", ts=0.0)
     wire = _enc.encode(d)
     assert base64.b64encode(b"x sim:r1:0:5:4") in wire
+
+
+def _samples(messages: list[tuple[str, bytes]], device: str) -> SampleBatch:
+    """Every valid reading ``device`` sent, as the raw samples the agents would write."""
+    rows: dict[tuple[float, int], dict[str, float]] = {}
+    for d, payload in messages:
+        if d != device:
+            continue
+        try:
+            body = _dec.decode(payload)
+        except msgspec.MsgspecError:
+            continue
+        for r in body if isinstance(body, list) else [body]:
+            rows[(float(r.ts), int(r.seq or 0))] = r.metrics
+    cols = [(ts, seq, m, v) for (ts, seq), ms in rows.items() for m, v in ms.items()]
+    return SampleBatch(
+        device_id=np.array([device] * len(cols), dtype=object),
+        metric=np.array([c[2] for c in cols], dtype=object),
+        ts=np.array([c[0] for c in cols], dtype=np.float64),
+        value=np.array([c[3] for c in cols], dtype=np.float64),
+        seq=np.array([c[1] for c in cols], dtype=np.int64),
+    )
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mongodb"])
+def test_waiting_for_the_store_counts_readings_once_and_asks_only_about_devices_short(
+    tmp_path: Path,
+    backend: str,
+    store_url_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loss check waits for the pipeline by counting stored readings: a replayed reading
+    counts once (on MongoDB it is ten documents, one per metric, stored twice), and a device
+    whose readings are all in is not counted again — re-reading every sample on every poll
+    took seconds per poll on the MongoDB emulator."""
+    rec, devices = _pipeline(tmp_path)
+    ledger = read_ledger(tmp_path)
+    url = store_url_factory(backend, "e2echeck")
+    first, *rest = devices
+    asked: list[list[str]] = []
+    real_count = e2e_check.count_stored
+    n = asyncio.run(_fill_and_wait(url, ledger, rec, first, rest, asked, real_count, monkeypatch))
+    recs = ledger.records
+    pairs = zip(recs["device"].tolist(), recs["fault"].tolist(), strict=True)
+    expected = sum(1 for d, f in pairs if d >= 0 and Fault(f).expect_stored)
+    assert n == expected > 1800
+    assert sorted(asked[0]) == sorted(devices)
+    assert asked[1:] == [[rest[-1]]]
+
+
+async def _fill_and_wait(
+    url: str,
+    ledger: Any,
+    rec: Recorder,
+    first: str,
+    rest: list[str],
+    asked: list[list[str]],
+    real_count: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> int:
+    store = open_store(url)
+    await store.start()
+    try:
+        await store.insert_samples(_samples(rec.messages, first))
+        await store.insert_samples(_samples(rec.messages, first))  # a replay: stored twice
+        for d in rest[:-1]:
+            await store.insert_samples(_samples(rec.messages, d))
+
+        async def count(
+            store_url: str, devs: list[str], start: float, end: float
+        ) -> dict[str, int]:
+            asked.append(list(devs))
+            got = await real_count(store_url, devs, start, end)
+            if len(asked) == 1:  # the last device's readings arrive after the first poll
+                await store.insert_samples(_samples(rec.messages, rest[-1]))
+            return got
+
+        monkeypatch.setattr(e2e_check, "count_stored", count)
+        return await wait_until_stored(url, ledger, limit_s=60)
+    finally:
+        await store.close()

@@ -200,25 +200,75 @@ async def fetch_stored(
     )
 
 
-async def count_stored(store_url: str, devices: list[str], start: float, end: float) -> int:
-    """Stored readings of ``devices`` in [start, end) (cheap; used to wait for the pipeline)."""
+async def count_stored(
+    store_url: str, devices: Sequence[str], start: float, end: float
+) -> dict[str, int]:
+    """Stored readings per device of ``devices`` in [start, end), counted by the store's
+    server (cheap; used to wait for the pipeline): devices with none are left out.
+
+    On MongoDB a reading is one document per metric and a replay may store a copy: the
+    server groups them by (device, ts, seq) and returns one count per device. Reading the
+    samples back to count them, as this did, cost seconds per poll on the emulator (every
+    sample decoded on each poll, 10 documents a reading)."""
+    if not devices:
+        return {}
     scheme = store_url.split("://", 1)[0].split("+", 1)[0]
     if scheme in ("postgresql", "postgres"):
         import asyncpg
 
-        conn = await asyncpg.connect(store_url)
+        conn = await asyncpg.connect(store_url.replace("postgresql+asyncpg", "postgresql"))
         try:
-            n = await conn.fetchval(
-                "SELECT count(*) FROM monitoring_samples "
-                "WHERE device_id = ANY($1::text[]) AND ts >= $2 AND ts < $3",
-                devices,
+            rows = await conn.fetch(
+                "SELECT device_id, count(*) AS n FROM monitoring_samples "
+                "WHERE device_id = ANY($1::text[]) AND ts >= $2 AND ts < $3 GROUP BY device_id",
+                list(devices),
                 start,
                 end,
             )
         finally:
             await conn.close()
-        return int(n)
-    return len((await fetch_stored(store_url, devices, start, end)).ts)
+        return {r["device_id"]: int(r["n"]) for r in rows}
+    if scheme in ("mongodb", "mongodb+srv"):
+        return await _count_mongodb(store_url, devices, start, end)
+    stored = await fetch_stored(store_url, list(devices), start, end)
+    counts = np.bincount(stored.device, minlength=len(devices))
+    return {d: int(n) for d, n in zip(devices, counts.tolist(), strict=True) if n}
+
+
+async def _count_mongodb(
+    store_url: str, devices: Sequence[str], start: float, end: float
+) -> dict[str, int]:
+    import datetime as dt
+
+    from pymongo import AsyncMongoClient
+    from pymongo.uri_parser import parse_uri
+
+    from monitoring_store.mongo.connection import DEFAULT_DATABASE, SAMPLES
+
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    database = parse_uri(store_url).get("database") or DEFAULT_DATABASE
+    # The same filters as the store's own reads: device and the ms-truncated time field
+    # first (an index range scan), then the exact ts.
+    pipeline: list[dict[str, Any]] = [
+        {
+            "$match": {
+                "m.d": {"$in": list(devices)},
+                "t": {
+                    "$gte": epoch + dt.timedelta(seconds=start - 0.001),
+                    "$lte": epoch + dt.timedelta(seconds=end),
+                },
+            }
+        },
+        {"$match": {"ts": {"$gte": start, "$lt": end}}},
+        {"$group": {"_id": {"d": "$m.d", "ts": "$ts", "s": "$s"}}},
+        {"$group": {"_id": "$_id.d", "n": {"$sum": 1}}},
+    ]
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_url)
+    try:
+        cursor = await client[database][SAMPLES].aggregate(pipeline)
+        return {doc["_id"]: int(doc["n"]) for doc in await cursor.to_list()}
+    finally:
+        await client.close()
 
 
 async def fetch_deadletters(bootstrap: str, topic: str, *, limit_s: float = 30.0) -> list[bytes]:
@@ -456,23 +506,34 @@ def time_range(ledger: Ledger) -> tuple[float, float]:
 async def wait_until_stored(
     store_url: str, ledger: Ledger, *, limit_s: float, settle_s: float = 3.0
 ) -> int:
-    """Poll the store until the expected readings are there (or the count stops moving)."""
+    """Poll the store until the expected readings are there (or the count stops moving).
+
+    Incremental: a device whose expected readings are all stored is not counted again (the
+    pipeline never removes a reading), so each poll asks only about the devices still
+    short, and the last polls of a drain cost little however much is stored."""
     recs = ledger.records
-    expect = int(
-        (
-            (recs["device"] >= 0)
-            & np.isin(recs["fault"], [Fault.NONE, Fault.OUT_OF_ORDER, Fault.DUPLICATE])
-        ).sum()
+    mask = (recs["device"] >= 0) & np.isin(
+        recs["fault"], [Fault.NONE, Fault.OUT_OF_ORDER, Fault.DUPLICATE]
     )
+    per_device = np.bincount(recs["device"][mask], minlength=len(ledger.devices))
+    expected = {d: int(n) for d, n in zip(ledger.devices, per_device.tolist(), strict=True)}
+    expect = int(per_device.sum())
     start, end = time_range(ledger)
     deadline = time.monotonic() + limit_s
+    done = 0  # readings of the devices that are complete
+    pending = [d for d in ledger.devices if expected[d] > 0]
     last, last_change = -1, time.monotonic()
     while True:
-        n = await count_stored(store_url, ledger.devices, start, end)
+        counts = await count_stored(store_url, pending, start, end)
+        complete = {d for d in pending if counts.get(d, 0) >= expected[d]}
+        done += sum(counts[d] for d in complete)
+        n = done + sum(n for d, n in counts.items() if d not in complete)
+        pending = [d for d in pending if d not in complete]
         now = time.monotonic()
         if n != last:
             last, last_change = n, now
-        if n >= expect or now > deadline or now - last_change > max(settle_s, 1.0) * 5:
+        stalled = now - last_change > max(settle_s, 1.0) * 5
+        if n >= expect or not pending or now > deadline or stalled:
             return n
         await asyncio.sleep(0.5)
 
