@@ -8,7 +8,9 @@ per-record overheads; devices at 10 Hz so the data spans 10 s of event time). Th
 * two ``stream-agents`` workers in one consumer group (raw samples off);
 * Quix Streams: tumbling windows 10 s and 60 s per device × metric with count/min/max/mean/
   stddev/p50/p95 (exact, from collected values)/last, on a prefix of the same topic;
-* an idiomatic Faust agent (per event, two tumbling windowed tables) on a smaller prefix.
+* an idiomatic Faust agent (per event, two tumbling windowed tables) on a smaller prefix;
+* with ``AGENTS_BENCH_STORE=mongodb``: our agents on both store backends side by side (the
+  MongoDB one on the emulator, SecantusDB) over a smaller topic of their own.
 
 Throughput is readings (one timestamp × 5 metrics) per second between the first and the
 last record processed, so consumer-group start-up is not counted; peak RSS is sampled.
@@ -130,12 +132,14 @@ async def _preload(
 
 
 # -- our agents ------------------------------------------------------------------------------
-def _agents_env(bootstrap: str, prefix: str, db: str, app_id: str, raw: bool) -> dict[str, str]:
+def _agents_env(
+    bootstrap: str, prefix: str, store_url: str, app_id: str, raw: bool
+) -> dict[str, str]:
     return {
         **os.environ,
         "IOT_KAFKA_BOOTSTRAP": bootstrap,
         "IOT_TOPIC_PREFIX": prefix,
-        "MONITORING_STORE_URL": database_url(db),
+        "MONITORING_STORE_URL": store_url,
         "AGENTS_APP_ID": app_id,
         "AGENTS_RAW_SAMPLES": "true" if raw else "false",
         "AGENTS_TOPIC_PARTITIONS": str(PARTITIONS),
@@ -173,16 +177,25 @@ def _run_agents(
     total_readings: int,
     expected_windows: int,
     label: str,
+    mongodb_url: str | None = None,
 ) -> dict[str, Any]:
     """Throughput from the first record processed until every reading's windows (and raw
     samples, when on) are durably in the store; windows still open at the end of the backlog
-    are closed by the idle-partition timer (1 s in this benchmark)."""
-    db = _new_db(label)
+    are closed by the idle-partition timer (1 s in this benchmark).
+
+    The store is a new PostgreSQL database, or with ``mongodb_url`` (a server) a new database
+    on that MongoDB server."""
+    db = "" if mongodb_url else _new_db(label)
+    store_url = (
+        f"{mongodb_url.rstrip('/')}/bench_agents_{label}_{secrets.token_hex(3)}"
+        if mongodb_url
+        else database_url(db)
+    )
     app_id = f"bench-agents-{label}-{secrets.token_hex(3)}"
     procs: list[tuple[subprocess.Popen[bytes], int, psutil.Process]] = []
     try:
         for _ in range(workers):
-            env = _agents_env(bootstrap, prefix, db, app_id, raw)
+            env = _agents_env(bootstrap, prefix, store_url, app_id, raw)
             # BENCH_AGENTS_WRAPPER lets a profiler wrap the worker (e.g. "py-spy record -o f --").
             wrapper = os.environ.get("BENCH_AGENTS_WRAPPER", "").split()
             proc = subprocess.Popen(
@@ -236,6 +249,7 @@ def _run_agents(
             "readings_per_cpu_s": round(total_readings / max(cpu1 - cpu0, 1e-6)),
             "windows_final_emitted": wf,
             "peak_rss_mb": [round(p / 2**20) for p in peak],
+            "load_average": os.getloadavg(),
         }
     finally:
         for proc, _, _ in procs:
@@ -245,8 +259,80 @@ def _run_agents(
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        with contextlib.suppress(subprocess.CalledProcessError):
-            drop_database(db)
+        if db:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                drop_database(db)
+
+
+#: Devices of the run on both store backends side by side (``AGENTS_BENCH_STORE=mongodb``):
+#: the MongoDB backend runs on the emulator (SecantusDB, a Python server taking on the order of
+#: 1,000 documents/s on this machine), so 100 devices: 10,000 readings, 2,000 windows, 50,000
+#: raw samples; PostgreSQL gets the same topic in the same run as the baseline.
+BACKEND_DEVICES = 100
+
+
+def _run_backends(bootstrap: str, *, per_record: int) -> dict[str, Any]:
+    """One worker on each backend, raw samples off then on, over one smaller preloaded topic."""
+    from iotctl.sandbox import PrivateMongoDB
+
+    prefix = f"benchb{secrets.token_hex(3)}."
+    data = asyncio.run(
+        _preload(
+            bootstrap,
+            Topics(prefix),
+            devices=BACKEND_DEVICES,
+            per_device=READINGS_PER_DEVICE,
+            per_record=per_record,
+        )
+    )
+    common = {
+        "total_records": data["records"],
+        "total_readings": data["readings"],
+        "expected_windows": data["expected_windows"],
+    }
+    server = PrivateMongoDB()
+    server.start()
+    out: dict[str, Any] = {"data": data, "server": "SecantusDB 0.7.0b3 (emulator)"}
+    try:
+        for raw in (False, True):
+            for backend in ("postgres", "mongodb"):
+                name = f"{backend}_raw_{'on' if raw else 'off'}"
+                print(f"bench_agents: backends {name} ...", file=sys.stderr, flush=True)
+                try:
+                    out[name] = _run_agents(
+                        bootstrap,
+                        prefix,
+                        workers=1,
+                        raw=raw,
+                        label=f"{backend[:2]}{int(raw)}",
+                        mongodb_url=server.url if backend == "mongodb" else None,
+                        **common,
+                    )
+                except Exception as exc:  # keep the other figures of the run
+                    out[name] = {"error": repr(exc), "readings_per_s": 0}
+                print(f"bench_agents: backends {name}: {out[name]}", file=sys.stderr, flush=True)
+    finally:
+        server.cleanup()
+    return out
+
+
+def _backend_lines(res: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Both store backends, one worker, {res['data']['readings']:,} readings "
+        f"({BACKEND_DEVICES} devices): **MongoDB figures are on the emulator** "
+        f"({res['server']}), not MongoDB's."
+    ]
+    for raw in ("off", "on"):
+        pg, mg = res.get(f"postgres_raw_{raw}", {}), res.get(f"mongodb_raw_{raw}", {})
+        ratio = pg.get("readings_per_s", 0) / max(mg.get("readings_per_s", 0), 1)
+        lines.append(
+            f"- raw samples {raw}: PostgreSQL {pg.get('readings_per_s', 0):,} readings/s "
+            f"({pg.get('seconds_to_process')} s to processed, {pg.get('seconds_to_durable')} s "
+            f"to durable), MongoDB backend on the emulator {mg.get('readings_per_s', 0):,} "
+            f"readings/s ({mg.get('seconds_to_process')} s, {mg.get('seconds_to_durable')} s): "
+            f"PostgreSQL ahead ×{ratio:.1f}"
+        )
+    return lines
 
 
 # -- Quix Streams ----------------------------------------------------------------------------
@@ -445,7 +531,14 @@ def _run_faust(bootstrap: str, topic: str, n_readings: int) -> dict[str, Any]:
 
 
 # -- run -------------------------------------------------------------------------------------
-def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[str, Any]:
+def run(
+    results_dir: Path, *, quick: bool = False, per_record: int = 1, store: str | None = None
+) -> dict[str, Any]:
+    """The whole comparison; ``store`` (or ``AGENTS_BENCH_STORE``) ``mongodb`` adds a run of our
+    agents on both store backends side by side (:data:`BACKEND_DEVICES`)."""
+    store = store or os.environ.get("AGENTS_BENCH_STORE", "postgres")
+    if store not in ("postgres", "mongodb"):
+        raise ValueError(f"unknown store {store!r}; choose postgres or mongodb")
     results_dir.mkdir(parents=True, exist_ok=True)
     devices = 1_000 if quick else DEVICES
     prefix = f"bench{secrets.token_hex(3)}."
@@ -501,6 +594,11 @@ def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[
         faust_res = section(
             "faust idiomatic", _run_faust, bs, topics.telemetry_raw, 2_000 if quick else 4_000
         )
+        backends = (
+            section("both backends", _run_backends, bs, per_record=per_record)
+            if store == "mongodb"
+            else None
+        )
     finally:
         broker.stop()
     base = ours_off["readings_per_s"]
@@ -545,6 +643,12 @@ def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[
         f"×{results['ratio_vs_faust']} (×{results['cpu_ratio_vs_faust']} per CPU-second)",
         f"Machine load average during the run: {results['load_average']} (2 cores, shared).",
     ]
+    if backends is not None:
+        results["backends"] = backends
+        if "error" in backends:
+            results["summary"].append(f"- both backends: **failed**: {backends['error']}")
+        else:
+            results["summary"] += _backend_lines(backends)
     (results_dir / "bench_agents.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -552,7 +656,11 @@ def run(results_dir: Path, *, quick: bool = False, per_record: int = 1) -> dict[
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
     per = 1
+    chosen: str | None = None
     for a in sys.argv[1:]:
         if a.startswith("--per-record="):
             per = int(a.split("=", 1)[1])
-    print(json.dumps(run(Path("benchmarks/results"), quick=quick, per_record=per), indent=2))
+        if a.startswith("--store="):
+            chosen = a.split("=", 1)[1]
+    res = run(Path("benchmarks/results"), quick=quick, per_record=per, store=chosen)
+    print(json.dumps(res, indent=2))
