@@ -20,6 +20,20 @@ nets=$(podman network ls -q --filter "label=com.docker.compose.project=$PROJECT"
 [ -n "$nets" ] && podman network rm -f $nets >/dev/null
 vols=$(podman volume ls -q --filter "label=com.docker.compose.project=$PROJECT")
 [ -n "$vols" ] && podman volume rm -f $vols >/dev/null
+# netavark (podman 4.3) leaves its iptables chains, and the jumps into them from FORWARD,
+# PREROUTING, OUTPUT and POSTROUTING, behind when the last network goes. With no container of
+# any kind left, remove them: the firewall tables are as they were before step 1.
+if [ -z "$(podman ps -aq)" ] && command -v iptables-save >/dev/null; then
+  for table in filter nat; do
+    jumps=$(iptables-save -t "$table" | grep -E '^-A .* -j NETAVARK' | grep -vE '^-A NETAVARK' || true)
+    while read -r rule; do
+      [ -n "$rule" ] && { eval "iptables -t $table ${rule/#-A /-D }" || true; }
+    done <<<"$jumps"
+    chains=$(iptables-save -t "$table" | sed -n 's/^:\(NETAVARK[^ ]*\) .*/\1/p')
+    for c in $chains; do iptables -t "$table" -F "$c" || true; done
+    for c in $chains; do iptables -t "$table" -X "$c" || true; done
+  done
+fi
 if [ "${IOT_CONTAINERS_KEEP_IMAGES:-0}" != 1 ]; then
   imgs=$(podman images -aq --filter "label=$LABEL" | sort -u)
   [ -n "$imgs" ] && podman rmi -f $imgs >/dev/null 2>&1 || true
