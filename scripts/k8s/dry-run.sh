@@ -16,6 +16,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 WORK=${IOT_K8S_WORK:-/var/tmp/iot-k8s}
 log() { printf '[k8s %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# The workspace's Python (PyYAML), as `make containers` runs its smoke flow.
+UV=$(bash "$REPO/scripts/ensure-uv.sh")
+py() { "$UV" run -q --project "$REPO" --no-sync python "$@"; }
 
 APISERVER=${KUBE_APISERVER:-$(command -v kube-apiserver || true)}
 if [ -z "$APISERVER" ] || ! [ -x "$APISERVER" ]; then
@@ -23,6 +26,7 @@ if [ -z "$APISERVER" ] || ! [ -x "$APISERVER" ]; then
   exit 3
 fi
 command -v kubectl >/dev/null || { log "blocked: no kubectl (Debian: kubernetes-client)"; exit 3; }
+(cd "$REPO" && "$UV" sync -q --all-packages --frozen)
 
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -105,7 +109,7 @@ for overlay in dev prod; do
   # A dry run creates nothing, and admission looks up the namespace and the pod's service
   # account: both are created for real first (with the `default` account the controller
   # manager, not running here, would make in each namespace).
-  python3 - "$WORK/$overlay.yaml" >"$WORK/$overlay-ns.yaml" <<'PY'
+  py - "$WORK/$overlay.yaml" >"$WORK/$overlay-ns.yaml" <<'PY'
 import sys
 import yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
@@ -117,7 +121,7 @@ PY
   kubectl apply -f "$WORK/$overlay-ns.yaml" >/dev/null
   # Pod Security admission enforces on Pods only (a Deployment whose pods it would refuse is
   # stored): each workload's pod template goes in as a bare Pod too, as the controller would.
-  python3 "$HERE/pods-of.py" <"$WORK/$overlay.yaml" >"$WORK/$overlay-pods.yaml"
+  py "$HERE/pods-of.py" <"$WORK/$overlay.yaml" >"$WORK/$overlay-pods.yaml"
   { echo ---; cat "$WORK/$overlay-pods.yaml"; } >>"$WORK/$overlay.yaml"
   # Strict: an unknown or duplicate field is an error, not a warning. Any warning (a Pod
   # Security violation on a Deployment's template, a deprecated API) fails the run too.
@@ -133,7 +137,7 @@ done
 
 # Canaries: prod's signing Deployment changed in the three ways this run claims to catch. Each
 # must be refused or warned about; one that passes means the server checks less than we rely on.
-python3 - "$WORK/prod.yaml" "$WORK" <<'PY'
+py - "$WORK/prod.yaml" "$WORK" <<'PY'
 import copy
 import sys
 import yaml
@@ -156,7 +160,7 @@ PY
 declare -A expect=([unknown-field]='unknown field "imagePullPolcy"'
   [bad-value]='must be no more than 15 characters' [escalation]='violates PodSecurity "restricted')
 for c in unknown-field bad-value escalation; do
-  { echo ---; python3 "$HERE/pods-of.py" <"$WORK/canary-$c.yaml"; } >>"$WORK/canary-$c.yaml"
+  { echo ---; py "$HERE/pods-of.py" <"$WORK/canary-$c.yaml"; } >>"$WORK/canary-$c.yaml"
   kubectl apply --dry-run=server --validate=strict -f "$WORK/canary-$c.yaml" >/dev/null 2>"$WORK/canary-$c.err" || true
   if grep -qF "${expect[$c]}" "$WORK/canary-$c.err"; then
     log "canary $c: refused ('${expect[$c]}')"
