@@ -2,7 +2,8 @@
 
 Like quix-streams' ``tests/containerhelper.py``: the root ``conftest.py``, every benchmark and
 ``scripts/test.sh`` take their PostgreSQL admin connection, throw-away databases, Redis key
-clean-up, free ports, latency percentiles and per-package coverage totals from here (the
+clean-up, the RabbitMQ administrator, the MongoDB-compatible server, stopping the services they
+started, free ports, latency percentiles and per-package coverage totals from here (the
 brokers come from :mod:`iotctl.broker` and :mod:`iotctl.mosquitto`).
 """
 
