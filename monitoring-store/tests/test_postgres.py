@@ -184,3 +184,72 @@ async def test_hourly_rollups_match_the_windows_under_concurrent_writers_and_aft
         assert fast == slow
     finally:
         await asyncio.gather(a.close(), b.close())
+
+
+async def test_readings_written_as_wide_rows_are_stored_as_by_the_general_statement(
+    pg_database_factory: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write path for whole readings (one wide row each, values sliced from one array)
+    stores exactly what the general statement (long rows grouped on the server) stores: two
+    device types with their own metrics in their own order, a replayed batch, a batch with
+    a reading twice and one with a metric twice (those go the general way)."""
+    import asyncpg
+
+    kinds = {"t": ["temp", "hum", "co2"], "p": ["v", "a"]}
+    dev: list[str] = []
+    met: list[str] = []
+    ts: list[float] = []
+    seq: list[int] = []
+    for i in range(40):
+        d = f"{'tp'[i % 2]}{i % 5}"
+        for m in kinds[d[0]]:
+            dev.append(d)
+            met.append(m)
+            ts.append(T0 + i * 0.5)
+            seq.append(i if i % 7 else -1)
+    n = len(ts)
+    batch = SampleBatch(
+        device_id=np.array(dev, dtype=object),
+        metric=np.array(met, dtype=object),
+        ts=np.array(ts),
+        value=np.arange(n, dtype=np.float64) * 1.5,
+        seq=np.array(seq, dtype=np.int64),
+    )
+    twice = SampleBatch(*(np.concatenate([a[:5], a[:5]]) for a in _columns(batch)))
+    odd = SampleBatch(
+        device_id=np.array(["x", "x"], dtype=object),
+        metric=np.array(["m", "m"], dtype=object),
+        ts=np.array([T0, T0]),
+        value=np.array([1.0, 2.0]),
+        seq=np.array([0, 0]),
+    )
+    assert pg_samples._wide_groups(batch) is not None
+    assert pg_samples._wide_groups(twice) is None
+    assert pg_samples._wide_groups(odd) is None
+
+    async def stored(url: str) -> list[tuple[object, ...]]:
+        store = open_store(url)
+        await store.start()
+        try:
+            for b in (batch, batch, twice, odd):
+                await store.insert_samples(b)
+        finally:
+            await store.close()
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT * FROM monitoring_samples ORDER BY device_id, ts, seq")
+        finally:
+            await conn.close()
+        return [tuple(r) for r in rows]
+
+    wide = await stored(pg_database_factory("pgwide"))
+    monkeypatch.setattr(pg_samples, "_wide_groups", lambda _batch: None)
+    general = await stored(pg_database_factory("pggeneral"))
+    assert len(wide) == 41
+    odd_rows = [r for r in wide if r[0] == "x"]
+    assert len(odd_rows) == 1 and odd_rows[0][3] == ["m"]  # the metric once
+    assert wide == [r if r[0] != "x" else odd_rows[0] for r in general]
+
+
+def _columns(b: SampleBatch) -> tuple[np.ndarray, ...]:
+    return (b.device_id, b.metric, b.ts, b.value, b.seq)

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
 from monitoring_store.base import (
     Sample,
     SampleBatch,
 )
-from monitoring_store.postgres.connection import WRITE_CHUNK, PgConnection
+from monitoring_store.postgres.connection import WRITE_CHUNK, PgConnection, _chunks
 
 #: Look-back spans (seconds) tried in turn for fleet-wide "recent samples".
 RECENT_SPANS = (60.0, 600.0, 3600.0, 86400.0)
@@ -32,6 +35,20 @@ FROM (
     ORDER BY d, t, s, m
 ) AS r
 GROUP BY d, t, s
+ON CONFLICT DO NOTHING
+"""
+
+
+# The same rows, already one per reading: readings that carry the same metrics (``$4``, sorted)
+# send their values as one flat array, ``$5`` per reading, and each row takes its slice (a
+# slice of a float8 array is an offset, not a scan). No sort and no grouping on the server,
+# and a fifth of the values to encode and parse: 20,000 readings of 5 metrics took the
+# statement above 1.1-1.5 s (load average 7 on 2 cores), of which the client's encoding
+# 0.2 s and sending and parsing the five 100,000-element arrays 0.35 s.
+_SAMPLE_INSERT_WIDE = """
+INSERT INTO monitoring_samples (device_id, ts, seq, metrics, vals)
+SELECT d, t, s, $4::text[], ($5::float8[])[(i - 1) * $6 + 1 : i * $6]
+FROM unnest($1::text[], $2::float8[], $3::bigint[]) WITH ORDINALITY AS u(d, t, s, i)
 ON CONFLICT DO NOTHING
 """
 
@@ -71,6 +88,60 @@ def _reading_chunks(batch: SampleBatch, size: int | None = None) -> list[slice]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _WideGroup:
+    """Readings that carry the same metrics: one wide row each."""
+
+    metrics: list[str]  # sorted
+    device_id: npt.NDArray[np.object_]
+    ts: npt.NDArray[np.float64]
+    seq: npt.NDArray[np.int64]
+    vals: npt.NDArray[np.float64]  # len(metrics) per reading, in the order of ``metrics``
+
+
+def _wide_groups(batch: SampleBatch) -> list[_WideGroup] | None:
+    """The batch as wide rows grouped by metric set, or None when it is not made of whole
+    readings each listed once with every metric once (then the general statement merges).
+
+    The agents write each reading's rows next to each other and in the same metric order for
+    a device type, so this is one vectorised check for a batch of one device type, and a
+    dictionary of metric sets otherwise.
+    """
+    n = len(batch)
+    dev, ts, seq, met = batch.device_id, batch.ts, batch.seq, batch.metric
+    change = np.ones(n, dtype=np.bool_)
+    change[1:] = (dev[1:] != dev[:-1]) | (ts[1:] != ts[:-1]) | (seq[1:] != seq[:-1])
+    starts = np.flatnonzero(change)
+    keys = list(zip(dev[starts].tolist(), ts[starts].tolist(), seq[starts].tolist(), strict=True))
+    if len(set(keys)) != len(keys):  # a reading twice in the batch, or its rows apart
+        return None
+    lengths = np.diff(np.append(starts, n))
+    k = int(lengths[0])
+    by_metrics: dict[tuple[str, ...], list[int]] = {}
+    if (lengths == k).all() and (met.reshape(-1, k) == met[:k]).all():
+        by_metrics[tuple(met[:k].tolist())] = starts.tolist()
+    else:
+        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+            by_metrics.setdefault(tuple(met[start : start + length].tolist()), []).append(start)
+    groups = []
+    for names, first in by_metrics.items():
+        if len(set(names)) != len(names):  # a metric twice in one reading
+            return None
+        order = np.argsort(np.array(names, dtype=object), kind="stable")
+        at = np.asarray(first, dtype=np.int64)
+        rows = (at[:, None] + order[None, :]).ravel()
+        groups.append(
+            _WideGroup(
+                metrics=[names[i] for i in order.tolist()],
+                device_id=dev[at],
+                ts=ts[at],
+                seq=seq[at],
+                vals=batch.value[rows],
+            )
+        )
+    return groups
+
+
 def _sample_from(row: asyncpg.Record) -> Sample:
     seq = row["seq"]
     return Sample(
@@ -89,7 +160,22 @@ class PgSamples(PgConnection):
         n = len(batch)
         if n == 0:
             return
+        groups = _wide_groups(batch)
         async with self.pool.acquire() as conn:
+            if groups is not None:
+                for g in groups:
+                    k = len(g.metrics)
+                    for part in _chunks(len(g.ts), max(1, WRITE_CHUNK // k)):
+                        await conn.execute(
+                            _SAMPLE_INSERT_WIDE,
+                            g.device_id[part].tolist(),
+                            g.ts[part].tolist(),
+                            g.seq[part].tolist(),
+                            g.metrics,
+                            g.vals[part.start * k : part.stop * k].tolist(),
+                            k,
+                        )
+                return
             for part in _reading_chunks(batch):
                 await conn.execute(
                     _SAMPLE_INSERT,
