@@ -175,6 +175,16 @@ def test_loss_duplicates_and_corruption_are_named(tmp_path: Path) -> None:
     assert len(result.examples["missing"]) == 2
 
 
+def test_a_pipeline_that_stored_nothing_is_reported_missing_everything(tmp_path: Path) -> None:
+    """The check must report a store left empty (the agents never wrote), not crash on it."""
+    rec, devices = _pipeline(tmp_path)
+    _, dead = _simulate_platform(rec.messages, devices, time.time() - 600)
+    result = check(read_ledger(tmp_path), StoredReadings.empty(), dead)
+    assert not result.ok
+    assert result.stored_readings == 0
+    assert result.missing == result.expected_readings > 1800
+
+
 def test_markers_survive_the_deadletter_encoding() -> None:
     d = DeadLetter(reason="not_json", source="mqtt", payload=b"x sim:r1:0:5:4", ts=0.0)
     wire = _enc.encode(d)

@@ -360,10 +360,10 @@ def check(
     stored_twice = int((st_counts > 1).sum())
 
     def lookup(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        pos = np.searchsorted(st_keys, keys)
-        pos = np.minimum(pos, max(len(st_keys) - 1, 0))
-        found = (len(st_keys) > 0) & (st_keys[pos] == keys) if len(st_keys) else pos < 0
-        return np.where(found, st_first[pos], -1)
+        if not len(st_keys):  # nothing stored: every key is missing
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(st_keys, keys), len(st_keys) - 1)
+        return np.where(st_keys[pos] == keys, st_first[pos], -1)
 
     exp_keys = key_rec[expect_stored]
     where = lookup(exp_keys)
