@@ -556,6 +556,25 @@ async def test_fleet_summary(store: MonitoringStore) -> None:
     assert await store.fleet_summary(device_ids=None, start=T0, end=T0 + span) == s
 
 
+async def test_fleet_summary_reads_the_finest_size_that_has_windows_in_the_range(
+    store: MonitoringStore,
+) -> None:
+    """A size with no window in the range (no longer computed, or computed only for other
+    devices' older data) must not hide the size that has them: the summary chose the finest
+    size stored anywhere, and reported no device."""
+    rng = np.random.default_rng(3)
+    ts, _ = readings(rng, n=120, span=600)
+    v = rng.normal(20.0, 5.0, size=len(ts))
+    stored = windows_of("d1", "temp", ts, v, 60)
+    # 10 s windows exist, but a day earlier only.
+    stored += windows_of("d2", "temp", ts - 86_400, v, 10)
+    await store.upsert_windows(stored)
+    s = await store.fleet_summary(device_ids=None, start=T0, end=T0 + 600)
+    assert s.devices_reporting == 1 and s.readings == 120
+    (temp,) = s.metrics
+    assert temp.count == 120 and temp.max == v.max()
+
+
 async def test_fleet_summary_over_a_day_follows_corrected_windows(store: MonitoringStore) -> None:
     """Long ranges read whole hours from rollups on PostgreSQL: the figures must stay those of
     the windows, edges and late corrections included."""

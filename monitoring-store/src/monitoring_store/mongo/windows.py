@@ -263,19 +263,27 @@ class MongoWindows(MongoConnection):
             )
         return out
 
-    async def _window_sizes(self) -> list[int]:
-        """The stored window sizes, ascending: one index probe per size (a loose scan of
-        ``(window_seconds, window_start)``), not a pass over every window."""
+    async def _window_sizes(self, start: float, end: float) -> list[int]:
+        """The window sizes with a window starting in [start, end), ascending: two index
+        probes per stored size (a loose scan of ``(window_seconds, window_start)``), not a pass
+        over every window; a size no longer computed, or not yet, does not hide the others."""
         windows = self._c(WINDOWS)
         sizes: list[int] = []
+        last: int | None = None
         while True:
-            query: Doc = {"window_seconds": {"$gt": sizes[-1]}} if sizes else {}
+            query: Doc = {"window_seconds": {"$gt": last}} if last is not None else {}
             doc = await windows.find_one(
                 query, {"window_seconds": 1, "_id": 0}, sort=[("window_seconds", 1)]
             )
             if doc is None:
                 return sizes
-            sizes.append(int(doc["window_seconds"]))
+            last = int(doc["window_seconds"])
+            inside = await windows.find_one(
+                {"window_seconds": last, "window_start": {"$gte": start, "$lt": end}},
+                {"window_seconds": 1, "_id": 0},
+            )
+            if inside is not None:
+                sizes.append(last)
 
     async def fleet_summary(
         self,
@@ -294,7 +302,7 @@ class MongoWindows(MongoConnection):
         windows = self._c(WINDOWS)
         ws = window_seconds
         if ws is None:
-            ws = window_size_for_range(await self._window_sizes(), start, end)
+            ws = window_size_for_range(await self._window_sizes(start, end), start, end)
         metrics: list[MetricSummary] = []
         devices = readings = 0
         if ws is not None:

@@ -310,9 +310,14 @@ class PgWindows(PgConnection):
         return out
 
     async def _window_sizes(
-        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+        self,
+        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        start: float,
+        end: float,
     ) -> list[int]:
-        # Loose index scan over (window_seconds, window_start): one probe per distinct size.
+        """The window sizes with a window starting in [start, end), ascending (a size no
+        longer computed, or not yet, does not hide the others)."""
+        # Loose index scan over (window_seconds, window_start): two probes per distinct size.
         rows = await conn.fetch(
             """
             WITH RECURSIVE s(ws) AS (
@@ -322,8 +327,13 @@ class PgWindows(PgConnection):
                         WHERE window_seconds > s.ws ORDER BY window_seconds LIMIT 1)
                 FROM s WHERE s.ws IS NOT NULL
             )
-            SELECT ws FROM s WHERE ws IS NOT NULL
-            """
+            SELECT ws FROM s WHERE ws IS NOT NULL AND EXISTS (
+                SELECT 1 FROM monitoring_windows
+                WHERE window_seconds = s.ws AND window_start >= $1 AND window_start < $2
+            )
+            """,
+            start,
+            end,
         )
         return [r["ws"] for r in rows]
 
@@ -357,7 +367,7 @@ class PgWindows(PgConnection):
             await conn.execute("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off")
             ws = window_seconds
             if ws is None:
-                ws = window_size_for_range(await self._window_sizes(conn), start, end)
+                ws = window_size_for_range(await self._window_sizes(conn, start, end), start, end)
             metrics: list[MetricSummary] = []
             devices = 0
             readings = 0
