@@ -4,7 +4,9 @@
 runs the named ones. Each runs in a fresh Python process (one benchmark's threads, caches or a
 crash cannot skew or stop the next), calls ``run(results_dir, quick=...)`` and hands its JSON
 back; the parent writes ``<name>.json``, ``results.json`` and ``REPORT.md`` (each benchmark's
-summary, its plots and the machine it ran on) into the results directory.
+summary, its plots and the machine it ran on) into the results directory. A benchmark whose runs
+differ by more than ``--quick`` (``E2E_STORE=mongodb benchmarks e2e``) names its result itself
+(``result_name``: ``e2e_mongodb``), so that each variant keeps its own ``<result_name>.json``.
 """
 
 from __future__ import annotations
@@ -83,21 +85,37 @@ def _run_child(name: str, results_dir: Path, quick: bool, out: Path) -> int:
     return status
 
 
+def result_name(name: str, result: dict[str, Any]) -> str:
+    """The name benchmark ``name``'s result is kept under: the ``result_name`` it gave (one
+    variant of it, e.g. ``e2e_mongodb``), else its own name."""
+    given = result.get("result_name")
+    if isinstance(given, str) and given and Path(given).name == given:
+        return given
+    return name
+
+
 def _run_one(name: str, results_dir: Path, quick: bool) -> dict[str, Any]:
-    out = results_dir / f"{name}.json"
+    """Run benchmark ``name`` in a child process; write and return its result."""
+    # The child hands its result over in a file of its own: writing it straight to
+    # ``<name>.json`` would replace another variant's result (e2e on the other store).
+    handoff = results_dir / f".{name}.child.json"
+    handoff.unlink(missing_ok=True)
     before = {p: p.stat().st_mtime for p in results_dir.glob("*.png")}
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "benchmarks", "_child", name, "--results-dir", str(results_dir)]
+    cmd += ["--out", str(handoff)]
     if quick:
         cmd.append("--quick")
     typer.echo(f"==> benchmark {name}{' (quick)' if quick else ''}", err=True)
     proc = subprocess.run(cmd, check=False)
     try:
-        result: dict[str, Any] = json.loads(out.read_text())
+        result: dict[str, Any] = json.loads(handoff.read_text())
     except (OSError, json.JSONDecodeError):
         result = {"error": f"exited with code {proc.returncode} without a result", "summary": []}
         result["summary"] = [f"**failed**: {result['error']}"]
+    handoff.unlink(missing_ok=True)
+    kept_as = result_name(name, result)
     # The benchmark's plots: those it names, else new or rewritten PNGs named after it
     # (other runs may write into the same directory meanwhile).
     named = result.get("plots")
@@ -112,6 +130,7 @@ def _run_one(name: str, results_dir: Path, quick: bool) -> dict[str, Any]:
     result["_meta"] = {
         **result.get("_meta", {}),
         "name": name,
+        "result_name": kept_as,
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 1),
         "quick": quick,
@@ -119,7 +138,7 @@ def _run_one(name: str, results_dir: Path, quick: bool) -> dict[str, Any]:
         "plots": plots,
         "command": f"benchmarks {name}{' --quick' if quick else ''}",
     }
-    out.write_text(json.dumps(result, indent=1, default=str))
+    (results_dir / f"{kept_as}.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
 
@@ -167,9 +186,10 @@ def child_cmd(
     name: str,
     results_dir: Annotated[Path, typer.Option()] = DEFAULT_RESULTS,
     quick: bool = False,
+    out: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
-    raise typer.Exit(_run_child(name, results_dir, quick, results_dir / f"{name}.json"))
+    raise typer.Exit(_run_child(name, results_dir, quick, out or results_dir / f"{name}.json"))
 
 
 @app.command("run")
@@ -186,7 +206,11 @@ def run_cmd(
         typer.echo(f"unknown benchmark(s) {unknown}; available: {', '.join(known)}", err=True)
         raise typer.Exit(2)
     results_dir.mkdir(parents=True, exist_ok=True)
-    results = {name: _run_one(name, results_dir, quick) for name in chosen}
+    # Keyed by the name each result is kept under (e2e on MongoDB: ``e2e_mongodb``).
+    results: dict[str, dict[str, Any]] = {}
+    for name in chosen:
+        result = _run_one(name, results_dir, quick)
+        results[result["_meta"]["result_name"]] = result
     command = "benchmarks " + " ".join(names) + (" --quick" if quick else "")
     report = write_report(results_dir, results, command)
     failed = [n for n, r in results.items() if r.get("error")]

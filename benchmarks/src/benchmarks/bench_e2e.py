@@ -559,10 +559,13 @@ RATES = {"postgres": (2000.0, 5500.0), "mongodb": (200.0, 300.0)}
 
 def run(results_dir: Path, *, quick: bool = False, store: str | None = None) -> dict[str, Any]:
     """One end-to-end run; ``store`` (or ``E2E_STORE``): ``postgres`` (default) or ``mongodb``
-    (a private MongoDB-compatible emulator; results in ``results_dir/mongodb``)."""
+    (a private MongoDB-compatible emulator). The summary of a run on MongoDB is kept as
+    ``e2e_mongodb.json`` beside PostgreSQL's ``e2e.json`` (``result_name``), its plots and series
+    in ``results_dir/mongodb``, so that a run on each store keeps both."""
     store = store or os.environ.get("E2E_STORE", "postgres")
     if store not in RATES:
         raise ValueError(f"unknown store {store!r}; choose postgres or mongodb")
+    top = results_dir
     if store != "postgres":
         results_dir = results_dir / store
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -602,7 +605,9 @@ def run(results_dir: Path, *, quick: bool = False, store: str | None = None) -> 
         finally:
             stack.stop()
     res["store"] = store
-    plots = _plot(results_dir, res)
+    res["result_name"] = "e2e" if store == "postgres" else f"e2e_{store}"
+    # Plots are named relative to the top results directory, where the report is.
+    plots = [(results_dir / p).relative_to(top).as_posix() for p in _plot(results_dir, res)]
     series = res.pop("_series")
     (results_dir / "e2e_series.json").write_text(json.dumps(series))
     (results_dir / "e2e_query_latency.json").write_text(json.dumps(res.pop("_query_lat")))
