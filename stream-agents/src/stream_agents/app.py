@@ -38,13 +38,17 @@ from stream_agents.runtime import Runtime
 
 
 class AgentsApp(BatchApp):
-    """The agents' Faust app; ``closing`` runs after Faust's own shutdown steps."""
+    """The agents' Faust app; ``stopping`` runs as its stop begins, ``closing`` after Faust's
+    own shutdown steps."""
 
     def __init__(self, id: str, *, batch: BatchOptions, **options: Any) -> None:
         super().__init__(id, batch=batch, **options)
+        self.stopping: list[Callable[[], None]] = []
         self.closing: list[Callable[[], Awaitable[None]]] = []
 
     async def on_stop(self) -> None:
+        for begin in self.stopping:
+            begin()
         await super().on_stop()
         for close in self.closing:
             await close()

@@ -64,6 +64,11 @@ class AgentSettings(ServiceSettings):
     #: of another worker's device.events arrive that way).
     rules_reload_seconds: float = 15.0
     silent_check_seconds: float = 1.0
+    #: After SIGTERM (any stop), the worker exits at the latest this many seconds later, even
+    #: if part of its stop still waits (on a broker that is gone, say); under Kubernetes'
+    #: 30-s grace period. What is durable stays so, nothing more is committed: a new worker
+    #: replays from the committed offsets, as after a SIGKILL.
+    shutdown_timeout: float = Field(default=20.0, gt=0)
     #: Faust rebalance/session timeouts: Tansu needs short ones or the first join waits ~30 s.
     broker_session_timeout: float = 6.0
     broker_rebalance_timeout: float = 6.0
