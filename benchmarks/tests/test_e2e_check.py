@@ -270,3 +270,70 @@ async def _fill_and_wait(
         return await wait_until_stored(url, ledger, limit_s=60)
     finally:
         await store.close()
+
+
+def test_the_wait_on_mongodb_reads_only_the_documents_of_the_devices_short(
+    tmp_path: Path, store_url_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each poll's aggregation is served by the (device, time) index: the emulator examines
+    the documents of the devices asked about, not every document stored (explain of the very
+    command the poll sent; it scanned the whole collection on every poll)."""
+    import pymongo
+    from pymongo import monitoring
+
+    rec, devices = _pipeline(tmp_path)
+    ledger = read_ledger(tmp_path)
+    url = store_url_factory("mongodb", "e2eindex")
+    sent: list[dict[str, Any]] = []
+
+    class Capture(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "aggregate":
+                sent.append(dict(event.command))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    client_class = pymongo.AsyncMongoClient
+
+    def listening_client(*args: Any, **kwargs: Any) -> Any:
+        return client_class(*args, event_listeners=[Capture()], **kwargs)
+
+    async def fill_count_and_explain() -> tuple[dict[str, int], int, dict[str, Any]]:
+        store = open_store(url)
+        await store.start()
+        try:
+            for d in devices:
+                await store.insert_samples(_samples(rec.messages, d))
+        finally:
+            await store.close()
+        start, end = e2e_check.time_range(ledger)
+        monkeypatch.setattr(pymongo, "AsyncMongoClient", listening_client)
+        counts = await e2e_check.count_stored(url, devices[:1], start, end)
+        monkeypatch.undo()
+        client: pymongo.AsyncMongoClient[dict[str, Any]] = client_class(url)
+        try:
+            db = client.get_default_database()
+            own = await db.monitoring_data.count_documents({"m.d": devices[0]})
+            (command,) = sent
+            explained = await db.command(
+                "explain",
+                {"aggregate": command["aggregate"], "pipeline": command["pipeline"], "cursor": {}},
+                verbosity="executionStats",
+            )
+        finally:
+            await client.close()
+        return counts, own, explained
+
+    counts, own, explained = asyncio.run(fill_count_and_explain())
+    recs = ledger.records
+    first = recs["device"] == ledger.devices.index(devices[0])
+    stored = sum(1 for f in recs["fault"][first].tolist() if Fault(f).expect_stored)
+    assert counts == {devices[0]: stored}
+    stats = explained["executionStats"]
+    assert (
+        stats["totalDocsExamined"] == own < sum(len(_samples(rec.messages, d)) for d in devices)
+    ), explained["queryPlanner"]["winningPlan"]

@@ -247,19 +247,23 @@ async def _count_mongodb(
 
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     database = parse_uri(store_url).get("database") or DEFAULT_DATABASE
-    # The same filters as the store's own reads: device and the ms-truncated time field
-    # first (an index range scan), then the exact ts.
+    # The devices alone first: that stage is what the server plans with an index. The
+    # emulator walks the (m.d, t) index for `m.d: {$in}` alone, and for one device's
+    # equality with the range on t (the store's own reads), but not for `$in` together with
+    # that range: it scanned the whole collection on every poll (explain: COLLSCAN, 90,000
+    # documents examined for 5 devices' 1,500). MongoDB merges the two stages and bounds
+    # both fields on the same index, as before.
     pipeline: list[dict[str, Any]] = [
+        {"$match": {"m.d": {"$in": list(devices)}}},
         {
             "$match": {
-                "m.d": {"$in": list(devices)},
                 "t": {
                     "$gte": epoch + dt.timedelta(seconds=start - 0.001),
                     "$lte": epoch + dt.timedelta(seconds=end),
                 },
+                "ts": {"$gte": start, "$lt": end},
             }
         },
-        {"$match": {"ts": {"$gte": start, "$lt": end}}},
         {"$group": {"_id": {"d": "$m.d", "ts": "$ts", "s": "$s"}}},
         {"$group": {"_id": "$_id.d", "n": {"$sum": 1}}},
     ]
