@@ -3,10 +3,11 @@ about a record that breaks decoding, and a batch it refuses is taken not at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -14,10 +15,12 @@ from agents_testkit import envelope, read_topic
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
+from iot_common.events import WindowStats, window_decoder
 from iot_common.stream_errors import RecordRef
 from iot_common.telemetry import DeadLetterReason, deadletter_decoder
 from iot_common.topics import Topics
 from monitoring_store import open_store
+from stream_agents import pipeline as pipeline_module
 from stream_agents.pipeline import TelemetryPipeline
 from stream_agents.publisher import KafkaPublisher
 
@@ -122,3 +125,70 @@ async def test_a_write_the_store_cannot_take_now_is_retried_until_it_can(
     assert held == [False, True, True] and not pipeline.backpressure.engaged
     samples = await pipeline.store.query_samples("bp-1", metrics=None, start=0, end=4e9)
     assert len(samples) == 1 and pipeline.counts.samples == 1
+
+
+async def test_a_tick_writes_its_closed_windows_in_device_chunks_two_at_a_time(
+    pipeline: TelemetryPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick closing many windows (the idle close at the end of a backlog) does not write them
+    as one statement: chunks of whole devices, two in flight at once (the small and the large
+    window size share the two), each chunk produced to ``stats.windows`` once it is durable."""
+    monkeypatch.setattr(pipeline_module, "WINDOW_WRITE_CHUNK", 6)
+    events: list[tuple[str, frozenset[tuple[str, str, int, float]]]] = []
+    writes: list[list[WindowStats]] = []
+    in_flight = [0, 0]  # now, most at once
+    real_upsert = pipeline.store.upsert_windows
+    real_publish = pipeline.publisher.publish
+
+    async def upsert(windows: Sequence[WindowStats]) -> None:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        await asyncio.sleep(0.05)  # a write takes a while: let the others start meanwhile
+        await real_upsert(windows)
+        in_flight[0] -= 1
+        writes.append(list(windows))
+        events.append(("stored", frozenset(_window_keys(windows))))
+
+    async def publish(topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        await real_publish(topic, items)
+        if topic == pipeline.topics.stats_windows:
+            produced = [window_decoder.decode(v) for _, v in items]
+            events.append(("produced", frozenset(_window_keys(produced))))
+
+    pipeline.store.upsert_windows = upsert  # type: ignore[method-assign]
+    pipeline.publisher.publish = publish  # type: ignore[method-assign]
+    t0 = (time.time() // 60) * 60 - 300.0
+    devices = [f"chunk-{i:02d}" for i in range(12)]
+    values = [
+        (d.encode(), envelope(d, t0 + 1.1, [(t0 + 1.0, {"temp": float(i), "hum": 2.0 * i})]))
+        for i, d in enumerate(devices)
+    ]
+    # A later record moves the partition's clock past those windows: they close.
+    values.append((b"chunk-late", envelope("chunk-late", t0 + 200.1, [(t0 + 200.0, {"x": 1.0})])))
+    await pipeline.handle(0, _records(pipeline.topics.telemetry_raw, values))
+    await pipeline.tick(live=False)
+
+    closed = {
+        (d, m, size, t0 - t0 % size) for d in devices for m in ("temp", "hum") for size in (10, 60)
+    }
+    assert sorted(k for w in writes for k in _window_keys(w)) == sorted(closed)
+    for size in (10, 60):
+        # Each device's windows of a size in one write, and more than one write per size.
+        chunks = [{w.device_id for w in ws if w.window_seconds == size} for ws in writes]
+        chunks = [c for c in chunks if c]
+        assert len(chunks) > 1 and sum(len(c) for c in chunks) == len(devices)
+    assert in_flight[1] == 2
+    stored: set[tuple[str, str, int, float]] = set()
+    for what, keys in events:
+        if what == "stored":
+            stored |= keys
+        else:
+            assert keys <= stored  # produced only once durable
+    got = await pipeline.store.query_windows(
+        "chunk-03", metrics=None, window_seconds=60, start=0, end=4e9
+    )
+    assert [(w.metric, w.count, w.last) for w in got] == [("hum", 1, 6.0), ("temp", 1, 3.0)]
+
+
+def _window_keys(windows: Sequence[WindowStats]) -> list[tuple[str, str, int, float]]:
+    return [(w.device_id, w.metric, w.window_seconds, w.window_start) for w in windows]

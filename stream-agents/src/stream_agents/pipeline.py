@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -72,6 +73,12 @@ STORED_LAG = Histogram(
     buckets=_LAG_BUCKETS,
 )
 
+#: Closed windows per store write, and how many such writes a worker has in flight: two
+#: connections use both cores of the 2-core machine (one statement runs on one); more only
+#: queue on the server.
+WINDOW_WRITE_CHUNK = 10_000
+WINDOW_WRITES_IN_FLIGHT = 2
+
 _dl_encode = msgspec.json.Encoder().encode
 _enc = msgspec.json.Encoder().encode
 
@@ -125,6 +132,10 @@ class TelemetryPipeline:
     #: Alert changes found on the hot path (silent alerts cleared), published at the tick.
     pending_alerts: list[Alert] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Bounds the window writes in flight (a tick's sizes and chunks share it).
+    _window_writes: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(WINDOW_WRITES_IN_FLIGHT)
+    )
 
     # -- assignment ------------------------------------------------------------------------
     def assign(self, partitions: set[int]) -> None:
@@ -315,10 +326,11 @@ class TelemetryPipeline:
             t1 = time.perf_counter()
             await asyncio.to_thread(self._tick_large, prepared, ctxs, sizes[-1])
             prepared.cpu_seconds = cpu + time.perf_counter() - t1
-        finally:
+        except BaseException:
             await early
+            raise
         prepared.alerts = self._window_alerts(prepared.windows)
-        await self.finish_tick(prepared, commit)
+        await self.finish_tick(prepared, commit, after=early)
 
     async def _publish(self, windows: WindowBatch, alerts: Sequence[Alert]) -> None:
         if len(windows):
@@ -369,10 +381,30 @@ class TelemetryPipeline:
             return []
         return self.alerts.on_windows(self._closed(wb))
 
-    async def finish_tick(self, prepared: PreparedTick, commit: Committer | None) -> None:
-        """The I/O part of a tick: may run while the hot path goes on with new records."""
+    async def finish_tick(
+        self,
+        prepared: PreparedTick,
+        commit: Committer | None,
+        *,
+        after: Awaitable[None] | None = None,
+    ) -> None:
+        """The I/O part of a tick: may run while the hot path goes on with new records.
+
+        ``after``: the publishing of this tick's smaller windows, still under way. The larger
+        windows are written meanwhile (other rows; the write slots bound both together), and
+        their alert changes are published after the smaller windows' ones (one order per
+        alert).
+        """
         t0 = time.perf_counter()
-        await self._publish(prepared.windows, prepared.alerts)
+        emit = asyncio.create_task(self._emit(prepared.windows)) if len(prepared.windows) else None
+        try:
+            if after is not None:
+                await after
+        finally:
+            if emit is not None:
+                await emit
+        if prepared.alerts:
+            await self.publish_alerts(prepared.alerts)
         # Raw samples of everything covered must be durable before the commit.
         for t in prepared.writes:
             await t
@@ -411,6 +443,14 @@ class TelemetryPipeline:
         )
 
     async def _emit(self, wb: WindowBatch) -> None:
+        """Store the closed windows of ``wb``, then produce them to ``stats.windows``.
+
+        Open windows are produced at once (they are not stored). Closed ones are written in
+        chunks of whole devices, up to :data:`WINDOW_WRITES_IN_FLIGHT` at once, and each chunk
+        is produced as soon as it is durable: a tick closing 100,000 windows (the idle close at
+        the end of a backlog) used to write them as one statement on one connection and produce
+        them only after that.
+        """
         now = time.time()
         dev, met = self.table.arrays()
         cols = [
@@ -434,14 +474,23 @@ class TelemetryPipeline:
             for d, m, ws, st, c, lo, hi, mu, sd, p50, p95, la, lt, fin in zip(*cols, strict=True)
         ]
         final = [w for w in stats if w.final]
-        if final:
-            await self.backpressure.store(lambda: self.store.upsert_windows(final))
-        self.counts.windows_final += len(final)
-        self.counts.windows_open += len(stats) - len(final)
-        WINDOWS.labels("true").inc(len(final))
-        WINDOWS.labels("false").inc(len(stats) - len(final))
+        opened = [w for w in stats if not w.final]
+        self.counts.windows_open += len(opened)
+        WINDOWS.labels("false").inc(len(opened))
+        jobs = [self._produce_windows(opened)] if opened else []
+        jobs += [self._store_windows(chunk) for chunk in device_chunks(final, WINDOW_WRITE_CHUNK)]
+        await _all(jobs)
+
+    async def _store_windows(self, windows: list[WindowStats]) -> None:
+        async with self._window_writes:
+            await self.backpressure.store(lambda: self.store.upsert_windows(windows))
+        self.counts.windows_final += len(windows)
+        WINDOWS.labels("true").inc(len(windows))
+        await self._produce_windows(windows)
+
+    async def _produce_windows(self, windows: Sequence[WindowStats]) -> None:
         await self._produce(
-            self.topics.stats_windows, [(w.device_id.encode(), _enc(w)) for w in stats]
+            self.topics.stats_windows, [(w.device_id.encode(), _enc(w)) for w in windows]
         )
 
     async def _produce(self, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
@@ -451,6 +500,41 @@ class TelemetryPipeline:
         writes, self._writes = self._writes, []
         for t in writes:
             await t
+
+
+def device_chunks(windows: list[WindowStats], size: int) -> list[list[WindowStats]]:
+    """``windows`` in chunks of about ``size``, each device's windows in one chunk (so that
+    concurrent writes of one tick never wait for each other's per-device locks)."""
+    if len(windows) <= size:
+        return [windows] if windows else []
+    windows = sorted(windows, key=_device_of)
+    chunks = []
+    start = 0
+    while start < len(windows):
+        end = min(start + size, len(windows))
+        while end < len(windows) and windows[end].device_id == windows[end - 1].device_id:
+            end += 1
+        chunks.append(windows[start:end])
+        start = end
+    return chunks
+
+
+_device_of = attrgetter("device_id")
+
+
+async def _all(jobs: Sequence[Awaitable[None]]) -> None:
+    """Run ``jobs`` concurrently; the first to fail cancels the others and is raised."""
+    if len(jobs) == 1:
+        await jobs[0]
+        return
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _raise(t: asyncio.Task[None]) -> bool:
