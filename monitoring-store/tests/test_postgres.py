@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from iot_common.events import WindowStats
 from monitoring_store import FleetSummary, SampleBatch, open_store
 from monitoring_store.postgres import PostgresStore
+from monitoring_store.postgres import rollups as pg_rollups
 from monitoring_store.postgres import samples as pg_samples
 
 T0 = 1_789_948_800.0
@@ -253,3 +256,50 @@ async def test_readings_written_as_wide_rows_are_stored_as_by_the_general_statem
 
 def _columns(b: SampleBatch) -> tuple[np.ndarray, ...]:
     return (b.device_id, b.metric, b.ts, b.value, b.seq)
+
+
+async def test_the_rollups_of_a_window_write_read_only_its_device_hours_windows(
+    pg_database_factory: Callable[[str], str],
+) -> None:
+    """Refreshing the hourly rollups after a window write reads each written device-hour's
+    windows by a primary-key range, on a new store whose table has never been analysed too:
+    planned freely there, it scanned every device's windows of the hour once per device-hour
+    (5 s for the 2,000 devices of one write at 60,000 windows) or sorted the whole table."""
+    store = open_store(pg_database_factory("pgrollplan"))
+    await store.start()
+    assert isinstance(store, PostgresStore)
+    try:
+        devices = [f"d{i:04d}" for i in range(2000)]
+        await store.upsert_windows(
+            [_window(d, m, 10, T0 + 10 * k) for d in devices for m in ("a", "b") for k in range(6)]
+        )
+        await store.upsert_windows([_window(d, "a", 60, T0) for d in devices])
+        hours = ([d for d in devices], [60] * len(devices), [T0 - T0 % 3600] * len(devices))
+        async with store.pool.acquire() as conn, conn.transaction():
+            for query in pg_rollups._ROLLUP_REFRESH[:-1]:
+                await conn.execute(query, *hours)
+            (plan,) = json.loads(
+                await conn.fetchval(
+                    "EXPLAIN (FORMAT JSON) " + pg_rollups._ROLLUP_REFRESH[-1], *hours
+                )
+            )
+        scans = list(_scans_of(plan["Plan"], "monitoring_windows"))
+        assert scans, plan
+        for node in scans:
+            assert node["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan"), node
+            index = node.get("Index Name") or node["Plans"][0]["Index Name"]
+            cond = node.get("Index Cond") or node["Plans"][0]["Index Cond"]
+            assert index == "monitoring_windows_pkey" and "device_id" in cond, node
+    finally:
+        await store.close()
+
+
+def _window(device: str, metric: str, size: int, start: float) -> WindowStats:
+    return WindowStats(device, metric, size, start, 1, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, start)
+
+
+def _scans_of(node: dict[str, Any], table: str) -> Iterator[dict[str, Any]]:
+    if node.get("Relation Name") == table:
+        yield node
+    for child in node.get("Plans", []):
+        yield from _scans_of(child, table)

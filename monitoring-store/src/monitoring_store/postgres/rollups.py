@@ -50,13 +50,24 @@ WHERE r.window_seconds = k.ws AND r.hour_start = k.h AND r.device_id = k.d
 """
 
 
+# The windows of each key: one range scan of the primary key per key. The row comparisons can
+# only be bounds on an index led by (device_id, window_seconds, window_start), and ``OFFSET 0``
+# keeps the planner from flattening the subquery into a join. Written as plain equalities and
+# a range, on a table whose statistics lag its growth (every new store; any table between
+# autovacuum's analyses) the planner chose the (window_seconds, window_start) index, i.e. every
+# device's windows of the hour once per key: 5.3 s for 2,000 device-hours out of 60,000
+# windows, 0.13 s this way; or a merge join over the whole table, sorted, on every refresh.
 _ROLLUP_REFRESH_SOURCE = f"""
 SELECT w.window_seconds, k.h, w.device_id, w.metric, w.window_start, w.count, w.min, w.max,
        w.mean
 FROM {_KEYS}
-JOIN monitoring_windows AS w
-  ON w.device_id = k.d AND w.window_seconds = k.ws
- AND w.window_start >= k.h AND w.window_start < k.h + 3600 AND w.count > 0
+CROSS JOIN LATERAL (
+    SELECT window_seconds, device_id, metric, window_start, count, min, max, mean
+    FROM monitoring_windows
+    WHERE (device_id, window_seconds, window_start) >= (k.d, k.ws, k.h)
+      AND (device_id, window_seconds, window_start) < (k.d, k.ws, k.h + 3600) AND count > 0
+    OFFSET 0
+) AS w
 """
 
 
@@ -78,9 +89,12 @@ _ROLLUP_REBUILD = ";".join(
 )
 
 
+# Both rollups from one read of the keys' windows.
 _ROLLUP_REFRESH = (
     *(_ROLLUP_DELETE.format(table=t) for t in ("monitoring_hourly", "monitoring_hourly_devices")),
-    *(q.format(source=_ROLLUP_REFRESH_SOURCE) for q in _ROLLUP_INSERTS),
+    f"WITH keyed AS MATERIALIZED ({_ROLLUP_REFRESH_SOURCE}), hourly AS ("
+    f"{_ROLLUP_INSERTS[0].format(source='SELECT * FROM keyed')}) "
+    f"{_ROLLUP_INSERTS[1].format(source='SELECT * FROM keyed')}",
 )
 
 
