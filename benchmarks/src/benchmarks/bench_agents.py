@@ -136,6 +136,9 @@ def _agents_env(
     bootstrap: str, prefix: str, store_url: str, app_id: str, raw: bool
 ) -> dict[str, str]:
     return {
+        # The workers run on the development defaults (local Redis without a password, ...),
+        # which the services refuse unless told this is a development run.
+        "IOT_ALLOW_DEV_DEFAULTS": "true",
         **os.environ,
         "IOT_KAFKA_BOOTSTRAP": bootstrap,
         "IOT_TOPIC_PREFIX": prefix,
