@@ -30,20 +30,12 @@ class PgLatest(PgConnection):
         if not device_ids:
             return []
         rows = await self.pool.fetch(
-            "SELECT device_id, metric, ts, seq, value FROM monitoring_latest "
+            "SELECT device_id, metric, ts, value FROM monitoring_latest "
             "WHERE device_id = ANY($1::text[]) ORDER BY device_id, metric",
             sorted(set(device_ids)),
         )
-        return [
-            Sample(
-                r["device_id"],
-                r["metric"],
-                r["ts"],
-                r["value"],
-                r["seq"] if r["seq"] >= 0 else None,
-            )
-            for r in rows
-        ]
+        # No seq: a window does not carry its last reading's.
+        return [Sample(*r) for r in rows]
 
     async def rank_by_latest(
         self,

@@ -63,8 +63,8 @@ WITH w AS (
         last_ts = EXCLUDED.last_ts, final = EXCLUDED.final, updated_at = EXCLUDED.updated_at
     WHERE monitoring_windows.updated_at <= EXCLUDED.updated_at
 )
-INSERT INTO monitoring_latest AS l (device_id, metric, ts, seq, value)
-SELECT DISTINCT ON (device_id, metric) device_id, metric, last_ts, -1, last
+INSERT INTO monitoring_latest AS l (device_id, metric, ts, value)
+SELECT DISTINCT ON (device_id, metric) device_id, metric, last_ts, last
 FROM w WHERE count > 0
 ORDER BY device_id, metric, last_ts DESC
 ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
