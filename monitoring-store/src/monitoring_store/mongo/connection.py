@@ -34,7 +34,7 @@ SUBSCRIPTIONS = "subscriptions"
 DELIVERIES = "deliveries"
 #: Refused messages per device (migration 3).
 DEADLETTERS = "deadletters"
-#: The newest sample of each device × metric (migration 4).
+#: The newest reading the windows saw, per device × metric (migration 4).
 LATEST = "latest_values"
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

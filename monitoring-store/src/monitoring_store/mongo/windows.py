@@ -144,7 +144,7 @@ class MongoWindows(MongoConnection):
         res = await self._c(WINDOWS).delete_many(query)
         if window_seconds is None:
             # Every size goes: so does a latest value no window holds any more.
-            await self._c(LATEST).delete_many({"ts": {"$lt": ts}})
+            await self._c(LATEST).delete_many({"at.ts": {"$lt": ts}})
         return res.deleted_count
 
     async def query_windows(
