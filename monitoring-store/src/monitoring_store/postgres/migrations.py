@@ -64,8 +64,9 @@ def _sqlalchemy_url(url: str) -> str:
     )
 
 
-async def migrate(url: str, *, schema: str | None = None) -> str:
-    """Bring the store at ``url`` (in ``schema``, if given) to the newest revision; returns it."""
+async def migrate(url: str, *, schema: str | None = None, revision: str = "head") -> str:
+    """Bring the store at ``url`` (in ``schema``, if given) to the newest revision (or to
+    ``revision``, e.g. to build an older store in a test); returns the revision it is at."""
     engine = create_async_engine(
         _sqlalchemy_url(url),
         poolclass=NullPool,
@@ -78,7 +79,7 @@ async def migrate(url: str, *, schema: str | None = None) -> str:
             )
             if schema:
                 await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.run_sync(lambda sync: command.upgrade(_config(sync, schema), "head"))
+            await conn.run_sync(lambda sync: command.upgrade(_config(sync, schema), revision))
     finally:
         await engine.dispose()
-    return head_revision()
+    return head_revision() if revision == "head" else revision

@@ -8,7 +8,7 @@ Create Date: 2026-12-03
 saw: their ``last`` at ``last_ts``), kept by every window write, so "devices by the last value
 of a metric" is one primary-key probe per device instead of a walk back through each device's
 windows (which, for a device that never sent the metric, reads all of them). Filled from the
-stored windows here. No sequence number: a window does not carry its last reading's.
+stored windows here. ``seq`` is -1: a window does not carry its last reading's sequence.
 """
 
 from collections.abc import Sequence
@@ -28,6 +28,7 @@ def upgrade() -> None:
             device_id text NOT NULL,
             metric text NOT NULL,
             ts double precision NOT NULL,
+            seq bigint NOT NULL,
             value double precision NOT NULL,
             CONSTRAINT monitoring_latest_pkey PRIMARY KEY (device_id, metric)
         ) WITH (fillfactor = 50)
@@ -35,8 +36,8 @@ def upgrade() -> None:
     )
     op.execute(
         """
-        INSERT INTO monitoring_latest (device_id, metric, ts, value)
-        SELECT DISTINCT ON (device_id, metric) device_id, metric, last_ts, last
+        INSERT INTO monitoring_latest (device_id, metric, ts, seq, value)
+        SELECT DISTINCT ON (device_id, metric) device_id, metric, last_ts, -1, last
         FROM monitoring_windows WHERE count > 0
         ORDER BY device_id, metric, last_ts DESC
         """
