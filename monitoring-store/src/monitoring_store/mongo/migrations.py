@@ -19,7 +19,12 @@ a crash half-way (it is recorded only once it has finished).
 3. ``deadletters`` — refused messages per device (``_id`` = where each was read), indexed for
    "this device's newest" and for retention and counts by time.
 4. ``latest values`` — the newest reading of each device × metric the windows saw (``_id`` =
-   ``metric/device``), indexed by device; filled from the stored windows.
+   ``metric/device``), indexed by device; filled from the stored windows, in the layout it was
+   released with (``{d, k, ts, s: -1, v}``).
+5. ``latest values as {ts, v}`` — each latest value's reading moves into the embedded
+   ``at: {ts, v}`` that the window writes' ``$max`` keeps (``mongo/latest.py``), and the
+   ``ts``, ``s`` and ``v`` fields go: one update pipeline on the server. A document that a
+   window write of the newer code already gave an ``at`` keeps the newer of the two readings.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
@@ -44,9 +51,11 @@ from monitoring_store.mongo.connection import (
     SAMPLES,
     SUBSCRIPTIONS,
     WINDOWS,
+    WRITE_CHUNK,
     Doc,
+    _lit,
 )
-from monitoring_store.mongo.latest import record_latest
+from monitoring_store.mongo.latest import latest_key
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +163,26 @@ async def _deadletters(db: Database) -> None:
     await db[DEADLETTERS].create_index([("ts", ASCENDING)])
 
 
+async def _record_latest_v4(
+    coll: AsyncCollection[Doc], newest: dict[tuple[str, str], tuple[float, float]]
+) -> None:
+    """The latest-value upkeep migration 4 was released with (``{d, k, ts, s, v}``): frozen
+    here, since a released migration must not change what it leaves; migration 5 converts."""
+    updates = []
+    for (d, m), (t, v) in sorted(newest.items()):
+        older = {"$lt": [{"$ifNull": ["$ts", -math.inf]}, t]}
+        merged = {"$mergeObjects": ["$$ROOT", _lit({"d": d, "k": m, "ts": t, "s": -1, "v": v})]}
+        updates.append(
+            UpdateOne(
+                {"_id": latest_key(d, m)},
+                [{"$replaceWith": {"$cond": [older, merged, "$$ROOT"]}}],
+                upsert=True,
+            )
+        )
+    for i in range(0, len(updates), WRITE_CHUNK):
+        await coll.bulk_write(updates[i : i + WRITE_CHUNK], ordered=False)
+
+
 async def _latest_values(db: Database) -> None:
     await db[LATEST].create_index([("d", ASCENDING)])
     newest = await db[WINDOWS].aggregate(
@@ -179,10 +208,23 @@ async def _latest_values(db: Database) -> None:
             float(doc["top"]["v"]),
         )
         if len(batch) >= COPY_BATCH:
-            await record_latest(db[LATEST], batch)
+            await _record_latest_v4(db[LATEST], batch)
             batch = {}
     if batch:
-        await record_latest(db[LATEST], batch)
+        await _record_latest_v4(db[LATEST], batch)
+
+
+async def _latest_at(db: Database) -> None:
+    # Only documents of migration 4's layout match, so a re-run after a crash converts the rest.
+    # $max of the two embedded documents: the newer ts wins, as in the window writes' $max (a
+    # missing at, null, loses to any document).
+    await db[LATEST].update_many(
+        {"ts": {"$exists": True}},
+        [
+            {"$set": {"at": {"$max": ["$at", {"ts": "$ts", "v": "$v"}]}}},
+            {"$unset": ["ts", "s", "v"]},
+        ],
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -190,6 +232,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "design names: monitoring_data, device_alerts", _design_names),
     Migration(3, "deadletters", _deadletters),
     Migration(4, "latest values", _latest_values),
+    Migration(5, "latest values as {ts, v}", _latest_at),
 )
 HEAD = MIGRATIONS[-1].version
 
