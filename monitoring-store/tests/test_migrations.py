@@ -22,13 +22,14 @@ import pytest
 from bson import json_util
 from pymongo import AsyncMongoClient
 
-from iot_common.events import Alert
-from iotctl.testinfra import psql_file
+from iot_common.events import Alert, WindowStats
+from iotctl.testinfra import psql, psql_file
 from monitoring_store import MonitoringStore, migrate, open_store
-from monitoring_store.mongo.migrations import HEAD
+from monitoring_store.mongo.migrations import HEAD, MIGRATIONS, MIGRATIONS_COLLECTION
 from monitoring_store.mongo.migrations import StoreNotMigrated as MongoNotMigrated
 from monitoring_store.postgres.migrations import StoreNotMigrated as PgNotMigrated
 from monitoring_store.postgres.migrations import head_revision
+from monitoring_store.postgres.migrations import migrate as pg_migrate
 
 T0 = 1_789_948_800.0
 LEGACY = Path(__file__).with_name("legacy")
@@ -130,6 +131,76 @@ async def test_postgres_store_of_the_unversioned_code_upgrades_and_reads_back(
     assert f"schema version {head_revision()}" in _run_migrate(url)  # again: nothing to do
 
 
+def _window(device_id: str, metric: str, start: float, last_ts: float, last: float) -> WindowStats:
+    return WindowStats(
+        device_id, metric, 10, start, 1, last, last, last, 0.0, last, last, last, last_ts
+    )
+
+
+async def _window_writes_move_the_latest_values(store: MonitoringStore) -> None:
+    """On a store upgraded from the released latest-values layout (d1, d2 filled from their
+    windows by the migration; d3 written by that release's window writes at T0 + 500 s, 7.0):
+    window writes succeed, a newer reading moves a latest value, an older one leaves it."""
+    before = {
+        (s.device_id, s.metric): (s.ts, s.value)
+        for s in await store.latest_values(device_ids=["d1", "d2", "d3"])
+    }
+    assert before[("d3", "temp")] == (T0 + 500, 7.0)
+    newer, older = before[("d1", "temp")][0] + 1000, before[("d2", "temp")][0] - 1
+    await store.upsert_windows(
+        [
+            _window("d1", "temp", T0 + 990, newer, 41.0),  # newer than the migrated value
+            _window("d2", "temp", T0 - 3600, older, -5.0),  # older: stays
+            _window("d3", "temp", T0 + 400, T0 + 400, 3.0),  # older than the released write
+            _window("d3", "hum", T0 + 600, T0 + 601, 55.0),  # a new key beside it
+        ]
+    )
+    after = await store.latest_values(device_ids=["d1", "d2", "d3"])
+    assert {(s.device_id, s.metric): (s.ts, s.value) for s in after} == {
+        **before,
+        ("d1", "temp"): (newer, 41.0),
+        ("d3", "hum"): (T0 + 601, 55.0),
+    }
+    temps = {s.device_id: s.value for s in after if s.metric == "temp"}
+    assert await store.rank_by_latest(
+        metric="temp", device_ids=["d1", "d2", "d3"], descending=True, limit=3
+    ) == sorted(temps, key=lambda d: -temps[d])
+    await store.upsert_windows([_window("d3", "temp", T0 + 700, T0 + 701, 8.0)])
+    (d3_temp,) = [s for s in await store.latest_values(device_ids=["d3"]) if s.metric == "temp"]
+    assert (d3_temp.ts, d3_temp.value) == (T0 + 701, 8.0)
+
+
+async def test_postgres_store_of_the_released_latest_values_upgrades(
+    pg_database_factory: Callable[[str], str],
+) -> None:
+    """A store at 0003 as released (``monitoring_latest.seq bigint NOT NULL``, -1 in every row
+    the window writes of that release made) upgrades to head and takes window writes."""
+    url = pg_database_factory("latest0003")
+    psql_file(LEGACY / "postgres-v0.sql", url=url)
+    assert await pg_migrate(url, revision="0003") == "0003"
+    columns = psql(
+        "SELECT column_name || ' ' || data_type || ' ' || is_nullable FROM "
+        "information_schema.columns WHERE table_name = 'monitoring_latest' "
+        "ORDER BY ordinal_position",
+        url=url,
+    )
+    # As released: a released migration never changes.
+    assert "seq bigint NO" in [line.strip() for line in columns.splitlines()]
+    psql(  # what that release's window write left for a device
+        "INSERT INTO monitoring_latest (device_id, metric, ts, seq, value) "
+        f"VALUES ('d3', 'temp', {T0 + 500}, -1, 7.0)",
+        url=url,
+    )
+    assert f"schema version {head_revision()}" in _run_migrate(url)
+    store = open_store(url, migrate=False)
+    await store.start()
+    try:
+        await _reads_back_everything(store)
+        await _window_writes_move_the_latest_values(store)
+    finally:
+        await store.close()
+
+
 async def test_postgres_concurrent_migrators_migrate_once(
     pg_database_factory: Callable[[str], str],
 ) -> None:
@@ -182,6 +253,56 @@ async def test_mongodb_store_of_the_unversioned_code_upgrades_and_reads_back(
         await client.drop_database(database)
         await client.close()
         await store.close()
+
+
+async def test_mongodb_store_of_the_released_latest_values_upgrades(
+    mongodb_url: str,
+) -> None:
+    """A store at migration 4 as released (latest values ``{d, k, ts, s: -1, v}``, the layout
+    of that release's window writes too) upgrades to head and takes window writes."""
+    database = f"iot_latest4_{secrets.token_hex(4)}"
+    url = f"{mongodb_url.rstrip('/')}/{database}"
+    await _restore_mongo(mongodb_url, database)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    db = client[database]
+    store = open_store(url, migrate=False)
+    try:
+        for m in MIGRATIONS[:4]:
+            await m.apply(db)
+            await db[MIGRATIONS_COLLECTION].insert_one({"_id": m.version, "name": m.name})
+        filled = await db["latest_values"].find_one({"_id": "temp/d1"}, {"_id": 0})
+        assert filled is not None and sorted(filled) == ["d", "k", "s", "ts", "v"]  # as released
+        # What that release's window write left for a device.
+        await db["latest_values"].insert_one(
+            {"_id": "temp/d3", "d": "d3", "k": "temp", "ts": T0 + 500, "s": -1, "v": 7.0}
+        )
+        # Both layouts: an old document that main's code between the two migrations (ab501e2
+        # 7e7d426, head 4 with the {ts, v} upkeep) gave an older reading (the newer one stays)
+        # and one it gave a newer reading.
+        await db["latest_values"].insert_many(
+            [
+                {"_id": f"{k}/d4", "d": "d4", "k": k, "ts": T0 + t, "s": -1, "v": v, "at": at}
+                for k, t, v, at in (
+                    ("hum", 800, 1.0, {"ts": T0 + 700, "v": 2.0}),
+                    ("temp", 800, 1.0, {"ts": T0 + 900, "v": 3.0}),
+                )
+            ]
+        )
+        assert f"schema version {HEAD}" in _run_migrate(url)
+        await store.start()
+        d4 = await store.latest_values(device_ids=["d4"])
+        assert [(s.metric, s.ts, s.value) for s in d4] == [
+            ("hum", T0 + 800, 1.0),
+            ("temp", T0 + 900, 3.0),
+        ]
+        await _reads_back_everything(store)
+        await _window_writes_move_the_latest_values(store)
+        # Nothing of the old layout is left for the window writes' $max to miss.
+        assert await db["latest_values"].count_documents({"ts": {"$exists": True}}) == 0
+    finally:
+        await store.close()
+        await client.drop_database(database)
+        await client.close()
 
 
 @pytest.fixture
