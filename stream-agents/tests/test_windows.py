@@ -403,3 +403,30 @@ def test_large_closes_are_computed_in_bands(monkeypatch: object) -> None:
     store: dict = {}
     run_stream(recs, cfg, crash_after=120, tick_every=9, store=store)
     assert_same(store, reference(recs, cfg))
+
+
+def test_seq_beyond_int32_in_a_later_chunk_is_not_taken_for_a_copy() -> None:
+    """Retained chunks keep seq as int32 when it fits: a window gathered from an int32 chunk
+    and an int64 one compares the full seq (2**32 is not the reading with seq 0), and both
+    sizes of the tick count the re-sent reading once."""
+    state = PartitionWindows(WindowConfig(sizes=SIZES, allowed_lateness=LATENESS))
+
+    def add(off: int, seq: int, v: float) -> None:
+        rows = Rows(
+            np.array([0], np.int64),
+            np.array([T0 + 1.0]),
+            np.array([v]),
+            np.array([off], np.int64),
+            np.array([seq], np.int64),
+        )
+        state.add(rows, max_ingest_ts=T0 + 1.5, last_offset=off, wall=0.0)
+        state.tick(wall=0.0, live=False)
+
+    add(0, 0, 1.0)  # seq fits int32: an int32 chunk
+    add(1, 2**32, 2.0)  # another reading (same ts, other seq): an int64 chunk
+    add(2, 2**32, 9.0)  # the second one re-sent
+    state.caught_up = True
+    wb = state.tick(wall=T0 + 10_000, live=False).windows
+    assert sorted(wb.window_seconds.tolist()) == [10, 60]
+    assert wb.count.tolist() == [2, 2]
+    assert wb.max.tolist() == [2.0, 2.0]

@@ -204,7 +204,14 @@ def _group_value_order(keys: I64, values: F64) -> npt.NDArray[np.intp]:
 
 
 def compute_stats(
-    keys: I64, ts: F64, values: F64, *, size: int, final: bool, seq: SInt | None = None
+    keys: I64,
+    ts: F64,
+    values: F64,
+    *,
+    size: int,
+    final: bool,
+    seq: SInt | None = None,
+    dup: Bool | None = None,
 ) -> WindowBatch:
     """Exact statistics of every window named in ``keys`` (rows in arrival order).
 
@@ -212,13 +219,13 @@ def compute_stats(
     counted once (the first arrival's value is used). Percentiles use linear interpolation
     between closest ranks (numpy's default method); stddev is the population standard
     deviation; ``last`` is the value with the latest event time, the later arrival winning
-    ties.
+    ties. ``dup`` instead of ``seq``: those duplicates, already found.
     """
-    if seq is not None:
+    if seq is not None and dup is None:
         dup = duplicate_mask(keys, ts, seq)
-        if dup is not None:
-            keep = ~dup
-            keys, ts, values = keys[keep], ts[keep], values[keep]
+    if dup is not None and dup.any():
+        keep = ~dup
+        keys, ts, values = keys[keep], ts[keep], values[keep]
     n = len(keys)
     if n == 0:
         return empty_windows()
@@ -332,11 +339,29 @@ def _keys(series: I64, widx: npt.NDArray[np.signedinteger[Any]]) -> I64:
 STATS_SLICE_ROWS = 1_000_000
 
 
-def _stats_of(parts: list[tuple[_Chunk, Bool]], size: int, *, final: bool) -> WindowBatch:
+#: Per chunk (by ``id``) of one tick: which rows have had their duplicate flag found, and
+#: the flags.
+_DupFlags = dict[int, tuple[Bool, Bool]]
+
+
+def _no_flags(n: int) -> tuple[Bool, Bool]:
+    return np.zeros(n, np.bool_), np.zeros(n, np.bool_)
+
+
+def _stats_of(
+    parts: list[tuple[_Chunk, Bool]], size: int, *, final: bool, known: _DupFlags
+) -> WindowBatch:
     """Statistics of the windows of the selected rows (chunks in arrival order).
 
     Large selections are cut into bands of series ids (a window belongs to one series, so
     each band holds whole windows) to keep the sort's temporaries small.
+
+    Duplicate flags are the same for every window size: a selection is made of whole windows,
+    and a re-sent reading has its original's series and ts, so it lies in the same window as
+    its original at every size. Within one tick (the chunks do not change) the flags found
+    for one size's selection are reused by the next (``known``, updated here), and only the
+    rows not selected before are checked, among themselves: their windows of the earlier
+    size were not selected, so neither were their originals.
     """
     total = sum(int(m.sum()) for _, m in parts)
     bands = max(1, -(-total // STATS_SLICE_ROWS))
@@ -351,7 +376,39 @@ def _stats_of(parts: list[tuple[_Chunk, Bool]], size: int, *, final: bool) -> Wi
         ts = np.concatenate([ch.rows.ts[m] for ch, m in sel])
         values = np.concatenate([ch.rows.value[m] for ch, m in sel])
         seq = np.concatenate([ch.rows.seq[m] for ch, m in sel])
-        out.append(compute_stats(keys, ts, values, size=size, final=final, seq=seq))
+        flags = [known.get(id(ch)) for ch, _ in sel]
+        dup: Bool | None
+        if all(f is None for f in flags):
+            found = dup = duplicate_mask(keys, ts, seq)
+        else:
+            done = np.concatenate(
+                [
+                    f[0][m] if f is not None else np.zeros(int(m.sum()), np.bool_)
+                    for f, (_, m) in zip(flags, sel, strict=True)
+                ]
+            )
+            dup = np.concatenate(
+                [
+                    f[1][m] if f is not None else np.zeros(int(m.sum()), np.bool_)
+                    for f, (_, m) in zip(flags, sel, strict=True)
+                ]
+            )
+            found = None
+            if not done.all():
+                todo = np.flatnonzero(~done)
+                found = duplicate_mask(keys[todo], ts[todo], seq[todo])
+                dup[todo] = False if found is None else found
+        if found is not None and dup is not None:
+            o = 0
+            for ch, m in sel:
+                ix = np.flatnonzero(m)
+                e = o + len(ix)
+                known.setdefault(id(ch), _no_flags(len(ch.rows)))[1][ix[dup[o:e]]] = True
+                o = e
+        for ch, m in sel:
+            k = known.setdefault(id(ch), _no_flags(len(ch.rows)))
+            np.logical_or(k[0], m, out=k[0])
+        out.append(compute_stats(keys, ts, values, size=size, final=final, dup=dup))
     return WindowBatch.concat(out)
 
 
@@ -377,6 +434,8 @@ class TickContext:
     emit_clock: float
     is_live: bool
     new: _Chunk | None
+    #: Duplicate flags found by this tick's sizes so far (see :func:`_stats_of`).
+    dups: _DupFlags = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -518,7 +577,7 @@ class PartitionWindows:
             if sel.any():
                 parts.append((ch, sel))
         if parts:
-            out.append(_stats_of(parts, size, final=True))
+            out.append(_stats_of(parts, size, final=True, known=ctx.dups))
         if not is_live:
             self.open_touched.pop(size, None)
             return WindowBatch.concat(out)
@@ -543,7 +602,7 @@ class PartitionWindows:
                 if osel.any():
                     oparts.append((ch, osel))
             if oparts:
-                out.append(_stats_of(oparts, size, final=False))
+                out.append(_stats_of(oparts, size, final=False, known=ctx.dups))
         return WindowBatch.concat(out)
 
     def end_tick(self, ctx: TickContext) -> tuple[int, int]:
