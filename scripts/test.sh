@@ -53,5 +53,11 @@ if [ "${IOT_TEST_COVERAGE:-1}" != 0 ]; then
   for src in $SRCS; do COV+=("--cov=$src"); done
   COV+=(--cov-report=xml:coverage.xml)
 fi
+# Two workers (pytest-xdist; IOT_TEST_WORKERS=0 runs in this process): whole modules each, the
+# modules that run service stacks one after another on one worker (STACK_MODULES in conftest.py).
+XDIST=()
+if [ "${IOT_TEST_WORKERS:-2}" != 0 ]; then
+  XDIST=(-n "${IOT_TEST_WORKERS:-2}" --dist loadfile)
+fi
 # shellcheck disable=SC2086
-"$UV" run --no-sync pytest $TESTS "${COV[@]}" "$@"
+"$UV" run --no-sync pytest $TESTS "${XDIST[@]}" "${COV[@]}" "$@"
