@@ -38,10 +38,13 @@ echo "==> lint (ruff)"
 "$UV" run --no-sync ruff check .
 "$UV" run --no-sync ruff format --check .
 
-echo "==> type check (mypy --strict on src)"
+echo "==> type check (mypy --strict on src), beside the tests: its result is printed after theirs"
 SRCS=$(ls -d */src 2>/dev/null)
+MYPY_LOG=$(mktemp)
 # shellcheck disable=SC2086
-"$UV" run --no-sync mypy $SRCS
+"$UV" run --no-sync mypy $SRCS >"$MYPY_LOG" 2>&1 &
+MYPY_PID=$!
+trap 'kill $BROKER_PID $MYPY_PID 2>/dev/null || true; wait $BROKER_PID 2>/dev/null || true; rm -f "$MYPY_LOG"' EXIT
 
 echo "==> tests (with coverage of every */src: coverage.xml, a total per package at the end)"
 TESTS=$(ls -d */tests 2>/dev/null)
@@ -59,5 +62,13 @@ XDIST=()
 if [ "${IOT_TEST_WORKERS:-2}" != 0 ]; then
   XDIST=(-n "${IOT_TEST_WORKERS:-2}" --dist loadfile)
 fi
+PYTEST_RC=0
 # shellcheck disable=SC2086
-"$UV" run --no-sync pytest $TESTS "${XDIST[@]}" "${COV[@]}" "$@"
+"$UV" run --no-sync pytest $TESTS "${XDIST[@]}" "${COV[@]}" "$@" || PYTEST_RC=$?
+
+echo "==> type check (mypy --strict on src)"
+MYPY_RC=0
+wait "$MYPY_PID" || MYPY_RC=$?
+cat "$MYPY_LOG"
+[ "$PYTEST_RC" = 0 ] || exit "$PYTEST_RC"
+exit "$MYPY_RC"
