@@ -213,11 +213,6 @@ async def test_time_range_shows_a_day_of_five_metrics_with_bands(
     """24 h of 1-minute windows for 5 metrics: the 24 h range draws 5-minute buckets (mean
     line, min–max band per metric); the time from choosing the range to the chart is printed
     (the figure in benchmarks/RESULTS.md)."""
-    if store_url.startswith("mongodb"):
-        # Measured 2026-12-02: on the tests' MongoDB emulator GET /monitoring/data for this day
-        # (7,200 windows) did not answer within 20 s (PostgreSQL: under 1 s). Left to the
-        # store work of issue 15; the range picker itself does not depend on the backend.
-        pytest.skip("24 h aggregation on the MongoDB emulator does not answer within 20 s")
     alice, password = await signing.add_user("operator")
     metrics = ["m1", "m2", "m3", "m4", "m5"]
     dev = await registry.add(alice, metrics=metrics, name="day-device")
